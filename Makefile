@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+# Each creates .venv when missing and (re)installs the project when pyproject.toml changed.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+EXTRAS  ?= dev
+
+.PHONY: setup run test lint bench bench-quick clean
+
+$(BIN)/python:
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/panelsrv run
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check panelsrv tests bench
+	$(BIN)/mypy panelsrv
+
+bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.run
+
+bench-quick: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) var .pytest_cache build *.egg-info

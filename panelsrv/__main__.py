@@ -1,0 +1,3 @@
+from panelsrv.cli import main
+
+main()

@@ -1,0 +1,81 @@
+"""Every error the API can answer, from one table: code -> (HTTP status, message).
+
+Leaf module: imports nothing from panelsrv. `ApiError` is raised by validation and business
+code and rendered at exactly one place (the API handler); library errors (msgspec, asyncpg) are
+translated into it at their own boundary, never here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import orjson
+
+
+class Code(enum.Enum):
+    """Error codes; the value is (HTTP status, fixed message or None when a detail is required)."""
+
+    BAD_REQUEST = (400, None)  # detail names the field and the rule
+    MALFORMED_BODY = (400, "Malformed request body")
+    INCORRECT_ACTION = (400, "Incorrect action")
+    INCORRECT_SERVICE = (400, "Incorrect service ID")
+    INCORRECT_ORDER = (400, "Incorrect order ID")
+    DUPLICATE_LINK = (
+        400,
+        "You have active order with this link. Please wait until order being completed.",
+    )
+    IDEMPOTENCY_MISMATCH = (400, "idempotency_key: reused with different parameters")
+    INVALID_KEY = (401, "Invalid API key")
+    INVALID_SIGNATURE = (401, "Invalid signature")
+    NOT_ENOUGH_FUNDS = (402, "Not enough funds on balance")
+    NOT_FOUND = (404, "Not found")
+    METHOD_NOT_ALLOWED = (405, "Method not allowed")
+    DUPLICATE_REQUEST = (409, "Duplicate request")
+    BODY_TOO_LARGE = (413, "Request body too large")
+    HEADERS_TOO_LARGE = (431, "Request header fields too large")
+    TOO_MANY_REQUESTS = (429, "Too many requests")
+    INTERNAL = (500, "Internal server error")
+    UNAVAILABLE = (503, "Service unavailable")
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def message(self) -> str | None:
+        return self.value[1]
+
+
+class ApiError(Exception):
+    """An error with its HTTP meaning. `detail` replaces the table's message (BAD_REQUEST needs one)."""
+
+    __slots__ = ("code", "detail")
+
+    def __init__(self, code: Code, detail: str | None = None) -> None:
+        super().__init__(detail or code.message or code.name)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return self.code.status
+
+    def body(self) -> bytes:
+        if self.detail is None:
+            return ERROR_BODIES[self.code]
+        return error_body(self.detail)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+# Prebuilt bodies for every code with a fixed message: the hot error paths encode nothing.
+ERROR_BODIES: dict[Code, bytes] = {
+    code: error_body(code.message) for code in Code if code.message is not None
+}
+
+
+def bad_request(field: str, rule: str) -> ApiError:
+    """`400 {"error": "<field>: <rule>"}`, the shape every validation error takes."""
+    return ApiError(Code.BAD_REQUEST, f"{field}: {rule}")

@@ -1,0 +1,93 @@
+"""Exact money: integer minor units of 1e-5 of the currency, decimal strings only at the edge.
+
+Leaf module. Rates are per 1000 units, so 5 decimals keep a 0.001-per-1000 rate exact for one
+unit. Nothing here ever touches a float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+SCALE_DIGITS = 5
+SCALE = 10**SCALE_DIGITS
+# Largest amount accepted anywhere (1e12 currency units): keeps every product below 2**63.
+MAX_UNITS = 10**12 * SCALE
+
+
+class MoneyError(ValueError):
+    pass
+
+
+def parse(text: str, *, allow_negative: bool = False) -> int:
+    """'12.345' -> 1234500. At most 5 decimals; no exponent, no sign unless allowed."""
+    text = text.strip()
+    if not text or any(c in text for c in "eEnN_ "):
+        raise MoneyError(f"not a decimal amount: {text!r}")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise MoneyError(f"not a decimal amount: {text!r}") from None
+    if not value.is_finite():
+        raise MoneyError(f"not a decimal amount: {text!r}")
+    if value < 0 and not allow_negative:
+        raise MoneyError(f"must not be negative: {text!r}")
+    units = value * SCALE
+    if units != units.to_integral_value():
+        raise MoneyError(f"at most {SCALE_DIGITS} decimals: {text!r}")
+    result = int(units)
+    if abs(result) > MAX_UNITS:
+        raise MoneyError(f"too large: {text!r}")
+    return result
+
+
+def format(units: int) -> str:
+    """1234500 -> '12.345'; 1000000 -> '10.00': at least 2 decimals, at most 5, no float."""
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), SCALE)
+    digits = f"{frac:0{SCALE_DIGITS}d}".rstrip("0")
+    if len(digits) < 2:
+        digits = digits.ljust(2, "0")
+    return f"{sign}{whole}.{digits}"
+
+
+def div_round_half_up(numerator: int, denominator: int) -> int:
+    """Integer division rounding half away from zero, for non-negative operands."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def user_rate(base_rate: int, discount_bp: int, override: int | None = None) -> int:
+    """The caller's price per 1000: a user-specific override wins, else base less the discount.
+
+    `discount_bp` is in hundredths of a percent (500 = 5%). Rounded half up to the minor unit,
+    once, so the rate `services` shows is exactly the rate `add` charges.
+    """
+    if override is not None:
+        return override
+    return div_round_half_up(base_rate * (10_000 - discount_bp), 10_000)
+
+
+def charge(rate: int, quantity: int, runs: int = 1) -> int:
+    """`rate * quantity / 1000 * runs`, rounded half up to the minor unit."""
+    return div_round_half_up(rate * quantity * runs, 1000)
+
+
+def partial_refund(charge_units: int, remains: int, quantity: int) -> int:
+    """`charge * min(remains, quantity) / quantity`, rounded down: a refund never exceeds the charge."""
+    if quantity <= 0 or remains <= 0:
+        return 0
+    return charge_units * min(remains, quantity) // quantity
+
+
+def parse_percent_bp(text: str) -> int:
+    """'5' -> 500, '2.5' -> 250 (basis points); 0 to 100 percent, at most 2 decimals."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise MoneyError(f"not a percentage: {text!r}") from None
+    if not value.is_finite() or value < 0 or value > 100:
+        raise MoneyError(f"must be between 0 and 100: {text!r}")
+    bp = value * 100
+    if bp != bp.to_integral_value():
+        raise MoneyError(f"at most 2 decimals: {text!r}")
+    return int(bp)
+

@@ -1,0 +1,161 @@
+"""PostgreSQL: the embedded server, the connection pool and the migrations runner.
+
+I/O module. With no `database_url`, PostgreSQL from the `pgserver` package runs under
+`<data_dir>/pgdata`, shared by every panelsrv command on the machine (the last one to exit stops
+it). Migrations are the plain SQL files in `migrations/`, applied in name order, each in its own
+transaction, recorded in `schema_migrations`, under an advisory lock so concurrent commands
+(several workers, several hosts) apply each file exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+log = logging.getLogger("panelsrv.db")
+
+EMBEDDED_DATABASE = "panelsrv"
+_MIGRATION_LOCK = 0x70616E656C  # advisory lock key ("panel")
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or prepared; the message says what to do."""
+
+
+def embedded_url(data_dir: str, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or join) the embedded PostgreSQL under `<data_dir>/pgdata`; return a URL to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
+        from pgserver.postgres_server import PostgresServer
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with PostgresServer._lock:
+        _forget_dead_handles(pgdata)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseError(
+            f"could not start the embedded PostgreSQL in {pgdata} ({exc}); "
+            f"see {pgdata / 'log'} or set database_url"
+        ) from exc
+    return str(server.get_uri(database))
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver counts its users in a pid list and stops PostgreSQL when the last one exits; a
+    process killed with SIGKILL never removes itself, so drop pids that no longer exist."""
+    path = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _pid_alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_url(database_url: str, data_dir: str) -> str:
+    return database_url or embedded_url(data_dir)
+
+
+async def ensure_database(url: str) -> None:
+    """Create the URL's database when it does not exist (the embedded server starts empty)."""
+    name = unquote(urlsplit(url).path.lstrip("/")) or "postgres"
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(url, database="postgres")
+        try:
+            await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+async def _noop_reset(conn: asyncpg.Connection) -> None:
+    """We keep no session state, so skip the RESET round trip asyncpg sends on every release."""
+
+
+async def create_pool(url: str, size: int, **kwargs: Any) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=size,
+            max_size=size,
+            reset=_noop_reset,
+            server_settings={"application_name": "panelsrv"},
+            **kwargs,
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("panelsrv.store") / "migrations"
+    files = sorted(
+        (entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+    return [(name.removesuffix(".sql"), text) for name, text in files]
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations; return the versions applied now."""
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, text in migration_files():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(text)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied_now.append(version)
+            log.info("applied migration %s", version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def connect_and_migrate(url: str) -> None:
+    """What every command that needs the schema does first."""
+    await ensure_database(url)
+    try:
+        conn = await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
