@@ -47,7 +47,8 @@ class Code(enum.Enum):
 
 
 class ApiError(Exception):
-    """An error with its HTTP meaning. `detail` replaces the table's message (BAD_REQUEST needs one)."""
+    """An error with its HTTP meaning; `detail` replaces the table's message (BAD_REQUEST
+    always has one)."""
 
     __slots__ = ("code", "detail")
 

@@ -72,7 +72,7 @@ def charge(rate: int, quantity: int, runs: int = 1) -> int:
 
 
 def partial_refund(charge_units: int, remains: int, quantity: int) -> int:
-    """`charge * min(remains, quantity) / quantity`, rounded down: a refund never exceeds the charge."""
+    """`charge * min(remains, quantity) / quantity`, rounded down: never more than the charge."""
     if quantity <= 0 or remains <= 0:
         return 0
     return charge_units * min(remains, quantity) // quantity
@@ -90,4 +90,3 @@ def parse_percent_bp(text: str) -> int:
     if bp != bp.to_integral_value():
         raise MoneyError(f"at most 2 decimals: {text!r}")
     return int(bp)
-

@@ -84,7 +84,7 @@ def database_url() -> Iterator[str]:
             await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
-        await db.connect_and_migrate(url)
+        await (await db.open_migrated(url)).close()
 
     async def drop() -> None:
         admin = await asyncpg.connect(base)

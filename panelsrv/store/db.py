@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+import orjson
 
 log = logging.getLogger("panelsrv.db")
 
@@ -78,21 +79,37 @@ def resolve_url(database_url: str, data_dir: str) -> str:
     return database_url or embedded_url(data_dir)
 
 
-async def ensure_database(url: str) -> None:
-    """Create the URL's database when it does not exist (the embedded server starts empty)."""
-    name = unquote(urlsplit(url).path.lstrip("/")) or "postgres"
+async def _create_database(url: str) -> None:
+    name = unquote(urlsplit(url).path.lstrip("/"))
+    admin = await connect(url, database="postgres")
     try:
-        conn = await asyncpg.connect(url)
-    except asyncpg.InvalidCatalogNameError:
-        admin = await asyncpg.connect(url, database="postgres")
-        try:
-            await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
-        except asyncpg.DuplicateDatabaseError:
-            pass
-        finally:
-            await admin.close()
-    else:
-        await conn.close()
+        await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+    except asyncpg.DuplicateDatabaseError:
+        pass  # created meanwhile by a concurrent command
+    finally:
+        await admin.close()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in and out as Python objects, through orjson."""
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+    )
+
+
+async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    """One connection, for commands and tools (servers use `create_pool`)."""
+    try:
+        conn = await asyncpg.connect(
+            url, server_settings={"application_name": "panelsrv"}, **kwargs
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+    await init_connection(conn)
+    return conn
 
 
 async def _noop_reset(conn: asyncpg.Connection) -> None:
@@ -106,6 +123,7 @@ async def create_pool(url: str, size: int, **kwargs: Any) -> asyncpg.Pool:
             min_size=size,
             max_size=size,
             reset=_noop_reset,
+            init=init_connection,
             server_settings={"application_name": "panelsrv"},
             **kwargs,
         )
@@ -148,14 +166,19 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied_now
 
 
-async def connect_and_migrate(url: str) -> None:
-    """What every command that needs the schema does first."""
-    await ensure_database(url)
+async def open_migrated(url: str) -> asyncpg.Connection:
+    """What every command that needs the schema does first: connect (creating the database when
+    it does not exist yet, as on a fresh embedded server) and apply pending migrations."""
     try:
-        conn = await asyncpg.connect(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+        conn = await connect(url)
+    except DatabaseError as exc:
+        if not isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError):
+            raise
+        await _create_database(url)
+        conn = await connect(url)
     try:
         await migrate(conn)
-    finally:
+    except BaseException:
         await conn.close()
+        raise
+    return conn

@@ -1,0 +1,210 @@
+"""`panelsrv` console script: argparse subcommands; parses, loads config, calls. No logic.
+
+Exit status: 0 success, 2 bad usage or bad input (one line on stderr, nothing written),
+1 any other failure. With `--json`, exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import orjson
+import uvloop
+
+from panelsrv import __version__, commands, config
+from panelsrv.store import admin, db
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _settings_parent() -> _Parser:
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("configuration (command line > PANELSRV_* env > file)")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (config/panelsrv.toml documents every setting)",
+    )
+    group.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL; unset: embedded PostgreSQL under <data_dir>/pgdata",
+    )
+    group.add_argument(
+        "--data-dir", metavar="DIR", help="where the embedded database lives (default ./var)"
+    )
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any setting, e.g. --set ip_rate=50 (repeatable)",
+    )
+    common.add_argument("--json", action="store_true", help="print exactly one JSON document")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _settings_parent()
+    parser = _Parser(prog="panelsrv", description="SMM panel API v2 server and admin tool.")
+    parser.add_argument("--version", action="version", version=f"panelsrv {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], **kwargs)
+
+    def group(name: str, help: str) -> Any:
+        p = sub.add_parser(name, help=help, description=help)
+        return p.add_subparsers(
+            dest="subcommand", metavar="SUBCOMMAND", required=True, parser_class=_Parser
+        )
+
+    def subcommand(parent: Any, name: str, help: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, parents=[common])
+
+    p = command("run", "all-in-one for development and demos: embedded DB, demo data, API")
+    p.add_argument("--port", type=int, help="API port (default 8080)")
+    p.set_defaults(func=commands.seed_demo)
+
+    command("migrate", "apply pending migrations").set_defaults(func=commands.migrate)
+
+    panel = group("panel", "panels (tenants), selected by the request's Host")
+    p = subcommand(panel, "add", "add a panel")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--currency", default="USD")
+    p.set_defaults(func=commands.panel_add)
+    p = subcommand(
+        panel,
+        "set",
+        "set a panel setting (sec_order_max_per_min, legacy_errors, "
+        "duplicate_link_guard, refill_max_per_order, refill_cooldown_hours, currency)",
+    )
+    p.add_argument("--domain", required=True)
+    p.add_argument("name", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p.set_defaults(func=commands.panel_set)
+
+    user = group("user", "users")
+    p = subcommand(user, "add", "add a user (and their wallet) to a panel")
+    p.add_argument("--email", required=True)
+    p.add_argument("--domain", help="the user's panel (needed when there are several)")
+    p.add_argument("--balance", default="0", help="opening balance, e.g. 10.00 (a ledger credit)")
+    p.add_argument("--discount", default="0", help="discount in percent on base rates, e.g. 5")
+    p.set_defaults(func=commands.user_add)
+
+    key = group("key", "API keys")
+    p = subcommand(key, "create", "create a key; prints the raw key once")
+    p.add_argument("--email", required=True)
+    p.set_defaults(func=commands.key_create)
+    p = subcommand(key, "list", "a user's keys, by prefix")
+    p.add_argument("--email", required=True)
+    p.set_defaults(func=commands.key_list)
+    p = subcommand(key, "revoke", "revoke a key by its prefix (immediate on every server)")
+    p.add_argument("--prefix", required=True)
+    p.set_defaults(func=commands.key_revoke)
+
+    funds = group("funds", "wallet movements")
+    p = subcommand(funds, "add", "a ledger credit (a negative amount debits, never below zero)")
+    p.add_argument("--email", required=True)
+    p.add_argument("--amount", required=True)
+    p.add_argument("--memo")
+    p.set_defaults(func=commands.funds_add)
+
+    provider = group("provider", "upstream providers (API v2)")
+    p = subcommand(provider, "add", "add an upstream provider")
+    p.add_argument("--name", required=True)
+    p.add_argument("--url", required=True)
+    p.add_argument("--key", required=True)
+    p.set_defaults(func=commands.provider_add)
+
+    service = group("service", "the service catalog")
+    p = subcommand(service, "add", "add one service")
+    p.add_argument("--name", required=True)
+    p.add_argument("--type", default="default")
+    p.add_argument("--rate", required=True, help="price per 1000 units, e.g. 0.45")
+    p.add_argument("--min", type=int, required=True)
+    p.add_argument("--max", type=int, required=True)
+    p.add_argument("--category", default="")
+    p.add_argument("--provider", help="provider name or id")
+    p.add_argument("--provider-service", help="the service id at the provider")
+    p.add_argument("--dripfeed", action="store_true")
+    p.add_argument("--refill", action="store_true")
+    p.add_argument("--cancel", action="store_true")
+    p.add_argument("--avg-time", type=int, default=0, help="average completion time, seconds")
+    p.add_argument("--domain", help="offer it only on this panel")
+    p.add_argument("--local-id", type=int, help="the id the panel's customers see")
+    p.set_defaults(func=commands.service_add)
+
+    rate = group("rate", "user-specific prices")
+    p = subcommand(rate, "set", "set a user's price for a service")
+    p.add_argument("--email", required=True)
+    p.add_argument("--service", type=int, required=True)
+    p.add_argument("--rate", required=True)
+    p.set_defaults(func=commands.rate_set)
+
+    command("audit", "check the ledger invariants; exit 1 on any violation").set_defaults(
+        func=commands.audit
+    )
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> config.Config:
+    layer: dict[str, Any] = {}
+    for item in args.overrides:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected NAME=VALUE")
+        layer[name.strip()] = value
+    for name in ("database_url", "data_dir", "port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            layer[name] = value
+    return config.load(layer, path=args.config)
+
+
+async def _run_command(args: argparse.Namespace, cfg: config.Config) -> tuple[Any, str]:
+    url = db.resolve_url(cfg.database_url, cfg.data_dir)
+    conn = await db.open_migrated(url)
+    try:
+        return await args.func(args, conn)
+    finally:
+        await conn.close()
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"panelsrv: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        cfg = load_config(args)
+    except (UsageError, config.ConfigError) as exc:
+        _fail(str(exc).removeprefix("panelsrv: "), 2)
+    try:
+        doc, text = uvloop.run(_run_command(args, cfg))
+    except admin.InputError as exc:
+        _fail(str(exc), 2)
+    except db.DatabaseError as exc:
+        _fail(str(exc), 1)
+    except (TimeoutError, OSError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}", 1)
+    print(orjson.dumps(doc).decode() if args.json else text)
+    if args.command == "audit" and not doc["ok"]:
+        sys.exit(1)

@@ -1,0 +1,157 @@
+"""The admin commands: each takes the parsed arguments and a migrated connection and returns
+(JSON document, human line). Printing, exit codes and the database's lifetime belong to cli.py.
+
+Imports the store. Bad input raises `admin.InputError` (exit 2) before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from panelsrv import demo, money
+from panelsrv.store import admin, keys, ledger
+
+Result = tuple[Any, str]
+Command = Callable[[argparse.Namespace, asyncpg.Connection], Awaitable[Result]]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+async def migrate(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    # open_migrated() has applied whatever was pending before we got here.
+    versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+    return {"migrations": versions}, f"schema up to date ({versions[-1]})"
+
+
+async def panel_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    panel_id, domain, currency = await admin.add_panel(conn, args.domain, args.currency)
+    return (
+        {"panel": panel_id, "domain": domain, "currency": currency},
+        f"panel {panel_id}: {domain} ({currency})",
+    )
+
+
+async def panel_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    result = await admin.set_panel(conn, args.domain, args.name, args.value)
+    return result, f"panel {result['domain']}: {args.name} = {args.value}"
+
+
+async def user_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user, opening = await admin.add_user(conn, args.email, args.domain, args.balance, args.discount)
+    shown = money.format(opening)
+    return (
+        {"user": user.id, "email": user.email, "balance": shown, "currency": user.currency},
+        f"user {user.id}: {user.email}, balance {shown} {user.currency}",
+    )
+
+
+async def key_create(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user = await admin.user_by_email(conn, args.email)
+    try:
+        new = await keys.create(conn, user.id)
+    except keys.TooManyKeys as exc:
+        raise admin.InputError(str(exc)) from None
+    return (
+        {"key": new.raw, "prefix": new.prefix, "user": user.id},
+        f"{new.raw}\n(shown once; prefix {new.prefix} identifies it in `key list`/`key revoke`)",
+    )
+
+
+async def key_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user = await admin.user_by_email(conn, args.email)
+    found = await keys.list_keys(conn, user.id)
+    doc = [
+        {"prefix": k.prefix, "created": _iso(k.created), "revoked": _iso(k.revoked)} for k in found
+    ]
+    lines = [
+        f"{k['prefix']}  created {k['created']}  "
+        + (f"revoked {k['revoked']}" if k["revoked"] else "active")
+        for k in doc
+    ]
+    return doc, "\n".join(lines) or f"no keys for {user.email}"
+
+
+async def key_revoke(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    revoked = await keys.revoke(conn, args.prefix)
+    if revoked is None:
+        raise admin.InputError(f"no key with prefix {args.prefix!r}")
+    return {"prefix": args.prefix, "revoked": _iso(revoked)}, f"key {args.prefix} revoked"
+
+
+async def funds_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user, entry = await admin.add_funds(conn, args.email, args.amount, args.memo)
+    shown = money.format(entry.balance)
+    return (
+        {"user": user.id, "balance": shown, "entry": entry.id},
+        f"user {user.id}: balance {shown} {user.currency} (ledger entry {entry.id})",
+    )
+
+
+async def provider_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    provider_id = await admin.add_provider(conn, args.name, args.url, args.key)
+    return {
+        "provider": provider_id,
+        "name": args.name.strip(),
+    }, f"provider {provider_id}: {args.name}"
+
+
+async def service_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    spec = admin.ServiceSpec(
+        name=args.name,
+        type=args.type,
+        rate=args.rate,
+        min=args.min,
+        max=args.max,
+        category=args.category,
+        provider=args.provider,
+        provider_service=args.provider_service,
+        dripfeed=args.dripfeed,
+        refill=args.refill,
+        cancel=args.cancel,
+        avg_time=args.avg_time,
+        domain=args.domain,
+        local_id=args.local_id,
+    )
+    service_id, local_id = await admin.add_service(conn, spec)
+    shown = f" (local id {local_id} on {args.domain})" if local_id is not None else ""
+    return {"service": service_id, "local_id": local_id}, f"service {service_id}{shown}"
+
+
+async def rate_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user_id, service_id = await admin.set_rate(conn, args.email, args.service, args.rate)
+    return (
+        {"user": user_id, "service": service_id, "rate": money.format(money.parse(args.rate))},
+        f"user {user_id} pays {args.rate} per 1000 for service {service_id}",
+    )
+
+
+async def audit(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    report = await ledger.audit(conn)
+    doc = {
+        "ok": report.ok,
+        "wallets": report.wallets,
+        "entries": report.entries,
+        "violations": report.violations,
+    }
+    text = (
+        f"ledger ok: {report.wallets} wallets, {report.entries} entries"
+        if report.ok
+        else "ledger VIOLATIONS:\n" + "\n".join(report.violations)
+    )
+    return doc, text
+
+
+async def seed_demo(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    found = await demo.ensure(conn)
+    return (
+        {"domain": found.domain, "email": found.email, "key": found.key},
+        f"demo panel {found.domain}, user {found.email}\ndemo key: {found.key}\n"
+        "(the API server, worker and simulated provider join `run` with the next capabilities)",
+    )

@@ -1,0 +1,297 @@
+"""Operator writes behind the admin CLI: panels, users, providers, services, user rates.
+
+Imports asyncpg, money, panelconf and the ledger. Every function validates its input before
+writing and runs in one transaction, so bad input raises `InputError` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import asyncpg
+
+from panelsrv import money, panelconf
+from panelsrv.store import ledger
+
+SERVICE_TYPES = (
+    "default",
+    "Package",
+    "Custom Comments",
+    "Custom Comments Package",
+    "Mentions",
+    "Mentions with Hashtags",
+    "Mentions Custom List",
+    "Mentions Hashtag",
+    "Mentions User Followers",
+    "Mentions Media Likers",
+    "Subscriptions",
+    "Poll",
+    "Comment Likes",
+    "Comment Replies",
+)
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class InputError(ValueError):
+    """The operator's input is wrong; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    id: int
+    email: str
+    panel_id: int
+    currency: str
+
+
+def normalize_domain(domain: str) -> str:
+    value = domain.strip().lower().rstrip(".")
+    if not _DOMAIN.match(value):
+        raise InputError(f"not a valid domain: {domain!r}")
+    return value
+
+
+def normalize_email(email: str) -> str:
+    value = email.strip().lower()
+    if not _EMAIL.match(value):
+        raise InputError(f"not a valid email: {email!r}")
+    return value
+
+
+def parse_money(text: str, what: str, *, allow_negative: bool = False) -> int:
+    try:
+        return money.parse(text, allow_negative=allow_negative)
+    except money.MoneyError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+async def panel_by_domain(conn: asyncpg.Connection, domain: str) -> tuple[int, str]:
+    row = await conn.fetchrow(
+        "SELECT id, currency FROM panels WHERE domain = $1", normalize_domain(domain)
+    )
+    if row is None:
+        raise InputError(f"no panel with domain {domain!r}")
+    return row[0], row[1]
+
+
+async def add_panel(conn: asyncpg.Connection, domain: str, currency: str) -> tuple[int, str, str]:
+    domain = normalize_domain(domain)
+    currency = currency.strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        raise InputError(f"currency must be a 3-letter code, not {currency!r}")
+    try:
+        panel_id = await conn.fetchval(
+            "INSERT INTO panels (domain, currency) VALUES ($1, $2) RETURNING id", domain, currency
+        )
+    except asyncpg.UniqueViolationError:
+        raise InputError(f"a panel with domain {domain!r} exists already") from None
+    return panel_id, domain, currency
+
+
+async def set_panel(conn: asyncpg.Connection, domain: str, name: str, value: str) -> dict:
+    """Set one panel setting (or `currency`); returns the panel's settings after the change."""
+    async with conn.transaction():
+        panel_id, _ = await panel_by_domain(conn, domain)
+        if name == "currency":
+            currency = value.strip().upper()
+            if not re.fullmatch(r"[A-Z]{3}", currency):
+                raise InputError(f"currency must be a 3-letter code, not {value!r}")
+            await conn.execute("UPDATE panels SET currency = $2 WHERE id = $1", panel_id, currency)
+        else:
+            stored = await conn.fetchval(
+                "SELECT settings FROM panels WHERE id = $1 FOR UPDATE", panel_id
+            )
+            try:
+                merged = panelconf.with_setting(stored, name, value)
+            except panelconf.PanelSettingError as exc:
+                raise InputError(str(exc)) from None
+            await conn.execute("UPDATE panels SET settings = $2 WHERE id = $1", panel_id, merged)
+        row = await conn.fetchrow("SELECT currency, settings FROM panels WHERE id = $1", panel_id)
+    return {
+        "panel": panel_id,
+        "domain": normalize_domain(domain),
+        "currency": row[0],
+        "settings": row[1],
+    }
+
+
+async def add_user(
+    conn: asyncpg.Connection, email: str, domain: str | None, balance: str, discount: str
+) -> tuple[UserRef, int]:
+    email = normalize_email(email)
+    opening = parse_money(balance, "balance")
+    try:
+        discount_bp = money.parse_percent_bp(discount)
+    except money.MoneyError as exc:
+        raise InputError(f"discount: {exc}") from None
+    async with conn.transaction():
+        if domain is not None:
+            panel_id, currency = await panel_by_domain(conn, domain)
+        else:
+            panels = await conn.fetch("SELECT id, currency FROM panels ORDER BY id LIMIT 2")
+            if not panels:
+                raise InputError("no panel yet: run `panelsrv panel add --domain D` first")
+            if len(panels) > 1:
+                raise InputError("there are several panels: pass --domain")
+            panel_id, currency = panels[0]
+        try:
+            user_id = await conn.fetchval(
+                "INSERT INTO users (panel_id, email, discount_bp) VALUES ($1, $2, $3) RETURNING id",
+                panel_id,
+                email,
+                discount_bp,
+            )
+        except asyncpg.UniqueViolationError:
+            raise InputError(f"a user with email {email!r} exists already") from None
+        await conn.execute("INSERT INTO wallets (user_id) VALUES ($1)", user_id)
+        if opening:
+            await ledger.move_funds(conn, user_id, opening, "opening balance")
+    return UserRef(user_id, email, panel_id, currency), opening
+
+
+async def user_by_email(conn: asyncpg.Connection, email: str) -> UserRef:
+    email = normalize_email(email)
+    row = await conn.fetchrow(
+        "SELECT u.id, u.panel_id, p.currency FROM users u JOIN panels p ON p.id = u.panel_id"
+        " WHERE u.email = $1",
+        email,
+    )
+    if row is None:
+        raise InputError(f"no user with email {email!r}")
+    return UserRef(row[0], email, row[1], row[2])
+
+
+async def add_funds(
+    conn: asyncpg.Connection, email: str, amount: str, memo: str | None
+) -> tuple[UserRef, ledger.Entry]:
+    units = parse_money(amount, "amount", allow_negative=True)
+    if units == 0:
+        raise InputError("amount must not be zero")
+    user = await user_by_email(conn, email)
+    entry = await ledger.move_funds(conn, user.id, units, memo)
+    if entry is None:
+        raise InputError(f"a debit of {money.format(-units)} would take the balance below zero")
+    return user, entry
+
+
+async def add_provider(conn: asyncpg.Connection, name: str, url: str, key: str) -> int:
+    name = name.strip()
+    if not name:
+        raise InputError("name must not be empty")
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise InputError(f"url must start with http:// or https://, not {url!r}")
+    if not key:
+        raise InputError("key must not be empty")
+    try:
+        return await conn.fetchval(
+            "INSERT INTO providers (name, url, api_key) VALUES ($1, $2, $3) RETURNING id",
+            name,
+            url,
+            key,
+        )
+    except asyncpg.UniqueViolationError:
+        raise InputError(f"a provider named {name!r} exists already") from None
+
+
+async def provider_id(conn: asyncpg.Connection, ref: str) -> int:
+    """A provider by name, or by id when `ref` is a number."""
+    if ref.isdigit():
+        found = await conn.fetchval("SELECT id FROM providers WHERE id = $1", int(ref))
+    else:
+        found = await conn.fetchval("SELECT id FROM providers WHERE name = $1", ref)
+    if found is None:
+        raise InputError(f"no provider {ref!r}")
+    return int(found)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    type: str
+    rate: str
+    min: int
+    max: int
+    category: str = ""
+    provider: str | None = None
+    provider_service: str | None = None
+    dripfeed: bool = False
+    refill: bool = False
+    cancel: bool = False
+    avg_time: int = 0
+    domain: str | None = None
+    local_id: int | None = None
+
+
+async def add_service(conn: asyncpg.Connection, spec: ServiceSpec) -> tuple[int, int | None]:
+    if not spec.name.strip():
+        raise InputError("name must not be empty")
+    if spec.type not in SERVICE_TYPES:
+        raise InputError(f"type must be one of: {', '.join(SERVICE_TYPES)}")
+    rate = parse_money(spec.rate, "rate")
+    if spec.min < 1 or spec.max < spec.min:
+        raise InputError("min must be >= 1 and max >= min")
+    if spec.avg_time < 0:
+        raise InputError("avg-time must not be negative")
+    if (spec.provider is None) != (spec.provider_service is None):
+        raise InputError("--provider and --provider-service go together")
+    if spec.local_id is not None and (spec.domain is None or spec.local_id < 1):
+        raise InputError("--local-id needs --domain and must be >= 1")
+    async with conn.transaction():
+        panel_id = (await panel_by_domain(conn, spec.domain))[0] if spec.domain else None
+        prov = await provider_id(conn, spec.provider) if spec.provider else None
+        try:
+            service_id = await conn.fetchval(
+                """INSERT INTO services (panel_id, local_id, name, type, category, rate, min_qty,
+                       max_qty, dripfeed, refill, cancel, avg_time, provider_id, provider_service)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                   RETURNING id""",
+                panel_id,
+                spec.local_id,
+                spec.name.strip(),
+                spec.type,
+                spec.category,
+                rate,
+                spec.min,
+                spec.max,
+                spec.dripfeed,
+                spec.refill,
+                spec.cancel,
+                spec.avg_time,
+                prov,
+                spec.provider_service,
+            )
+        except asyncpg.UniqueViolationError:
+            raise InputError(
+                "that local id (or upstream service) is taken on this panel already"
+            ) from None
+    return service_id, spec.local_id
+
+
+async def set_rate(
+    conn: asyncpg.Connection, email: str, service: int, rate: str
+) -> tuple[int, int]:
+    """A user-specific price; `service` is the user's panel-local id first, then the global id."""
+    units = parse_money(rate, "rate")
+    user = await user_by_email(conn, email)
+    service_id = await conn.fetchval(
+        """SELECT id FROM services
+            WHERE (panel_id = $1 AND local_id = $2)
+               OR (id = $2 AND (panel_id IS NULL OR panel_id = $1))
+            ORDER BY (local_id = $2) DESC NULLS LAST LIMIT 1""",
+        user.panel_id,
+        service,
+    )
+    if service_id is None:
+        raise InputError(f"no service {service} on the user's panel")
+    await conn.execute(
+        """INSERT INTO user_rates (user_id, service_id, rate) VALUES ($1, $2, $3)
+           ON CONFLICT (user_id, service_id) DO UPDATE SET rate = EXCLUDED.rate""",
+        user.id,
+        service_id,
+        units,
+    )
+    return user.id, service_id

@@ -1,0 +1,190 @@
+"""Money movements: one statement (one round trip) each, on the append-only ledger.
+
+Imports asyncpg only (connections are passed in). Invariants kept by the statements and the
+schema together: a wallet never goes below zero (conditional UPDATE + CHECK), every wallet equals
+the sum of its entries (each movement writes its entry in the same statement), an order is
+charged once and refunded at most once (unique (order_id, kind)), a refund never exceeds the
+charge. `audit` re-checks all of it from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+# $1 user_id, $2 signed amount, $3 memo -> (entry id, balance after) or no row when the wallet
+# would go below zero (or does not exist). Locks the wallet row for the statement only.
+MOVE_FUNDS = """
+WITH w AS (
+    UPDATE wallets SET balance = balance + $2, version = version + 1
+     WHERE user_id = $1 AND balance + $2 >= 0
+ RETURNING user_id, balance - $2 AS before, balance, version
+)
+INSERT INTO ledger_entries (user_id, kind, amount, balance_before, balance_after,
+                            wallet_version, memo)
+SELECT user_id, CASE WHEN $2 > 0 THEN 'credit' ELSE 'debit' END, $2, before, balance,
+       version, $3
+  FROM w
+RETURNING id, balance_after
+"""
+
+# $1 order_id, $2 amount, $3 memo -> (entry id, balance after). Raises UniqueViolation when
+# the order was refunded already; no row when the amount exceeds the charge or the order does
+# not exist.
+REFUND = """
+WITH o AS (
+    SELECT id, user_id FROM orders WHERE id = $1 AND $2 > 0 AND $2 <= charge
+), w AS (
+    UPDATE wallets SET balance = balance + $2, version = version + 1
+      FROM o WHERE wallets.user_id = o.user_id
+ RETURNING wallets.user_id, balance - $2 AS before, balance, version
+)
+INSERT INTO ledger_entries (user_id, order_id, kind, amount, balance_before, balance_after,
+                            wallet_version, memo)
+SELECT w.user_id, $1, 'refund', $2, w.before, w.balance, w.version, $3 FROM w
+RETURNING id, balance_after
+"""
+
+PLACE_ORDER = """
+SELECT outcome, order_id, balance, status, body
+  FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+"""
+
+BALANCE = "SELECT balance FROM wallets WHERE user_id = $1"
+
+AUDIT_COUNTS = "SELECT (SELECT count(*) FROM wallets), (SELECT count(*) FROM ledger_entries)"
+
+# Each row is one violated invariant, described for a human.
+AUDIT_VIOLATIONS = """
+SELECT format('wallet %s: balance %s <> sum of entries %s', w.user_id, w.balance,
+              coalesce(e.total, 0))
+  FROM wallets w
+  LEFT JOIN (SELECT user_id, sum(amount) AS total FROM ledger_entries GROUP BY user_id) e
+    ON e.user_id = w.user_id
+ WHERE w.balance <> coalesce(e.total, 0)
+UNION ALL
+SELECT format('wallet %s: negative balance %s', user_id, balance)
+  FROM wallets WHERE balance < 0
+UNION ALL
+SELECT format('order %s: charge %s but %s charge entries totalling %s', o.id, o.charge,
+              count(e.id), coalesce(-sum(e.amount), 0))
+  FROM orders o LEFT JOIN ledger_entries e ON e.order_id = o.id AND e.kind = 'charge'
+ GROUP BY o.id, o.charge
+HAVING count(e.id) <> 1 OR coalesce(-sum(e.amount), 0) <> o.charge
+UNION ALL
+SELECT format('order %s: refunds %s exceed the charge %s', o.id, sum(e.amount), o.charge)
+  FROM orders o JOIN ledger_entries e ON e.order_id = o.id AND e.kind = 'refund'
+ GROUP BY o.id, o.charge
+HAVING sum(e.amount) > o.charge
+UNION ALL
+SELECT format('entry %s: balance chain broken (%s + %s <> %s)', id, balance_before, amount,
+              balance_after)
+  FROM ledger_entries WHERE balance_before + amount <> balance_after
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What `place_order` decided; `status`/`body` are set for ok, funds and replay."""
+
+    outcome: str  # ok | replay | busy | mismatch | funds | limit | duplicate_link
+    order_id: int | None
+    balance: int | None
+    status: int | None
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    user_id: int
+    panel_id: int
+    service_id: int
+    provider_id: int | None
+    charge: int
+    link: str
+    quantity: int
+    runs: int = 1
+    interval: int = 0
+    extras: dict[str, object] = field(default_factory=dict)
+    order_limit: int = 30
+    idempotency_key: str | None = None
+    fingerprint: bytes = b""
+    link_guard: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    wallets: int
+    entries: int
+    violations: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def move_funds(
+    conn: asyncpg.Connection, user_id: int, amount: int, memo: str | None = None
+) -> Entry | None:
+    """Credit (amount > 0) or debit (amount < 0); None when a debit would overdraw."""
+    if amount == 0:
+        raise ValueError("amount must not be zero")
+    row = await conn.fetchrow(MOVE_FUNDS, user_id, amount, memo)
+    return None if row is None else Entry(row[0], row[1])
+
+
+async def place_order(conn: asyncpg.Connection, order: NewOrder, funds_body: bytes) -> Placement:
+    """Debit + ledger entry + order + outbox row + idempotency record, atomically, or nothing.
+
+    `funds_body` is the response body stored for a 402 so that its replay is byte-identical.
+    """
+    row = await conn.fetchrow(
+        PLACE_ORDER,
+        order.user_id,
+        order.panel_id,
+        order.service_id,
+        order.provider_id,
+        order.charge,
+        order.link,
+        order.quantity,
+        order.runs,
+        order.interval,
+        order.extras,
+        order.order_limit,
+        order.idempotency_key,
+        order.fingerprint,
+        order.link_guard,
+        funds_body,
+    )
+    assert row is not None
+    return Placement(row[0], row[1], row[2], row[3], row[4])
+
+
+async def refund(
+    conn: asyncpg.Connection, order_id: int, amount: int, memo: str | None = None
+) -> Entry | None:
+    """Refund an order exactly once: None when it was refunded before (or cannot be)."""
+    try:
+        row = await conn.fetchrow(REFUND, order_id, amount, memo)
+    except asyncpg.UniqueViolationError:
+        return None
+    return None if row is None else Entry(row[0], row[1])
+
+
+async def balance(conn: asyncpg.Connection, user_id: int) -> int | None:
+    value = await conn.fetchval(BALANCE, user_id)
+    return None if value is None else int(value)
+
+
+async def audit(conn: asyncpg.Connection) -> AuditReport:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        wallets, entries = await conn.fetchrow(AUDIT_COUNTS)
+        violations = [r[0] for r in await conn.fetch(AUDIT_VIOLATIONS)]
+    return AuditReport(wallets, entries, violations)

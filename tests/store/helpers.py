@@ -1,0 +1,35 @@
+"""Shared helpers for database tests: unique fixtures made through the store's own functions."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+
+from panelsrv.store import admin, db
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    return await db.connect(url)
+
+
+def unique(label: str) -> str:
+    return f"{label}-{secrets.token_hex(4)}"
+
+
+async def new_panel(conn: asyncpg.Connection, currency: str = "USD") -> tuple[int, str]:
+    panel_id, domain, _ = await admin.add_panel(conn, unique("panel") + ".test", currency)
+    return panel_id, domain
+
+
+async def new_user(conn: asyncpg.Connection, domain: str, balance: str = "0") -> admin.UserRef:
+    user, _ = await admin.add_user(conn, unique("user") + "@example.test", domain, balance, "0")
+    return user
+
+
+async def new_service(conn: asyncpg.Connection, rate: str = "1.00", **kwargs: object) -> int:
+    spec = admin.ServiceSpec(
+        name=unique("svc"), type="default", rate=rate, min=1, max=1_000_000, **kwargs
+    )  # type: ignore[arg-type]
+    service_id, _ = await admin.add_service(conn, spec)
+    return service_id

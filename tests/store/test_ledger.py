@@ -1,0 +1,215 @@
+"""The money invariants, against a real PostgreSQL under real concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+from panelsrv import money
+from panelsrv.store import db, ledger
+from tests.store.helpers import connect, new_panel, new_service, new_user
+
+
+async def test_concurrent_debits_never_overdraw(database_url: str) -> None:
+    setup = await connect(database_url)
+    _, domain = await new_panel(setup)
+    user = await new_user(setup, domain, balance="10.00")
+    pool = await db.create_pool(database_url, 20)
+    try:
+        # 200 debits of 0.30 against 10.00: exactly 33 fit.
+        async def debit() -> bool:
+            async with pool.acquire() as conn:
+                return await ledger.move_funds(conn, user.id, -money.parse("0.30")) is not None
+
+        results = await asyncio.gather(*(debit() for _ in range(200)))
+        assert sum(results) == 33
+        assert await ledger.balance(setup, user.id) == money.parse("0.10")
+        report = await ledger.audit(setup)
+        assert report.ok, report.violations
+    finally:
+        await pool.close()
+        await setup.close()
+
+
+async def test_concurrent_orders_never_overdraw_and_respect_the_ceiling(database_url: str) -> None:
+    setup = await connect(database_url)
+    panel_id, domain = await new_panel(setup)
+    user = await new_user(setup, domain, balance="17.00")
+    service_id = await new_service(setup, rate="1.00")
+    pool = await db.create_pool(database_url, 30)
+    try:
+
+        def order(n: int) -> ledger.NewOrder:
+            return ledger.NewOrder(
+                user_id=user.id,
+                panel_id=panel_id,
+                service_id=service_id,
+                provider_id=None,
+                charge=money.parse("1.00"),
+                link=f"https://x.test/{n}",
+                quantity=1000,
+            )
+
+        async def place(n: int) -> str:
+            async with pool.acquire() as conn:
+                return (await ledger.place_order(conn, order(n), b"{}")).outcome
+
+        outcomes = await asyncio.gather(*(place(n) for n in range(30)))
+        assert outcomes.count("ok") == 17 and outcomes.count("funds") == 13
+        assert await ledger.balance(setup, user.id) == 0
+        # Money back in: the ceiling (30 per minute, 17 used) stops the 14th more order.
+        await ledger.move_funds(setup, user.id, money.parse("100"))
+        outcomes = await asyncio.gather(*(place(n) for n in range(30, 50)))
+        assert outcomes.count("ok") == 13 and outcomes.count("limit") == 7
+        assert (await ledger.audit(setup)).ok
+    finally:
+        await pool.close()
+        await setup.close()
+
+
+async def test_refund_applies_once(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        service_id = await new_service(conn)
+        placed = await ledger.place_order(
+            conn,
+            ledger.NewOrder(
+                user_id=user.id,
+                panel_id=panel_id,
+                service_id=service_id,
+                provider_id=None,
+                charge=money.parse("2.00"),
+                link="https://x.test/a",
+                quantity=2000,
+            ),
+            b"{}",
+        )
+        assert placed.outcome == "ok" and placed.order_id is not None
+        first = await ledger.refund(conn, placed.order_id, money.parse("0.50"))
+        second = await ledger.refund(conn, placed.order_id, money.parse("0.50"))
+        others = [await connect(database_url) for _ in range(5)]
+        try:
+            concurrent = await asyncio.gather(
+                *(ledger.refund(c, placed.order_id, 1) for c in others)
+            )
+        finally:
+            await asyncio.gather(*(c.close() for c in others))
+        assert first is not None and second is None and concurrent == [None] * 5
+        assert await ledger.balance(conn, user.id) == money.parse("3.50")
+        # More than the charge is never refunded.
+        again = await ledger.place_order(
+            conn,
+            ledger.NewOrder(
+                user_id=user.id,
+                panel_id=panel_id,
+                service_id=service_id,
+                provider_id=None,
+                charge=money.parse("1.00"),
+                link="https://x.test/b",
+                quantity=1000,
+            ),
+            b"{}",
+        )
+        assert again.order_id is not None
+        assert await ledger.refund(conn, again.order_id, money.parse("1.01")) is None
+        assert (await ledger.audit(conn)).ok
+    finally:
+        await conn.close()
+
+
+async def test_idempotent_place_order_replays_and_refuses_mismatch(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        service_id = await new_service(conn)
+        order = ledger.NewOrder(
+            user_id=user.id,
+            panel_id=panel_id,
+            service_id=service_id,
+            provider_id=None,
+            charge=money.parse("1.00"),
+            link="https://x.test/a",
+            quantity=1000,
+            idempotency_key="k-1",
+            fingerprint=b"f1",
+        )
+        first = await ledger.place_order(conn, order, b"{}")
+        replay = await ledger.place_order(conn, order, b"{}")
+        assert first.outcome == "ok" and replay.outcome == "replay"
+        assert replay.body == first.body == f'{{"order":{first.order_id}}}'.encode()
+        other = ledger.NewOrder(
+            **{**{f: getattr(order, f) for f in order.__slots__}, "fingerprint": b"f2"}
+        )
+        assert (await ledger.place_order(conn, other, b"{}")).outcome == "mismatch"
+        assert await ledger.balance(conn, user.id) == money.parse("4.00")
+    finally:
+        await conn.close()
+
+
+async def test_idempotency_claim_of_a_dead_transaction_does_not_linger(database_url: str) -> None:
+    """The claim is a transaction-scoped lock: a holder that dies leaves nothing behind."""
+    conn = await connect(database_url)
+    holder = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        service_id = await new_service(conn)
+        order = ledger.NewOrder(
+            user_id=user.id,
+            panel_id=panel_id,
+            service_id=service_id,
+            provider_id=None,
+            charge=money.parse("1.00"),
+            link="https://x.test/a",
+            quantity=1000,
+            idempotency_key="crash",
+            fingerprint=b"f",
+        )
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"idem:{user.id}:crash"
+        )
+        assert (await ledger.place_order(conn, order, b"{}")).outcome == "busy"
+        await conn.execute("SELECT pg_terminate_backend($1)", holder.get_server_pid())
+        await asyncio.sleep(0.2)
+        assert (await ledger.place_order(conn, order, b"{}")).outcome == "ok"
+    finally:
+        holder.terminate()
+        await conn.close()
+
+
+async def test_audit_reports_a_tampered_wallet(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        _, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="1.00")
+        assert (await ledger.audit(conn)).ok
+        await conn.execute("UPDATE wallets SET balance = balance + 1 WHERE user_id = $1", user.id)
+        report = await ledger.audit(conn)
+        assert not report.ok and f"wallet {user.id}" in report.violations[0]
+        await conn.execute("UPDATE wallets SET balance = balance - 1 WHERE user_id = $1", user.id)
+    finally:
+        await conn.close()
+
+
+async def test_ledger_is_append_only(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        _, domain = await new_panel(conn)
+        await new_user(conn, domain, balance="1.00")
+        for statement in (
+            "UPDATE ledger_entries SET memo = 'x'",
+            "DELETE FROM ledger_entries",
+            "TRUNCATE ledger_entries CASCADE",
+        ):
+            try:
+                await conn.execute(statement)
+            except Exception as exc:
+                assert "append-only" in str(exc)
+            else:
+                raise AssertionError(f"{statement} was allowed")
+    finally:
+        await conn.close()

@@ -1,0 +1,36 @@
+"""The harness itself: tests run on uvloop, and a loop that logged an error fails the test."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvloop
+
+from tests.conftest import run_async
+
+
+async def test_runs_on_uvloop() -> None:
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+def test_unretrieved_task_exception_fails_the_test() -> None:
+    async def leaky() -> None:
+        async def boom() -> None:
+            raise RuntimeError("nobody awaits me")
+
+        task = asyncio.get_running_loop().create_task(boom())
+        await asyncio.sleep(0.01)
+        del task
+
+    with pytest.raises(pytest.fail.Exception, match="unhandled exception"):
+        run_async(leaky())
+
+
+def test_failing_callback_fails_the_test() -> None:
+    async def callback_raises() -> None:
+        asyncio.get_running_loop().call_soon(lambda: 1 / 0)
+        await asyncio.sleep(0.01)
+
+    with pytest.raises(pytest.fail.Exception, match="ZeroDivisionError"):
+        run_async(callback_raises())
