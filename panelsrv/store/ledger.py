@@ -29,22 +29,10 @@ SELECT user_id, CASE WHEN $2 > 0 THEN 'credit' ELSE 'debit' END, $2, before, bal
 RETURNING id, balance_after
 """
 
-# $1 order_id, $2 amount, $3 memo -> (entry id, balance after). Raises UniqueViolation when
-# the order was refunded already; no row when the amount exceeds the charge or the order does
-# not exist.
-REFUND = """
-WITH o AS (
-    SELECT id, user_id FROM orders WHERE id = $1 AND $2 > 0 AND $2 <= charge
-), w AS (
-    UPDATE wallets SET balance = balance + $2, version = version + 1
-      FROM o WHERE wallets.user_id = o.user_id
- RETURNING wallets.user_id, balance - $2 AS before, balance, version
-)
-INSERT INTO ledger_entries (user_id, order_id, kind, amount, balance_before, balance_after,
-                            wallet_version, memo)
-SELECT w.user_id, $1, 'refund', $2, w.before, w.balance, w.version, $3 FROM w
-RETURNING id, balance_after
-"""
+# $1 order_id, $2 amount, $3 memo -> (entry id, balance after), both NULL when the amount is
+# not within (0, charge] or the order does not exist. Raises UniqueViolation when the order was
+# refunded already.
+REFUND = "SELECT entry_id, balance_after FROM refund_order($1, $2, $3)"
 
 PLACE_ORDER = """
 SELECT outcome, order_id, balance, status, body
@@ -175,7 +163,7 @@ async def refund(
         row = await conn.fetchrow(REFUND, order_id, amount, memo)
     except asyncpg.UniqueViolationError:
         return None
-    return None if row is None else Entry(row[0], row[1])
+    return None if row is None or row[0] is None else Entry(row[0], row[1])
 
 
 async def balance(conn: asyncpg.Connection, user_id: int) -> int | None:

@@ -1,17 +1,76 @@
--- 002_money: the order-placement statement. One call = one round trip = one transaction that
--- (1) takes the request's idempotency claim, (2) debits the wallet only if the balance covers the
--- charge AND the user is under the order-rate ceiling, (3) writes the charge ledger entry, the
--- order, the dispatch outbox row and the idempotency record - or nothing at all.
+-- 002_money: the statements that move money or claim an idempotency key. Each API action is
+-- ONE call = one round trip = one transaction, which either does everything or nothing.
 --
--- Concurrency: the wallet UPDATE is a compare-and-set; under READ COMMITTED a waiting writer
--- re-evaluates its WHERE (balance and the recent_orders window) against the committed row, so
--- neither the balance nor the ceiling can be overrun. The idempotency claim is an advisory
--- transaction lock: a concurrent duplicate answers 'busy' (409) at once instead of waiting, and a
--- crashed holder's claim vanishes with its transaction, so no stale claim can outlive it.
+-- Concurrency: wallet UPDATEs are compare-and-set; under READ COMMITTED a waiting writer
+-- re-evaluates its WHERE (balance, recent_orders window) against the committed row, so neither
+-- the balance nor the order ceiling can be overrun. Orders are locked (FOR UPDATE) before their
+-- state changes, and several orders are processed in the caller's order; the dispatcher locks
+-- the same rows, so a cancel and a dispatch never both win.
 --
--- outcome: 'ok' | 'replay' (status/body of the first request) | 'busy' | 'mismatch' |
---          'funds' | 'limit' | 'duplicate_link'
+-- Idempotency claims are transaction-scoped advisory locks: a concurrent duplicate answers
+-- 'busy' (409) at once instead of waiting, and a crashed holder's claim vanishes with its
+-- transaction, so no stale claim outlives it. Records live 24 h.
 
+-- Claim (p_user, p_key): 'new' (go on), 'busy', 'mismatch', or 'replay' with the stored answer.
+CREATE FUNCTION idem_claim(p_user bigint, p_key text, p_fingerprint bytea,
+                           OUT outcome text, OUT status smallint, OUT body bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    rec record;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('idem:' || p_user || ':' || p_key, 0)) THEN
+        outcome := 'busy';
+        RETURN;
+    END IF;
+    SELECT i.fingerprint, i.status, i.body INTO rec FROM idempotency i
+     WHERE i.user_id = p_user AND i.key = p_key AND i.created_at > now() - interval '24 hours';
+    IF NOT FOUND THEN
+        outcome := 'new';
+    ELSIF rec.fingerprint <> p_fingerprint THEN
+        outcome := 'mismatch';
+    ELSE
+        outcome := 'replay';
+        status := rec.status;
+        body := rec.body;
+    END IF;
+END $$;
+
+-- Record the answer under a claimed key (an expired record under the same key is replaced).
+CREATE FUNCTION idem_store(p_user bigint, p_key text, p_fingerprint bytea, p_status smallint,
+                           p_body bytea) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO idempotency (user_id, key, fingerprint, status, body)
+    VALUES (p_user, p_key, p_fingerprint, p_status, p_body)
+    ON CONFLICT ON CONSTRAINT idempotency_pkey DO UPDATE
+       SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status, body = EXCLUDED.body,
+           created_at = now();
+$$;
+
+-- Credit an order's refund exactly once (unique (order_id, kind) raises on a second one).
+-- No row when the amount is not within (0, charge] or the order does not exist.
+CREATE FUNCTION refund_order(p_order bigint, p_amount bigint, p_memo text,
+                             OUT entry_id bigint, OUT balance_after bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_user bigint;
+    v_before bigint;
+    v_version bigint;
+BEGIN
+    SELECT o.user_id INTO v_user FROM orders o
+     WHERE o.id = p_order AND p_amount > 0 AND p_amount <= o.charge;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE wallets w SET balance = w.balance + p_amount, version = w.version + 1
+     WHERE w.user_id = v_user
+    RETURNING w.balance - p_amount, w.balance, w.version INTO v_before, balance_after, v_version;
+    INSERT INTO ledger_entries (user_id, order_id, kind, amount, balance_before, balance_after,
+                                wallet_version, memo)
+    VALUES (v_user, p_order, 'refund', p_amount, v_before, balance_after, v_version, p_memo)
+    RETURNING id INTO entry_id;
+END $$;
+
+-- outcome: 'ok' | 'replay' | 'busy' | 'mismatch' | 'funds' | 'limit' | 'duplicate_link'
 CREATE FUNCTION place_order(
     p_user bigint, p_panel bigint, p_service bigint, p_provider bigint, p_charge bigint,
     p_link text, p_quantity bigint, p_runs integer, p_interval integer, p_extras jsonb,
@@ -27,23 +86,12 @@ DECLARE
     v_order bigint;
     v_body bytea;
     v_limited boolean;
-    rec record;
+    claim record;
 BEGIN
     IF p_idem_key IS NOT NULL THEN
-        IF NOT pg_try_advisory_xact_lock(
-                hashtextextended('idem:' || p_user || ':' || p_idem_key, 0)) THEN
-            RETURN QUERY SELECT 'busy'::text, NULL::bigint, NULL::bigint, NULL::smallint, NULL::bytea;
-            RETURN;
-        END IF;
-        SELECT i.fingerprint, i.status, i.body INTO rec FROM idempotency i
-         WHERE i.user_id = p_user AND i.key = p_idem_key
-           AND i.created_at > now() - interval '24 hours';
-        IF FOUND THEN
-            IF rec.fingerprint <> p_fingerprint THEN
-                RETURN QUERY SELECT 'mismatch'::text, NULL::bigint, NULL::bigint, NULL::smallint, NULL::bytea;
-            ELSE
-                RETURN QUERY SELECT 'replay'::text, NULL::bigint, NULL::bigint, rec.status, rec.body;
-            END IF;
+        SELECT * INTO claim FROM idem_claim(p_user, p_idem_key, p_fingerprint);
+        IF claim.outcome <> 'new' THEN
+            RETURN QUERY SELECT claim.outcome, NULL::bigint, NULL::bigint, claim.status, claim.body;
             RETURN;
         END IF;
     END IF;
@@ -77,11 +125,7 @@ BEGIN
             RETURN;
         END IF;
         IF p_idem_key IS NOT NULL THEN
-            INSERT INTO idempotency (user_id, key, fingerprint, status, body)
-            VALUES (p_user, p_idem_key, p_fingerprint, 402, p_funds_body)
-            ON CONFLICT ON CONSTRAINT idempotency_pkey DO UPDATE
-               SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
-                   body = EXCLUDED.body, created_at = now();
+            PERFORM idem_store(p_user, p_idem_key, p_fingerprint, 402::smallint, p_funds_body);
         END IF;
         RETURN QUERY SELECT 'funds'::text, NULL::bigint, NULL::bigint, 402::smallint, p_funds_body;
         RETURN;
@@ -101,13 +145,157 @@ BEGIN
 
     v_body := convert_to('{"order":' || v_order || '}', 'UTF8');
     IF p_idem_key IS NOT NULL THEN
-        -- An expired (> 24 h) record under the same key is replaced: the key is new again.
-        INSERT INTO idempotency (user_id, key, fingerprint, status, body)
-        VALUES (p_user, p_idem_key, p_fingerprint, 200, v_body)
-        ON CONFLICT ON CONSTRAINT idempotency_pkey DO UPDATE
-           SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
-               body = EXCLUDED.body, created_at = now();
+        PERFORM idem_store(p_user, p_idem_key, p_fingerprint, 200::smallint, v_body);
     END IF;
-
     RETURN QUERY SELECT 'ok'::text, v_order, v_after, 200::smallint, v_body;
+END $$;
+
+-- Cancel orders of p_user, in the given order. Not yours / not found: "Incorrect order ID".
+-- Service without cancel, or the order has started: "Cancel is not available". Never claimed by
+-- a dispatcher: canceled now with a full refund. Otherwise (sent, or being sent): a cancel
+-- request for the worker to forward upstream; the order becomes Canceled when it confirms.
+-- Answers are built here, byte-compatible with the API's JSON, so idempotent replays are exact:
+-- p_single -> {"cancel":1} / {"error":...} (status 400); else a list of {"order":N,"cancel":...}.
+CREATE FUNCTION cancel_orders(p_user bigint, p_ids bigint[], p_single boolean,
+                              p_idem_key text, p_fingerprint bytea,
+                              OUT outcome text, OUT status smallint, OUT body bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+    v_error text;
+    v_items text[] := '{}';
+    o record;
+    job record;
+    claim record;
+BEGIN
+    IF p_idem_key IS NOT NULL THEN
+        SELECT * INTO claim FROM idem_claim(p_user, p_idem_key, p_fingerprint);
+        IF claim.outcome <> 'new' THEN
+            outcome := claim.outcome; status := claim.status; body := claim.body;
+            RETURN;
+        END IF;
+    END IF;
+    -- Lock every order up front in ascending id order (the order every writer uses), so two
+    -- concurrent calls with the same ids in different orders cannot deadlock.
+    PERFORM 1 FROM orders WHERE id = ANY(p_ids) AND user_id = p_user ORDER BY id FOR UPDATE;
+    FOREACH v_id IN ARRAY p_ids LOOP
+        v_error := NULL;
+        SELECT ord.id, ord.status, ord.upstream_id, ord.cancel_requested, ord.charge, s.cancel
+          INTO o
+          FROM orders ord JOIN services s ON s.id = ord.service_id
+         WHERE ord.id = v_id AND ord.user_id = p_user
+           FOR UPDATE OF ord;
+        IF NOT FOUND THEN
+            v_error := 'Incorrect order ID';
+        ELSIF NOT o.cancel OR o.status <> 'Pending' THEN
+            v_error := 'Cancel is not available';
+        ELSIF NOT o.cancel_requested THEN
+            SELECT x.id, x.lease_until INTO job FROM outbox x
+             WHERE x.kind = 'dispatch' AND x.order_id = v_id FOR UPDATE;
+            IF FOUND AND job.lease_until IS NULL AND o.upstream_id IS NULL THEN
+                DELETE FROM outbox WHERE id = job.id;
+                UPDATE orders SET status = 'Canceled', remains = quantity * runs,
+                                  updated_at = now()
+                 WHERE id = v_id;
+                IF o.charge > 0 THEN
+                    PERFORM refund_order(v_id, o.charge, 'canceled before dispatch');
+                END IF;
+            ELSE
+                UPDATE orders SET cancel_requested = true, updated_at = now() WHERE id = v_id;
+                INSERT INTO outbox (kind, order_id) VALUES ('cancel', v_id)
+                ON CONFLICT DO NOTHING;
+            END IF;
+        END IF;
+        IF p_single THEN
+            IF v_error IS NULL THEN
+                status := 200; body := convert_to('{"cancel":1}', 'UTF8');
+            ELSE
+                status := 400; body := convert_to('{"error":"' || v_error || '"}', 'UTF8');
+            END IF;
+        ELSE
+            v_items := v_items || ('{"order":' || v_id || ',"cancel":'
+                || CASE WHEN v_error IS NULL THEN '1' ELSE '{"error":"' || v_error || '"}' END
+                || '}');
+        END IF;
+    END LOOP;
+    IF NOT p_single THEN
+        status := 200;
+        body := convert_to('[' || array_to_string(v_items, ',') || ']', 'UTF8');
+    END IF;
+    outcome := 'ok';
+    IF p_idem_key IS NOT NULL THEN
+        PERFORM idem_store(p_user, p_idem_key, p_fingerprint, status, body);
+    END IF;
+END $$;
+
+-- Refill orders of p_user: only Completed/Partial orders of services with refill, no refill in
+-- flight, none in the last p_cooldown_hours, fewer than p_max per order. Answers as cancel_orders:
+-- p_single -> {"refill":N} / {"error":...}; else [{"order":N,"refill":M or {"error":...}}].
+CREATE FUNCTION refill_orders(p_user bigint, p_ids bigint[], p_single boolean,
+                              p_max integer, p_cooldown_hours integer,
+                              p_idem_key text, p_fingerprint bytea,
+                              OUT outcome text, OUT status smallint, OUT body bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+    v_refill bigint;
+    v_error text;
+    v_items text[] := '{}';
+    o record;
+    r record;
+    claim record;
+BEGIN
+    IF p_idem_key IS NOT NULL THEN
+        SELECT * INTO claim FROM idem_claim(p_user, p_idem_key, p_fingerprint);
+        IF claim.outcome <> 'new' THEN
+            outcome := claim.outcome; status := claim.status; body := claim.body;
+            RETURN;
+        END IF;
+    END IF;
+    -- Lock every order up front in ascending id order (the order every writer uses), so two
+    -- concurrent calls with the same ids in different orders cannot deadlock.
+    PERFORM 1 FROM orders WHERE id = ANY(p_ids) AND user_id = p_user ORDER BY id FOR UPDATE;
+    FOREACH v_id IN ARRAY p_ids LOOP
+        v_error := NULL;
+        v_refill := NULL;
+        SELECT ord.id, ord.status, s.refill INTO o
+          FROM orders ord JOIN services s ON s.id = ord.service_id
+         WHERE ord.id = v_id AND ord.user_id = p_user
+           FOR UPDATE OF ord;
+        IF NOT FOUND THEN
+            v_error := 'Incorrect order ID';
+        ELSE
+            SELECT count(*) AS total,
+                   count(*) FILTER (WHERE f.status IN ('Pending', 'In progress')) AS open,
+                   max(f.created_at) AS last
+              INTO r FROM refills f WHERE f.order_id = v_id;
+            IF NOT o.refill OR o.status NOT IN ('Completed', 'Partial') OR r.open > 0
+               OR r.total >= p_max
+               OR r.last > now() - make_interval(hours => p_cooldown_hours) THEN
+                v_error := 'Refill is not available';
+            ELSE
+                INSERT INTO refills (order_id, user_id) VALUES (v_id, p_user)
+                RETURNING id INTO v_refill;
+                INSERT INTO outbox (kind, order_id, refill_id) VALUES ('refill', v_id, v_refill);
+            END IF;
+        END IF;
+        IF p_single THEN
+            IF v_error IS NULL THEN
+                status := 200; body := convert_to('{"refill":' || v_refill || '}', 'UTF8');
+            ELSE
+                status := 400; body := convert_to('{"error":"' || v_error || '"}', 'UTF8');
+            END IF;
+        ELSE
+            v_items := v_items || ('{"order":' || v_id || ',"refill":'
+                || coalesce(v_refill::text, '{"error":"' || v_error || '"}') || '}');
+        END IF;
+    END LOOP;
+    IF NOT p_single THEN
+        status := 200;
+        body := convert_to('[' || array_to_string(v_items, ',') || ']', 'UTF8');
+    END IF;
+    outcome := 'ok';
+    IF p_idem_key IS NOT NULL THEN
+        PERFORM idem_store(p_user, p_idem_key, p_fingerprint, status, body);
+    END IF;
 END $$;

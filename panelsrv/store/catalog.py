@@ -1,0 +1,134 @@
+"""The in-memory catalog: panels by domain, services by panel-local and global id, and the
+`services` answer pre-encoded once per (panel, price profile).
+
+Imports asyncpg, orjson, money and panelconf. A `Catalog` is an immutable snapshot loaded in
+one pass; a change anywhere (NOTIFY panelsrv_catalog) makes the server load a new one and swap
+it in, so readers never see a half-updated catalog. Prices: a user-specific rate wins, else
+the base rate less the user's discount (money.user_rate), the same function `add` charges with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+
+from panelsrv import money, panelconf
+
+LOAD_PANELS = "SELECT id, domain, currency, settings FROM panels"
+LOAD_SERVICES = """
+SELECT id, panel_id, local_id, name, type, category, rate, min_qty, max_qty, dripfeed, refill,
+       cancel, avg_time, hidden, provider_id
+  FROM services WHERE active
+ ORDER BY coalesce(local_id, id), id
+"""
+# Bound on cached `services` answers; users with their own rates each have one.
+MAX_CACHED_LISTINGS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    id: int
+    domain: str
+    currency: str
+    settings: panelconf.PanelSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: int
+    panel_id: int | None
+    local_id: int | None
+    name: str
+    type: str
+    category: str
+    rate: int
+    min_qty: int
+    max_qty: int
+    dripfeed: bool
+    refill: bool
+    cancel: bool
+    avg_time: int
+    hidden: bool
+    provider_id: int | None
+
+    @property
+    def public_id(self) -> int:
+        return self.local_id if self.local_id is not None else self.id
+
+
+@dataclass(slots=True)
+class Catalog:
+    panels: dict[int, Panel]
+    by_domain: dict[str, Panel]
+    services: dict[int, Service]
+    local: dict[tuple[int, int], Service]
+    _listings: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
+
+    def panel_for_host(self, host: str, default_domain: str) -> Panel | None:
+        panel = self.by_domain.get(host)
+        if panel is None and default_domain:
+            panel = self.by_domain.get(default_domain)
+        return panel
+
+    def resolve_service(self, panel_id: int, service: int) -> Service | None:
+        """The panel's local id first, then the global id of a service the panel offers."""
+        found = self.local.get((panel_id, service))
+        if found is not None:
+            return found
+        found = self.services.get(service)
+        if found is None or (found.panel_id is not None and found.panel_id != panel_id):
+            return None
+        return found
+
+    def listing(
+        self, panel_id: int, user_id: int, discount_bp: int, overrides: dict[int, int]
+    ) -> bytes:
+        """The `services` answer for this caller, encoded once per price profile."""
+        cache_key = (panel_id, user_id if overrides else 0, discount_bp)
+        body = self._listings.get(cache_key)
+        if body is None:
+            body = orjson.dumps(
+                [
+                    {
+                        "service": s.public_id,
+                        "name": s.name,
+                        "type": s.type,
+                        "category": s.category,
+                        "rate": money.format(
+                            money.user_rate(s.rate, discount_bp, overrides.get(s.id))
+                        ),
+                        "min": s.min_qty,
+                        "max": s.max_qty,
+                        "dripfeed": s.dripfeed,
+                        "refill": s.refill,
+                        "cancel": s.cancel,
+                        "avg_time": s.avg_time,
+                    }
+                    for s in self.services.values()
+                    if not s.hidden and (s.panel_id is None or s.panel_id == panel_id)
+                ]
+            )
+            if len(self._listings) >= MAX_CACHED_LISTINGS:
+                self._listings.clear()
+            self._listings[cache_key] = body
+        return body
+
+    def forget_listings(self) -> None:
+        """Prices of some user changed: drop every encoded answer (they are rebuilt lazily)."""
+        self._listings.clear()
+
+
+async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Catalog:
+    panels = {
+        r[0]: Panel(r[0], r[1], r[2], panelconf.decode(r[3])) for r in await conn.fetch(LOAD_PANELS)
+    }
+    services: dict[int, Service] = {}
+    local: dict[tuple[int, int], Service] = {}
+    for r in await conn.fetch(LOAD_SERVICES):
+        service = Service(*r)
+        services[service.id] = service
+        if service.local_id is not None and service.panel_id is not None:
+            local[(service.panel_id, service.local_id)] = service
+    return Catalog(panels, {p.domain: p for p in panels.values()}, services, local)

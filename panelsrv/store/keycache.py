@@ -1,0 +1,130 @@
+"""API key -> principal, through an in-process cache in front of the hashed-key table.
+
+Imports asyncpg and keys. A hit is one dict lookup; a miss costs one indexed lookup (concurrent
+misses for the same key share it); unknown keys are remembered as unknown briefly. Entries are
+dropped the moment a revocation NOTIFY arrives (see listen.py); while that channel is down the
+cache is bypassed, so a revocation can never be missed, and `ttl` bounds staleness regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from panelsrv.store import keys
+
+# $1 sha256 -> the active key's principal, with the user's own rates as [[service, rate], ...]
+LOOKUP_PRINCIPAL = """
+SELECT k.id, k.user_id, u.panel_id, u.discount_bp,
+       coalesce((SELECT array_agg(ARRAY[r.service_id, r.rate]) FROM user_rates r
+                  WHERE r.user_id = u.id), '{}')
+  FROM api_keys k JOIN users u ON u.id = k.user_id
+ WHERE k.hash = $1 AND k.revoked_at IS NULL
+"""
+MAX_ENTRIES = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: int
+    user_id: int
+    panel_id: int
+    discount_bp: int
+    overrides: dict[int, int]  # service id -> the user's own rate
+    digest_hex: str
+
+
+class KeyCache:
+    __slots__ = (
+        "_clock",
+        "_enabled",
+        "_entries",
+        "_inflight",
+        "_negative_ttl",
+        "_pool",
+        "_ttl",
+        "_by_digest",
+    )
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ttl: float,
+        negative_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[Principal | None, float]] = {}
+        self._by_digest: dict[str, str] = {}
+        self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+        self._enabled = False  # until the invalidation channel is listening
+
+    def cached(self, raw: str) -> tuple[bool, Principal | None]:
+        """(hit, principal) without I/O: the hot path's fast answer."""
+        entry = self._entries.get(raw)
+        if entry is None or entry[1] < self._clock():
+            return False, None
+        return True, entry[0]
+
+    async def resolve(self, raw: str) -> Principal | None:
+        hit, principal = self.cached(raw)
+        if hit:
+            return principal
+        if not keys.well_formed(raw):
+            return None
+        pending = self._inflight.get(raw)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._inflight[raw] = future
+        try:
+            principal = await self._load(raw)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: waiters re-raise it, nobody is left unaware
+            raise
+        else:
+            future.set_result(principal)
+            self._remember(raw, principal)
+            return principal
+        finally:
+            del self._inflight[raw]
+
+    async def _load(self, raw: str) -> Principal | None:
+        digest = keys.digest(raw)
+        row = await self._pool.fetchrow(LOOKUP_PRINCIPAL, digest)
+        if row is None:
+            return None
+        overrides = {int(service): int(rate) for service, rate in row[4]}
+        return Principal(row[0], row[1], row[2], row[3], overrides, digest.hex())
+
+    def _remember(self, raw: str, principal: Principal | None) -> None:
+        if not self._enabled:
+            return
+        if len(self._entries) >= MAX_ENTRIES:
+            self.clear()
+        ttl = self._ttl if principal is not None else self._negative_ttl
+        self._entries[raw] = (principal, self._clock() + ttl)
+        if principal is not None:
+            self._by_digest[principal.digest_hex] = raw
+
+    def revoke(self, digest_hex: str) -> None:
+        raw = self._by_digest.pop(digest_hex, None)
+        if raw is not None:
+            self._entries.pop(raw, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_digest.clear()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Caching is only safe while revocations can reach us: off (and empty) otherwise."""
+        self._enabled = enabled
+        self.clear()

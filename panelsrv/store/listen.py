@@ -1,0 +1,93 @@
+"""LISTEN/NOTIFY: how a revocation or a catalog change reaches every process on every host.
+
+Imports asyncpg. One dedicated connection per process listens on `panelsrv_keys` (payload: the
+revoked key's SHA-256 in hex) and `panelsrv_catalog` (payload: the table that changed). If the
+connection is lost, notifications may have been missed: `on_reset(False)` tells the owner to
+stop trusting its caches, and after reconnecting `on_reset(True)` tells it to reload and trust
+them again. Reconnects back off up to 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+log = logging.getLogger("panelsrv.listen")
+
+KEYS_CHANNEL = "panelsrv_keys"
+CATALOG_CHANNEL = "panelsrv_catalog"
+PING_INTERVAL = 5.0
+
+
+class Listener:
+    def __init__(
+        self,
+        url: str,
+        on_key_revoked: Callable[[str], None],
+        on_catalog_changed: Callable[[str], None],
+        on_reset: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self._url = url
+        self._on_key_revoked = on_key_revoked
+        self._on_catalog_changed = on_catalog_changed
+        self._on_reset = on_reset
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await asyncpg.connect(self._url)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("notification listener cannot connect (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            self._conn = conn
+            self._lost.clear()
+            conn.add_termination_listener(lambda _conn: self._lost.set())
+            await conn.add_listener(KEYS_CHANNEL, self._dispatch)
+            await conn.add_listener(CATALOG_CHANNEL, self._dispatch)
+            await self._on_reset(True)
+            self.connected.set()
+            await self._watch(conn)
+            self.connected.clear()
+            log.warning("notification listener lost its connection; caches bypassed until back")
+            await self._on_reset(False)
+
+    async def _watch(self, conn: asyncpg.Connection) -> None:
+        """Return when the connection is gone; a silent network failure is caught by a ping."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), timeout=PING_INTERVAL)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=PING_INTERVAL)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+                return
+
+    def _dispatch(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        if channel == KEYS_CHANNEL:
+            self._on_key_revoked(payload)
+        else:
+            self._on_catalog_changed(payload)

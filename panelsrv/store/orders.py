@@ -1,0 +1,93 @@
+"""Order and refill reads and the customer-side state changes (cancel, refill).
+
+Imports asyncpg. Every function is one statement (one round trip). Ownership is part of every
+WHERE clause: another user's order answers exactly like a nonexistent one. Cancel and refill
+build their JSON answers inside PostgreSQL (002_money.sql) so that an idempotent replay is the
+stored bytes of the first answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+# $1 order id, $2 user id -> (charge, start_count, status, remains)
+ORDER_STATUS = """
+SELECT charge, start_count, status, remains FROM orders WHERE id = $1 AND user_id = $2
+"""
+# $1 order ids, $2 user id -> (id, charge, start_count, status, remains) for the user's orders
+ORDERS_STATUS = """
+SELECT id, charge, start_count, status, remains FROM orders
+ WHERE id = ANY($1::bigint[]) AND user_id = $2
+"""
+# $1 refill id(s), $2 user id -> (id, status)
+REFILLS_STATUS = """
+SELECT id, status FROM refills WHERE id = ANY($1::bigint[]) AND user_id = $2
+"""
+CANCEL = "SELECT outcome, status, body FROM cancel_orders($1, $2, $3, $4, $5)"
+REFILL = "SELECT outcome, status, body FROM refill_orders($1, $2, $3, $4, $5, $6, $7)"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """outcome: ok | replay | busy | mismatch; status and body are set for ok and replay."""
+
+    outcome: str
+    status: int | None
+    body: bytes | None
+
+
+async def order_status(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, order_id: int
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(ORDER_STATUS, order_id, user_id)
+
+
+async def orders_status(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, order_ids: list[int]
+) -> dict[int, asyncpg.Record]:
+    return {r[0]: r for r in await conn.fetch(ORDERS_STATUS, order_ids, user_id)}
+
+
+async def refills_status(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, refill_ids: list[int]
+) -> dict[int, str]:
+    return {r[0]: r[1] for r in await conn.fetch(REFILLS_STATUS, refill_ids, user_id)}
+
+
+async def cancel(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    user_id: int,
+    order_ids: list[int],
+    single: bool,
+    idempotency_key: str | None = None,
+    fingerprint: bytes = b"",
+) -> Answer:
+    row = await conn.fetchrow(CANCEL, user_id, order_ids, single, idempotency_key, fingerprint)
+    assert row is not None
+    return Answer(row[0], row[1], row[2])
+
+
+async def refill(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    user_id: int,
+    order_ids: list[int],
+    single: bool,
+    max_per_order: int,
+    cooldown_hours: int,
+    idempotency_key: str | None = None,
+    fingerprint: bytes = b"",
+) -> Answer:
+    row = await conn.fetchrow(
+        REFILL,
+        user_id,
+        order_ids,
+        single,
+        max_per_order,
+        cooldown_hours,
+        idempotency_key,
+        fingerprint,
+    )
+    assert row is not None
+    return Answer(row[0], row[1], row[2])

@@ -1,0 +1,120 @@
+"""Cancel and refill: eligibility, ownership, refunds, byte-exact idempotent answers."""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+
+from panelsrv import money
+from panelsrv.store import ledger, orders
+from tests.store.helpers import connect, new_panel, new_service, new_user
+
+
+async def _order(
+    conn: asyncpg.Connection, panel_id: int, user_id: int, service_id: int, charge: str = "1.00"
+) -> int:
+    placed = await ledger.place_order(
+        conn,
+        ledger.NewOrder(
+            user_id=user_id,
+            panel_id=panel_id,
+            service_id=service_id,
+            provider_id=None,
+            charge=money.parse(charge),
+            link="https://x.test/p",
+            quantity=1000,
+        ),
+        b"{}",
+    )
+    assert placed.order_id is not None
+    return placed.order_id
+
+
+async def test_cancel_before_dispatch_refunds_at_once(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        other = await new_user(conn, domain, balance="5.00")
+        cancellable = await new_service(conn, cancel=True)
+        fixed = await new_service(conn)
+        a = await _order(conn, panel_id, user.id, cancellable)
+        b = await _order(conn, panel_id, user.id, fixed)
+        theirs = await _order(conn, panel_id, other.id, cancellable)
+        answer = await orders.cancel(conn, user.id, [a, b, theirs, 999_999_999], single=False)
+        assert orjson.loads(answer.body or b"") == [
+            {"order": a, "cancel": 1},
+            {"order": b, "cancel": {"error": "Cancel is not available"}},
+            {"order": theirs, "cancel": {"error": "Incorrect order ID"}},
+            {"order": 999_999_999, "cancel": {"error": "Incorrect order ID"}},
+        ]
+        assert (await orders.order_status(conn, user.id, a))["status"] == "Canceled"
+        assert await ledger.balance(conn, user.id) == money.parse("4.00")
+        # A second cancel of the same order: not Pending any more.
+        again = await orders.cancel(conn, user.id, [a], single=True)
+        assert (again.status, again.body) == (400, b'{"error":"Cancel is not available"}')
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE order_id = $1", a) == 0
+        assert (await ledger.audit(conn)).ok
+    finally:
+        await conn.close()
+
+
+async def test_cancel_of_a_claimed_order_is_forwarded(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        service = await new_service(conn, cancel=True)
+        order = await _order(conn, panel_id, user.id, service)
+        await conn.execute(
+            "UPDATE outbox SET lease_until = now() + interval '1 minute' WHERE order_id = $1", order
+        )
+        answer = await orders.cancel(conn, user.id, [order], single=True)
+        assert (answer.status, answer.body) == (200, b'{"cancel":1}')
+        row = await conn.fetchrow(
+            "SELECT status, cancel_requested FROM orders WHERE id = $1", order
+        )
+        assert tuple(row) == ("Pending", True)
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE order_id = $1 AND kind = 'cancel'", order
+            )
+            == 1
+        )
+        assert await ledger.balance(conn, user.id) == money.parse("4.00")
+    finally:
+        await conn.close()
+
+
+async def test_refill_rules_and_idempotent_replay(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        refillable = await new_service(conn, refill=True)
+        order = await _order(conn, panel_id, user.id, refillable)
+        pending = await orders.refill(conn, user.id, [order], True, 3, 24)
+        assert pending.body == b'{"error":"Refill is not available"}'
+        await conn.execute("UPDATE orders SET status = 'Completed' WHERE id = $1", order)
+        first = await orders.refill(conn, user.id, [order], True, 3, 24, "r-1", b"fp")
+        replay = await orders.refill(conn, user.id, [order], True, 3, 24, "r-1", b"fp")
+        assert first.outcome == "ok" and replay.outcome == "replay"
+        assert replay.body == first.body and orjson.loads(first.body or b"")["refill"] > 0
+        mismatch = await orders.refill(conn, user.id, [order], True, 3, 24, "r-1", b"other")
+        assert mismatch.outcome == "mismatch"
+        # One in flight: refused; finished but within the cooldown: refused; cooldown 0: allowed.
+        assert (await orders.refill(conn, user.id, [order], True, 3, 24)).status == 400
+        await conn.execute("UPDATE refills SET status = 'Completed' WHERE order_id = $1", order)
+        assert (await orders.refill(conn, user.id, [order], True, 3, 24)).status == 400
+        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).status == 200
+        await conn.execute("UPDATE refills SET status = 'Completed' WHERE order_id = $1", order)
+        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).status == 200
+        await conn.execute("UPDATE refills SET status = 'Completed' WHERE order_id = $1", order)
+        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).status == 400  # 3 max
+        refills = await conn.fetch("SELECT id FROM refills WHERE order_id = $1", order)
+        ids = [r[0] for r in refills]
+        assert await orders.refills_status(conn, user.id, ids) == dict.fromkeys(ids, "Completed")
+        other = await new_user(conn, domain)
+        assert await orders.refills_status(conn, other.id, ids) == {}
+    finally:
+        await conn.close()
