@@ -40,6 +40,7 @@ class Principal:
 
 class KeyCache:
     __slots__ = (
+        "_by_digest",
         "_clock",
         "_enabled",
         "_entries",
@@ -47,7 +48,6 @@ class KeyCache:
         "_negative_ttl",
         "_pool",
         "_ttl",
-        "_by_digest",
     )
 
     def __init__(
