@@ -33,3 +33,9 @@ async def new_service(conn: asyncpg.Connection, rate: str = "1.00", **kwargs: ob
     )  # type: ignore[arg-type]
     service_id, _ = await admin.add_service(conn, spec)
     return service_id
+
+
+async def new_provider(
+    conn: asyncpg.Connection, url: str = "http://127.0.0.1:9/api/v2", key: str = "k"
+) -> int:
+    return await admin.add_provider(conn, unique("prov"), url, key)

@@ -7,11 +7,16 @@ import orjson
 
 from panelsrv import money
 from panelsrv.store import ledger, orders
-from tests.store.helpers import connect, new_panel, new_service, new_user
+from tests.store.helpers import connect, new_panel, new_provider, new_service, new_user
 
 
 async def _order(
-    conn: asyncpg.Connection, panel_id: int, user_id: int, service_id: int, charge: str = "1.00"
+    conn: asyncpg.Connection,
+    panel_id: int,
+    user_id: int,
+    service_id: int,
+    charge: str = "1.00",
+    provider_id: int | None = None,
 ) -> int:
     placed = await ledger.place_order(
         conn,
@@ -19,7 +24,7 @@ async def _order(
             user_id=user_id,
             panel_id=panel_id,
             service_id=service_id,
-            provider_id=None,
+            provider_id=provider_id,
             charge=money.parse(charge),
             link="https://x.test/p",
             quantity=1000,
@@ -65,7 +70,11 @@ async def test_cancel_of_a_claimed_order_is_forwarded(database_url: str) -> None
         panel_id, domain = await new_panel(conn)
         user = await new_user(conn, domain, balance="5.00")
         service = await new_service(conn, cancel=True)
-        order = await _order(conn, panel_id, user.id, service)
+        provider = await new_provider(conn)
+        order = await _order(conn, panel_id, user.id, service, provider_id=provider)
+        never_sent = await _order(conn, panel_id, user.id, service, provider_id=provider)
+        assert (await orders.cancel(conn, user.id, [never_sent], single=True)).status == 200
+        assert (await orders.order_status(conn, user.id, never_sent))["status"] == "Canceled"
         await conn.execute(
             "UPDATE outbox SET lease_until = now() + interval '1 minute' WHERE order_id = $1", order
         )

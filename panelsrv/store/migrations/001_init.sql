@@ -189,6 +189,9 @@ CREATE TABLE outbox (
     run_after    timestamptz NOT NULL DEFAULT now(),
     lease_until  timestamptz,
     attempts     integer NOT NULL DEFAULT 0,
+    -- An attempt may have reached the provider without us learning the outcome (a timeout, a
+    -- worker that died holding the lease): the order must not be treated as never sent.
+    ambiguous    boolean NOT NULL DEFAULT false,
     last_error   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     CHECK ((kind = 'refill') = (refill_id IS NOT NULL))

@@ -141,7 +141,9 @@ BEGIN
                                 wallet_version)
     VALUES (p_user, v_order, 'charge', -p_charge, v_before, v_after, v_version);
 
-    INSERT INTO outbox (kind, order_id) VALUES ('dispatch', v_order);
+    IF p_provider IS NOT NULL THEN
+        INSERT INTO outbox (kind, order_id) VALUES ('dispatch', v_order);
+    END IF;
 
     v_body := convert_to('{"order":' || v_order || '}', 'UTF8');
     IF p_idem_key IS NOT NULL THEN
@@ -151,8 +153,8 @@ BEGIN
 END $$;
 
 -- Cancel orders of p_user, in the given order. Not yours / not found: "Incorrect order ID".
--- Service without cancel, or the order has started: "Cancel is not available". Never claimed by
--- a dispatcher: canceled now with a full refund. Otherwise (sent, or being sent): a cancel
+-- Service without cancel, or the order has started: "Cancel is not available". Certainly never
+-- accepted upstream: canceled now with a full refund. Otherwise (sent, or maybe sent): a cancel
 -- request for the worker to forward upstream; the order becomes Canceled when it confirms.
 -- Answers are built here, byte-compatible with the API's JSON, so idempotent replays are exact:
 -- p_single -> {"cancel":1} / {"error":...} (status 400); else a list of {"order":N,"cancel":...}.
@@ -190,10 +192,13 @@ BEGIN
         ELSIF NOT o.cancel OR o.status <> 'Pending' THEN
             v_error := 'Cancel is not available';
         ELSIF NOT o.cancel_requested THEN
-            SELECT x.id, x.lease_until INTO job FROM outbox x
+            SELECT x.id, x.lease_until, x.ambiguous INTO job FROM outbox x
              WHERE x.kind = 'dispatch' AND x.order_id = v_id FOR UPDATE;
-            IF FOUND AND job.lease_until IS NULL AND o.upstream_id IS NULL THEN
-                DELETE FROM outbox WHERE id = job.id;
+            -- Certainly never accepted upstream: no provider (no job), or a job that no worker
+            -- holds and whose attempts all ended in a definite refusal.
+            IF o.upstream_id IS NULL
+               AND (NOT FOUND OR (job.lease_until IS NULL AND NOT job.ambiguous)) THEN
+                DELETE FROM outbox WHERE kind = 'dispatch' AND order_id = v_id;
                 UPDATE orders SET status = 'Canceled', remains = quantity * runs,
                                   updated_at = now()
                  WHERE id = v_id;
