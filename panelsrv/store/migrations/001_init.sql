@@ -199,6 +199,44 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (run_after);
 CREATE UNIQUE INDEX outbox_once ON outbox (kind, order_id) WHERE kind <> 'refill';
 
+-- Webhooks: a user's endpoints, the events their orders and refills produce (written in the
+-- transaction that changes the status), and one delivery per (endpoint, event).
+CREATE TABLE webhooks (
+    id           bigserial PRIMARY KEY,
+    user_id      bigint NOT NULL REFERENCES users,
+    url          text NOT NULL,
+    secret       text NOT NULL,
+    events       text[] NOT NULL CHECK (events <@ ARRAY['order.status', 'refill.status']
+                                        AND cardinality(events) > 0),
+    active       boolean NOT NULL DEFAULT true,
+    failing_since timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    deleted_at   timestamptz
+);
+CREATE INDEX webhooks_user ON webhooks (user_id) WHERE deleted_at IS NULL;
+
+CREATE TABLE webhook_events (
+    id          bigserial PRIMARY KEY,
+    public_id   text NOT NULL UNIQUE,
+    user_id     bigint NOT NULL REFERENCES users,
+    type        text NOT NULL CHECK (type IN ('order.status', 'refill.status')),
+    data        jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE webhook_deliveries (
+    id            bigserial PRIMARY KEY,
+    webhook_id    bigint NOT NULL REFERENCES webhooks,
+    event_id      bigint NOT NULL REFERENCES webhook_events,
+    attempts      integer NOT NULL DEFAULT 0,
+    run_after     timestamptz NOT NULL DEFAULT now(),
+    lease_until   timestamptz,
+    last_error    text,
+    delivered_at  timestamptz,
+    UNIQUE (webhook_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (run_after) WHERE delivered_at IS NULL;
+
 -- Cache invalidation for every API process on every host (LISTEN/NOTIFY on the shared database).
 CREATE FUNCTION notify_key_revoked() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -70,6 +70,68 @@ BEGIN
     RETURNING id INTO entry_id;
 END $$;
 
+-- Minor units (1e-5) as the API's decimal text: at least 2 decimals, at most 5 (money.format).
+CREATE FUNCTION money_text(p_units bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN length(t) - position('.' IN t) < 2 THEN t || repeat('0', 2 - (length(t) - position('.' IN t))) ELSE t END
+      FROM (SELECT rtrim(to_char(p_units / 100000.0, 'FM999999999999990.00000'), '0') AS t) x;
+$$;
+
+-- Random bytes without the pgcrypto extension (uuid generation is built into PostgreSQL 13+).
+CREATE FUNCTION gen_random_bytes_compat(p_len integer) RETURNS bytea
+LANGUAGE sql VOLATILE AS $$
+    SELECT substring(decode(replace(gen_random_uuid()::text, '-', '') ||
+                            replace(gen_random_uuid()::text, '-', ''), 'hex') FROM 1 FOR p_len);
+$$;
+
+-- Record an order's current status as a webhook event, in the caller's transaction, for each
+-- active endpoint of its owner that wants order.status (nothing when there is none).
+CREATE FUNCTION order_event(p_order bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    o record;
+    v_event bigint;
+BEGIN
+    SELECT ord.id, ord.user_id, ord.status, ord.charge, ord.start_count, ord.remains, p.currency
+      INTO o FROM orders ord JOIN panels p ON p.id = ord.panel_id WHERE ord.id = p_order;
+    IF NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.user_id = o.user_id AND w.active
+                      AND w.deleted_at IS NULL AND 'order.status' = ANY(w.events)) THEN
+        RETURN;
+    END IF;
+    INSERT INTO webhook_events (public_id, user_id, type, data)
+    VALUES ('evt_' || encode(gen_random_bytes_compat(12), 'hex'), o.user_id, 'order.status',
+            jsonb_build_object('order', o.id, 'status', o.status,
+                               'charge', money_text(o.charge),
+                               'start_count', o.start_count::text,
+                               'remains', o.remains::text, 'currency', o.currency))
+    RETURNING id INTO v_event;
+    INSERT INTO webhook_deliveries (webhook_id, event_id)
+    SELECT w.id, v_event FROM webhooks w
+     WHERE w.user_id = o.user_id AND w.active AND w.deleted_at IS NULL
+       AND 'order.status' = ANY(w.events);
+END $$;
+
+CREATE FUNCTION refill_event(p_refill bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_event bigint;
+BEGIN
+    SELECT f.id, f.order_id, f.user_id, f.status INTO r FROM refills f WHERE f.id = p_refill;
+    IF NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.user_id = r.user_id AND w.active
+                      AND w.deleted_at IS NULL AND 'refill.status' = ANY(w.events)) THEN
+        RETURN;
+    END IF;
+    INSERT INTO webhook_events (public_id, user_id, type, data)
+    VALUES ('evt_' || encode(gen_random_bytes_compat(12), 'hex'), r.user_id, 'refill.status',
+            jsonb_build_object('refill', r.id, 'order', r.order_id, 'status', r.status))
+    RETURNING id INTO v_event;
+    INSERT INTO webhook_deliveries (webhook_id, event_id)
+    SELECT w.id, v_event FROM webhooks w
+     WHERE w.user_id = r.user_id AND w.active AND w.deleted_at IS NULL
+       AND 'refill.status' = ANY(w.events);
+END $$;
+
 -- outcome: 'ok' | 'replay' | 'busy' | 'mismatch' | 'funds' | 'limit' | 'duplicate_link'
 CREATE FUNCTION place_order(
     p_user bigint, p_panel bigint, p_service bigint, p_provider bigint, p_charge bigint,
@@ -205,6 +267,7 @@ BEGIN
                 IF o.charge > 0 THEN
                     PERFORM refund_order(v_id, o.charge, 'canceled before dispatch');
                 END IF;
+                PERFORM order_event(v_id);
             ELSE
                 UPDATE orders SET cancel_requested = true, updated_at = now() WHERE id = v_id;
                 INSERT INTO outbox (kind, order_id) VALUES ('cancel', v_id)
