@@ -20,6 +20,7 @@ class Code(enum.Enum):
     INCORRECT_ACTION = (400, "Incorrect action")
     INCORRECT_SERVICE = (400, "Incorrect service ID")
     INCORRECT_ORDER = (400, "Incorrect order ID")
+    REFILL_NOT_FOUND = (400, "Refill not found")
     DUPLICATE_LINK = (
         400,
         "You have active order with this link. Please wait until order being completed.",
@@ -48,14 +49,17 @@ class Code(enum.Enum):
 
 class ApiError(Exception):
     """An error with its HTTP meaning; `detail` replaces the table's message (BAD_REQUEST
-    always has one)."""
+    always has one). `retry_after` (seconds) goes out as a Retry-After header (429, 503)."""
 
-    __slots__ = ("code", "detail")
+    __slots__ = ("code", "detail", "retry_after")
 
-    def __init__(self, code: Code, detail: str | None = None) -> None:
+    def __init__(
+        self, code: Code, detail: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(detail or code.message or code.name)
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after
 
     @property
     def status(self) -> int:

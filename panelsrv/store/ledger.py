@@ -35,7 +35,7 @@ RETURNING id, balance_after
 REFUND = "SELECT entry_id, balance_after FROM refund_order($1, $2, $3)"
 
 PLACE_ORDER = """
-SELECT outcome, order_id, balance, status, body
+SELECT outcome, order_id, balance, status, body, retry_after
   FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
@@ -87,6 +87,7 @@ class Placement:
     balance: int | None
     status: int | None
     body: bytes | None
+    retry_after: int | None = None  # seconds, for 'limit'
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,7 @@ async def place_order(conn: asyncpg.Connection, order: NewOrder, funds_body: byt
         funds_body,
     )
     assert row is not None
-    return Placement(row[0], row[1], row[2], row[3], row[4])
+    return Placement(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 async def refund(

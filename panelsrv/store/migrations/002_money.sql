@@ -138,7 +138,8 @@ CREATE FUNCTION place_order(
     p_link text, p_quantity bigint, p_runs integer, p_interval integer, p_extras jsonb,
     p_order_limit integer, p_idem_key text, p_fingerprint bytea, p_link_guard boolean,
     p_funds_body bytea)
-RETURNS TABLE (outcome text, order_id bigint, balance bigint, status smallint, body bytea)
+RETURNS TABLE (outcome text, order_id bigint, balance bigint, status smallint, body bytea,
+               retry_after integer)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -148,12 +149,14 @@ DECLARE
     v_order bigint;
     v_body bytea;
     v_limited boolean;
+    v_retry integer;
     claim record;
 BEGIN
     IF p_idem_key IS NOT NULL THEN
         SELECT * INTO claim FROM idem_claim(p_user, p_idem_key, p_fingerprint);
         IF claim.outcome <> 'new' THEN
-            RETURN QUERY SELECT claim.outcome, NULL::bigint, NULL::bigint, claim.status, claim.body;
+            RETURN QUERY SELECT claim.outcome, NULL::bigint, NULL::bigint, claim.status, claim.body,
+                                NULL::integer;
             RETURN;
         END IF;
     END IF;
@@ -162,7 +165,8 @@ BEGIN
             SELECT 1 FROM orders o
              WHERE o.user_id = p_user AND o.service_id = p_service AND o.link = p_link
                AND o.status IN ('Pending', 'In progress')) THEN
-        RETURN QUERY SELECT 'duplicate_link'::text, NULL::bigint, NULL::bigint, NULL::smallint, NULL::bytea;
+        RETURN QUERY SELECT 'duplicate_link'::text, NULL::bigint, NULL::bigint, NULL::smallint,
+                            NULL::bytea, NULL::integer;
         RETURN;
     END IF;
 
@@ -178,18 +182,23 @@ BEGIN
     RETURNING w.balance + p_charge, w.balance, w.version INTO v_before, v_after, v_version;
 
     IF NOT FOUND THEN
-        SELECT cardinality(ARRAY(SELECT t FROM unnest(w.recent_orders) t
-                                  WHERE t > now() - interval '60 seconds')) >= p_order_limit
-          INTO v_limited FROM wallets w WHERE w.user_id = p_user;
-        IF v_limited THEN
+        -- Over the ceiling? Then also say when the oldest order in the window leaves it.
+        SELECT count(*) >= p_order_limit,
+               ceil(extract(epoch FROM min(t) + interval '60 seconds' - now()))::integer
+          INTO v_limited, v_retry
+          FROM wallets w, unnest(w.recent_orders) t
+         WHERE w.user_id = p_user AND t > now() - interval '60 seconds';
+        IF v_limited OR p_order_limit <= 0 THEN
             -- A rate-limit answer is not stored: the client may retry later with the same key.
-            RETURN QUERY SELECT 'limit'::text, NULL::bigint, NULL::bigint, NULL::smallint, NULL::bytea;
+            RETURN QUERY SELECT 'limit'::text, NULL::bigint, NULL::bigint, NULL::smallint,
+                                NULL::bytea, greatest(coalesce(v_retry, 60), 1);
             RETURN;
         END IF;
         IF p_idem_key IS NOT NULL THEN
             PERFORM idem_store(p_user, p_idem_key, p_fingerprint, 402::smallint, p_funds_body);
         END IF;
-        RETURN QUERY SELECT 'funds'::text, NULL::bigint, NULL::bigint, 402::smallint, p_funds_body;
+        RETURN QUERY SELECT 'funds'::text, NULL::bigint, NULL::bigint, 402::smallint, p_funds_body,
+                            NULL::integer;
         RETURN;
     END IF;
 
@@ -211,7 +220,7 @@ BEGIN
     IF p_idem_key IS NOT NULL THEN
         PERFORM idem_store(p_user, p_idem_key, p_fingerprint, 200::smallint, v_body);
     END IF;
-    RETURN QUERY SELECT 'ok'::text, v_order, v_after, 200::smallint, v_body;
+    RETURN QUERY SELECT 'ok'::text, v_order, v_after, 200::smallint, v_body, NULL::integer;
 END $$;
 
 -- Cancel orders of p_user, in the given order. Not yours / not found: "Incorrect order ID".
