@@ -21,6 +21,7 @@ class Code(enum.Enum):
     INCORRECT_SERVICE = (400, "Incorrect service ID")
     INCORRECT_ORDER = (400, "Incorrect order ID")
     REFILL_NOT_FOUND = (400, "Refill not found")
+    WEBHOOK_NOT_FOUND = (400, "Incorrect webhook ID")
     DUPLICATE_LINK = (
         400,
         "You have active order with this link. Please wait until order being completed.",

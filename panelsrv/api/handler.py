@@ -1,0 +1,152 @@
+"""The API: one framed request -> (status, body, extra headers). No transport, no parsing of
+bytes on the socket; the protocol hands us its reused Request object.
+
+Imports api (decode, sign, actions, respond), store (key cache, catalog), errors and panelconf.
+Order of work, cheapest and most decisive first: panel from Host -> decode -> key -> sign ->
+per-user cap -> the action. Every failure to authenticate is reported to `strike` (the limits
+layer turns strikes into IP blocks). Errors are rendered here and only here: the table's status,
+`legacy_errors` (business errors as 200 for old SDKs), Retry-After on 429/503, and a generic
+500 with the request id in the log for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import asyncpg
+
+from panelsrv.api import respond, sign
+from panelsrv.api.decode import decode_request
+from panelsrv.errors import ERROR_BODIES, ApiError, Code
+from panelsrv.store.catalog import Catalog, Panel
+from panelsrv.store.keycache import KeyCache, Principal
+
+log = logging.getLogger("panelsrv.api")
+
+# Errors that mean "the database is not there right now" rather than "this request is wrong".
+DB_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+class Request(Protocol):
+    client_ip: str
+    host: str
+    content_type: bytes
+    query: bytes
+    idempotency_key: str | None
+    body: bytes
+
+    @property
+    def request_id(self) -> str: ...
+
+
+class CatalogHolder(Protocol):
+    catalog: Catalog
+
+
+def _retry_after(seconds: float) -> bytes:
+    return b"Retry-After: %d\r\n" % max(1, math.ceil(seconds))
+
+
+class Api:
+    __slots__ = (
+        "_clock",
+        "_default_panel",
+        "_keys",
+        "_on_request",
+        "_pool",
+        "_sign_max_skew",
+        "_state",
+        "_strike",
+        "_user_wait",
+    )
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        state: CatalogHolder,
+        keys: KeyCache,
+        default_panel: str,
+        sign_max_skew: int,
+        strike: Callable[[str], None],
+        user_wait: Callable[[int], float],
+        on_request: Callable[[str, int, float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = pool
+        self._state = state
+        self._keys = keys
+        self._default_panel = default_panel
+        self._sign_max_skew = sign_max_skew
+        self._strike = strike
+        self._user_wait = user_wait
+        self._on_request = on_request
+        self._clock = clock
+
+    async def handle(self, req: Request) -> tuple[int, bytes, bytes]:
+        started = time.perf_counter()
+        catalog = self._state.catalog
+        panel = catalog.panel_for_host(req.host, self._default_panel)
+        tag = "unknown"
+        extra = b""
+        try:
+            decoded = decode_request(req.body, req.content_type, req.query)
+            tag = decoded.tag
+            principal = await self._authenticate(decoded.action.key, panel, req.client_ip)
+            assert panel is not None  # _authenticate refuses a request with no panel
+            if decoded.action.sign is not None:
+                self._verify_signature(decoded.fields, decoded.action, req.client_ip)
+            wait = self._user_wait(principal.user_id)
+            if wait > 0:
+                raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
+            ctx = respond.Context(self._pool, catalog, panel, principal, req.idempotency_key)
+            status, body = await respond.respond(ctx, decoded.action)
+        except ApiError as exc:
+            status, body = exc.status, exc.body()
+            if exc.retry_after is not None:
+                extra = _retry_after(exc.retry_after)
+        except DB_UNAVAILABLE as exc:
+            log.error("request %s: database unavailable: %s", req.request_id, exc)
+            status, body = 503, ERROR_BODIES[Code.UNAVAILABLE]
+            extra = _retry_after(UNAVAILABLE_RETRY_AFTER)
+        except Exception:
+            log.exception("request %s: unexpected error in %s", req.request_id, tag)
+            status, body = 500, ERROR_BODIES[Code.INTERNAL]
+        if self._on_request is not None:
+            self._on_request(tag, status, time.perf_counter() - started)
+        if (
+            400 <= status < 500
+            and status != 429
+            and panel is not None
+            and panel.settings.legacy_errors
+        ):
+            status = 200
+        return status, body, extra
+
+    async def _authenticate(self, raw: str, panel: Panel | None, client_ip: str) -> Principal:
+        hit, principal = self._keys.cached(raw)
+        if not hit:
+            principal = await self._keys.resolve(raw)
+        if principal is None or panel is None or principal.panel_id != panel.id:
+            self._strike(client_ip)
+            raise ApiError(Code.INVALID_KEY)
+        return principal
+
+    def _verify_signature(self, fields: dict[str, str], action: object, client_ip: str) -> None:
+        if not sign.verify(fields, self._clock(), self._sign_max_skew):
+            self._strike(client_ip)
+            raise ApiError(Code.INVALID_SIGNATURE)

@@ -1,0 +1,237 @@
+"""Each action's answer, once the caller is authenticated: one round trip to PostgreSQL at most.
+
+Imports api.actions/validate, store (ledger, orders, webhooks), money and errors. Returns
+(status, body); raises ApiError for anything the client must fix. Answers that carry an
+idempotency key come back from PostgreSQL as stored bytes, so replays are byte-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from panelsrv import money, netsafe
+from panelsrv.api import actions as a
+from panelsrv.api.validate import validate_add
+from panelsrv.errors import ERROR_BODIES, ApiError, Code, bad_request
+from panelsrv.store import ledger, orders, webhooks
+from panelsrv.store.catalog import Catalog, Panel
+from panelsrv.store.keycache import Principal
+
+FUNDS_BODY = ERROR_BODIES[Code.NOT_ENOUGH_FUNDS]
+MAX_IDEMPOTENCY_KEY = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    pool: asyncpg.Pool
+    catalog: Catalog
+    panel: Panel
+    principal: Principal
+    idempotency_header: str | None
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
+
+
+async def respond(ctx: Context, action: a.Action) -> tuple[int, bytes]:
+    match action:
+        case a.Status():
+            return await status(ctx, action)
+        case a.Add():
+            return await add(ctx, action)
+        case a.Balance():
+            return await balance(ctx)
+        case a.Services():
+            p = ctx.principal
+            return 200, ctx.catalog.listing(ctx.panel.id, p.user_id, p.discount_bp, p.overrides)
+        case a.Cancel():
+            return await cancel(ctx, action)
+        case a.Refill():
+            return await refill(ctx, action)
+        case a.RefillStatus():
+            return await refill_status(ctx, action)
+        case a.WebhookAdd():
+            return await webhook_add(ctx, action)
+        case a.Webhooks():
+            found = await webhooks.list_endpoints(ctx.pool, ctx.principal.user_id)
+            return 200, a.encode_reply(
+                [
+                    a.WebhookItem(webhook=w.id, url=w.url, events=w.events, active=w.active)
+                    for w in found
+                ]
+            )
+        case a.WebhookDelete():
+            if not await webhooks.delete(ctx.pool, ctx.principal.user_id, action.webhook):
+                raise ApiError(Code.WEBHOOK_NOT_FOUND)
+            return 200, a.encode_reply(a.WebhookDeleteReply(deleted=1))
+    raise ApiError(Code.INCORRECT_ACTION)
+
+
+def _idempotency_key(ctx: Context, field: str | None) -> str | None:
+    header = ctx.idempotency_header
+    if header is None:
+        return field
+    if not 1 <= len(header) <= MAX_IDEMPOTENCY_KEY:
+        raise bad_request("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if field is not None and field != header:
+        raise bad_request("idempotency_key", "differs from the Idempotency-Key header")
+    return header
+
+
+def _stored(outcome: str, status: int | None, body: bytes | None) -> tuple[int, bytes]:
+    """Map an idempotent statement's outcome to the answer."""
+    if outcome in ("ok", "replay"):
+        assert status is not None and body is not None
+        return status, body
+    if outcome == "busy":
+        raise ApiError(Code.DUPLICATE_REQUEST)
+    if outcome == "mismatch":
+        raise ApiError(Code.IDEMPOTENCY_MISMATCH)
+    raise AssertionError(f"unexpected outcome {outcome!r}")
+
+
+async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
+    service = ctx.catalog.resolve_service(ctx.panel.id, action.service)
+    if service is None:
+        raise ApiError(Code.INCORRECT_SERVICE)
+    order = validate_add(
+        action,
+        service.type,
+        service.min_qty,
+        service.max_qty,
+        service.dripfeed,
+        datetime.now(UTC).date(),
+    )
+    p = ctx.principal
+    rate = money.user_rate(service.rate, p.discount_bp, p.overrides.get(service.id))
+    key = _idempotency_key(ctx, action.idempotency_key)
+    placed = await ledger.place_order(
+        ctx.pool,
+        ledger.NewOrder(
+            user_id=p.user_id,
+            panel_id=ctx.panel.id,
+            service_id=service.id,
+            provider_id=service.provider_id,
+            charge=order.charge(rate),
+            link=order.link,
+            quantity=order.quantity,
+            runs=order.runs,
+            interval=order.interval,
+            extras=order.extras,
+            order_limit=ctx.panel.settings.order_limit,
+            idempotency_key=key,
+            fingerprint=a.fingerprint(action) if key else b"",
+            link_guard=ctx.panel.settings.duplicate_link_guard,
+        ),
+        FUNDS_BODY,
+    )
+    if placed.outcome == "limit":
+        raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=placed.retry_after or 60)
+    if placed.outcome == "duplicate_link":
+        raise ApiError(Code.DUPLICATE_LINK)
+    if placed.outcome == "funds":
+        return 402, FUNDS_BODY
+    return _stored(placed.outcome, placed.status, placed.body)
+
+
+def _status_reply(row: asyncpg.Record, currency: str) -> a.StatusReply:
+    return a.StatusReply(
+        charge=money.format(row["charge"]),
+        start_count=str(row["start_count"]),
+        status=row["status"],
+        remains=str(row["remains"]),
+        currency=currency,
+    )
+
+
+async def status(ctx: Context, action: a.Status) -> tuple[int, bytes]:
+    ids = a.order_ids(action)
+    user, currency = ctx.principal.user_id, ctx.panel.currency
+    if isinstance(ids, int):
+        row = await orders.order_status(ctx.pool, user, ids)
+        if row is None:
+            raise ApiError(Code.INCORRECT_ORDER)
+        return 200, a.encode_reply(_status_reply(row, currency))
+    found = await orders.orders_status(ctx.pool, user, ids)
+    missing = a.ErrorReply(Code.INCORRECT_ORDER.message or "")
+    reply: a.StatusMany = {
+        str(i): _status_reply(found[i], currency) if i in found else missing for i in ids
+    }
+    return 200, a.encode_reply(reply)
+
+
+async def balance(ctx: Context) -> tuple[int, bytes]:
+    units = await ledger.balance(ctx.pool, ctx.principal.user_id)
+    reply = a.BalanceReply(balance=money.format(units or 0), currency=ctx.panel.currency)
+    return 200, a.encode_reply(reply)
+
+
+async def cancel(ctx: Context, action: a.Cancel) -> tuple[int, bytes]:
+    ids = a.order_ids(action)
+    key = _idempotency_key(ctx, action.idempotency_key)
+    single = isinstance(ids, int)
+    answer = await orders.cancel(
+        ctx.pool,
+        ctx.principal.user_id,
+        [ids] if single else ids,
+        single,
+        key,
+        a.fingerprint(action) if key else b"",
+    )
+    return _stored(answer.outcome, answer.status, answer.body)
+
+
+async def refill(ctx: Context, action: a.Refill) -> tuple[int, bytes]:
+    ids = a.order_ids(action)
+    key = _idempotency_key(ctx, action.idempotency_key)
+    single = isinstance(ids, int)
+    settings = ctx.panel.settings
+    answer = await orders.refill(
+        ctx.pool,
+        ctx.principal.user_id,
+        [ids] if single else ids,
+        single,
+        settings.refill_max_per_order,
+        settings.refill_cooldown_hours,
+        key,
+        a.fingerprint(action) if key else b"",
+    )
+    return _stored(answer.outcome, answer.status, answer.body)
+
+
+async def refill_status(ctx: Context, action: a.RefillStatus) -> tuple[int, bytes]:
+    ids = a.refill_ids(action)
+    user = ctx.principal.user_id
+    if isinstance(ids, int):
+        found = await orders.refills_status(ctx.pool, user, [ids])
+        if ids not in found:
+            raise ApiError(Code.REFILL_NOT_FOUND)
+        return 200, a.encode_reply(a.RefillStatusReply(status=found[ids]))
+    found = await orders.refills_status(ctx.pool, user, ids)
+    missing = a.ErrorReply(Code.REFILL_NOT_FOUND.message or "")
+    return 200, a.encode_reply(
+        [a.RefillStatusItem(refill=i, status=found.get(i, missing)) for i in ids]
+    )
+
+
+async def webhook_add(ctx: Context, action: a.WebhookAdd) -> tuple[int, bytes]:
+    events = list(webhooks.EVENT_TYPES)
+    if action.events is not None:
+        events = list(dict.fromkeys(e.strip() for e in action.events.split(",") if e.strip()))
+        unknown = [e for e in events if e not in webhooks.EVENT_TYPES]
+        if unknown or not events:
+            raise bad_request(
+                "events", "comma-separated list of " + ", ".join(webhooks.EVENT_TYPES)
+            )
+    try:
+        host, port = netsafe.check_url(action.url, ctx.webhook_allow_http)
+        await netsafe.resolve(host, port, ctx.webhook_allow_private)
+    except netsafe.UnsafeUrl as exc:
+        raise bad_request("url", str(exc)) from None
+    try:
+        webhook_id, secret = await webhooks.add(ctx.pool, ctx.principal.user_id, action.url, events)
+    except webhooks.TooManyWebhooks:
+        raise bad_request("url", f"at most {webhooks.MAX_PER_USER} webhooks per user") from None
+    return 200, a.encode_reply(a.WebhookAddReply(webhook=webhook_id, secret=secret))
