@@ -1,0 +1,240 @@
+"""The pure meaning of provider answers, and the two limiters, fed values (no I/O, no clock)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
+from panelsrv.worker.upstream import (
+    MAX_BATCH,
+    MISSING,
+    ErrorKind,
+    ItemError,
+    OrderStatus,
+    ProviderError,
+    ProviderUnavailable,
+    as_int,
+    cancel_accepted,
+    classify,
+    interpret,
+    join_ids,
+    parse_balance,
+    parse_multi_status,
+    parse_order_id,
+    parse_per_id,
+    parse_services,
+    parse_status,
+    refill_state,
+)
+
+JSON = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(14523, 14523), ("14523", 14523), (" 14523 ", 14523), ("14523.0", 14523), (Decimal("7.00"), 7),
+     ("-5", -5), (None, None), ("", None)],
+)  # fmt: skip
+def test_as_int_accepts_numbers_and_numeric_strings(value, expected):
+    assert as_int(value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", True, [], "1e999999"])
+def test_as_int_refuses_non_integers(value):
+    with pytest.raises((ValueError, ArithmeticError, TypeError)):
+        as_int(value)
+
+
+@pytest.mark.parametrize(
+    ("said", "status"),
+    [("Pending", "Pending"), ("In progress", "In progress"), ("In Progress", "In progress"),
+     ("in_progress", "In progress"), ("Processing", "In progress"), ("inprogress", "In progress"),
+     ("Completed", "Completed"), ("complete", "Completed"), ("Partial", "Partial"),
+     ("Canceled", "Canceled"), ("Cancelled", "Canceled"), ("Refunded", "Refunded"),
+     ("Error", "Error"), ("failed", "Error"), ("  PENDING ", "Pending")],
+)  # fmt: skip
+def test_status_variants_map_to_the_api_statuses(said, status):
+    assert parse_status({"status": said}).status == status
+
+
+def test_status_numbers_may_be_strings_numbers_or_empty():
+    got = parse_status(
+        {"charge": 0.45, "start_count": "14523", "status": "In progress", "remains": 1000,
+         "currency": "USD"}
+    )  # fmt: skip
+    assert got == OrderStatus(
+        status="In progress", start_count=14523, remains=1000, charge=Decimal("0.45"),
+        currency="USD",
+    )  # fmt: skip
+    got = parse_status({"status": "Pending", "start_count": "", "remains": None, "charge": ""})
+    assert got == OrderStatus(status="Pending")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"status": "Weird"}, {"status": 3}, [], "OK", {"status": "Partial", "remains": "x"},
+     {"status": "Partial", "remains": "1e999999"}, {"status": "Completed", "charge": "1e99"},
+     {"status": "Completed", "start_count": [1]}],
+)  # fmt: skip
+def test_a_status_that_cannot_be_understood_is_unavailable_not_guessed(answer):
+    with pytest.raises(ProviderUnavailable) as caught:
+        parse_status(answer)
+    assert caught.value.maybe_sent
+
+
+def test_multi_status_gives_every_id_an_entry():
+    answer = {
+        "1": {"status": "Completed", "remains": "0"},
+        "2": {"error": "Incorrect order ID"},
+        "3": {"status": "Unheard of"},
+        "99": {"status": "Completed"},  # not asked for: ignored
+    }
+    got = parse_multi_status(answer, ["1", "2", "3", "4"])
+    assert got == {
+        "1": OrderStatus(status="Completed", remains=0),
+        "2": ItemError("Incorrect order ID"),
+        "3": ItemError("unknown status 'Unheard of'"),
+        "4": ItemError(MISSING),
+    }
+    with pytest.raises(ProviderUnavailable):
+        parse_multi_status([], ["1"])
+
+
+def test_per_id_lists_for_cancel_refill_and_refill_status():
+    answer = [{"order": 1, "cancel": 1}, {"order": "2", "cancel": {"error": "Too late"}},
+              {"order": 3, "cancel": "maybe"}]  # fmt: skip
+    got = parse_per_id(answer, ["1", "2", "3", "4"], "order", "cancel", cancel_accepted)
+    assert got == {
+        "1": True,
+        "2": ItemError("Too late"),
+        "3": ItemError("bad cancel: 'maybe'"),
+        "4": ItemError(MISSING),
+    }
+    answer = [{"refill": 7, "status": "Completed"}, {"refill": 8, "status": "Cancelled"}]
+    assert parse_per_id(answer, ["7", "8"], "refill", "status", refill_state) == {
+        "7": "Completed",
+        "8": "Rejected",
+    }
+    with pytest.raises(ProviderUnavailable):
+        parse_per_id({"1": 1}, ["1"], "order", "cancel", cancel_accepted)
+
+
+def test_order_ids_and_balance():
+    assert parse_order_id({"order": 8842}, "order") == "8842"
+    assert parse_order_id({"order": "A-17"}, "order") == "A-17"
+    for bad in ({"order": 0}, {"order": True}, {"order": ""}, {}, [8842], {"order": "x" * 65}):
+        with pytest.raises(ProviderUnavailable):
+            parse_order_id(bad, "order")
+    assert parse_balance({"balance": "42.81", "currency": "USD"}).balance == Decimal("42.81")
+    assert parse_balance({"balance": Decimal("1.5")}).currency == ""
+    for bad in ({}, {"balance": "lots"}, {"balance": "NaN"}, []):
+        with pytest.raises(ProviderUnavailable):
+            parse_balance(bad)
+
+
+def test_services_are_typed_and_malformed_entries_skipped():
+    answer = [
+        {"service": 1, "name": "A", "type": "default", "category": "IG", "rate": Decimal("0.45"),
+         "min": "100", "max": 1000, "dripfeed": False, "refill": "1", "cancel": True,
+         "avg_time": "1 hour"},
+        {"service": "B2", "name": "B", "rate": "1.10", "min": 1, "max": 1},
+        {"service": 3, "name": "no rate", "min": 1, "max": 1},
+        "not even an object",
+        {"service": 5, "name": "min 0", "rate": "1", "min": 0, "max": 10},
+        {"service": 6, "name": "huge", "rate": "1e999999", "min": 1, "max": 10},
+        {"service": 7, "name": "max < min", "rate": "1", "min": 10, "max": 5},
+    ]  # fmt: skip
+    services, skipped = parse_services(answer)
+    assert skipped == 5
+    assert [s.service for s in services] == ["1", "B2"]
+    assert services[0].rate == Decimal("0.45") and services[0].min == 100
+    assert services[0].refill is True and services[0].avg_time is None
+    assert services[1].type == "default" and services[1].rate == Decimal("1.10")
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "kind"),
+    [("Not enough funds on balance", 200, ErrorKind.NO_FUNDS),
+     ("Insufficient balance", 400, ErrorKind.NO_FUNDS),
+     ("anything", 402, ErrorKind.NO_FUNDS),
+     ("You have active order with this link. Please wait until order being completed.", 200,
+      ErrorKind.ACTIVE_LINK),
+     ("Invalid API key", 401, ErrorKind.AUTH),
+     ("Incorrect service ID", 400, ErrorKind.REJECTED),
+     ("quantity: must be between 100 and 1000", 400, ErrorKind.REJECTED)],
+)  # fmt: skip
+def test_error_messages_are_classified(message, status, kind):
+    assert classify(message, status) is kind
+    assert ProviderError(message, status).hold is (kind is not ErrorKind.REJECTED)
+
+
+def test_interpret_turns_every_bad_answer_into_a_failure():
+    def unavailable(status, ctype, body, retry_after=None):
+        with pytest.raises(ProviderUnavailable) as caught:
+            interpret(status, ctype, body, retry_after)
+        return caught.value
+
+    assert unavailable(500, JSON, b'{"error": "Internal server error"}').maybe_sent
+    assert unavailable(502, "text/html", b"<html>502</html>").maybe_sent
+    limited = unavailable(429, JSON, b'{"error": "Too many requests"}', "3")
+    assert not limited.maybe_sent and limited.retry_after == 3.0
+    assert not unavailable(404, JSON, b'{"error": "Not found"}').maybe_sent
+    assert unavailable(301, "text/html", b"").maybe_sent
+    assert unavailable(200, "text/html", b'{"order": 1}').reason.startswith("HTML")
+    assert unavailable(200, JSON, b"  <br />Warning: mysql").reason.startswith("HTML")
+    assert unavailable(200, JSON, b'{"order": 1').reason.startswith("not JSON")
+    assert unavailable(200, JSON, b"").reason.startswith("not JSON")
+    assert unavailable(409, JSON, b'{"error": "Duplicate request"}').maybe_sent
+    assert unavailable(400, JSON, b'{"detail": "?"}').maybe_sent
+    assert unavailable(503, JSON, b"{}", "soon").retry_after is None
+
+    with pytest.raises(ProviderError) as caught:
+        interpret(200, JSON, b'{"error": "Not enough funds on balance"}', None)
+    assert caught.value.kind is ErrorKind.NO_FUNDS and caught.value.hold
+    with pytest.raises(ProviderError) as caught:
+        interpret(400, JSON, b'{"error": "Incorrect service ID"}', None)
+    assert caught.value.http_status == 400 and not caught.value.hold
+    assert interpret(200, "text/plain", b'{"order": 1.5}', None) == {"order": Decimal("1.5")}
+
+
+def test_join_ids_bounds_a_batch():
+    assert join_ids([1, "2", " 3 "]) == ["1", "2", "3"]
+    assert len(join_ids(range(1, MAX_BATCH + 1))) == MAX_BATCH
+    for bad in ([], range(MAX_BATCH + 1), ["1,2"], [""]):
+        with pytest.raises(ValueError):
+            join_ids(bad)
+
+
+def test_token_bucket_spaces_reservations_after_the_burst():
+    bucket = TokenBucket(rate=10, burst=3)
+    assert [bucket.reserve(0.0) for _ in range(5)] == pytest.approx([0, 0, 0, 0.1, 0.2])
+    # After a quiet second the burst is available again, not more.
+    assert [bucket.reserve(2.0) for _ in range(4)] == pytest.approx([0, 0, 0, 0.1])
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0)
+
+
+def test_circuit_breaker_opens_half_opens_and_closes():
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0)
+    for _ in range(2):
+        assert breaker.admit(0.0) is None
+        assert not breaker.failed(0.0)
+    breaker.succeeded()  # an answer resets the run of failures
+    for i in range(3):
+        assert breaker.admit(1.0) is None
+        assert breaker.failed(1.0) is (i == 2)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.admit(5.0) == pytest.approx(6.0)
+    assert breaker.admit(11.0) is None  # the probe
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.admit(11.0) is not None  # one probe at a time
+    assert breaker.failed(11.5)  # the probe failed: open again for a full cooldown
+    assert breaker.admit(20.0) == pytest.approx(1.5)
+    assert breaker.admit(21.5) is None
+    breaker.abandoned()  # a cancelled probe frees the slot
+    assert breaker.admit(21.5) is None
+    breaker.succeeded()
+    assert breaker.state is BreakerState.CLOSED and breaker.admit(22.0) is None
+    assert breaker.opens == 2
