@@ -47,6 +47,9 @@ CREATE TABLE providers (
     url         text NOT NULL CHECK (url ~ '^https?://'),
     api_key     text NOT NULL,
     active      boolean NOT NULL DEFAULT true,
+    -- Set by `service import`: the worker's periodic price sync reapplies them.
+    markup_bp   integer CHECK (markup_bp >= 0),
+    import_category text,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 

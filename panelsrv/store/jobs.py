@@ -1,0 +1,191 @@
+"""The worker's statements: claim outbox jobs and orders to poll, record what providers said.
+
+Imports asyncpg. Claims use FOR UPDATE SKIP LOCKED plus an expiring lease, so any number of
+workers on any number of hosts share the work without sending anything twice; a job is only
+finished or rescheduled by the holder of the attempt that claimed it (`attempts` is the fence).
+Status reports of a whole batch are applied in one statement (one transaction), rows locked in
+ascending id order, through the forward-only SQL functions of 003_worker.sql.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+# $1 kind, $2 batch, $3 lease seconds -> claimed jobs with the order (and refill) they concern.
+# An expired lease means a worker died holding it: that attempt's outcome is unknown.
+CLAIM = """
+WITH c AS (
+    SELECT x.id FROM outbox x
+     WHERE x.kind = $1 AND x.run_after <= now()
+       AND (x.lease_until IS NULL OR x.lease_until < now())
+     ORDER BY x.run_after, x.id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE outbox x
+       SET lease_until = now() + make_interval(secs => $3), attempts = x.attempts + 1,
+           ambiguous = x.ambiguous OR x.lease_until IS NOT NULL
+      FROM c WHERE x.id = c.id
+ RETURNING x.id, x.attempts, x.ambiguous, x.order_id, x.refill_id
+)
+SELECT cl.id, cl.attempts, cl.ambiguous, cl.refill_id, o.id AS order_id, o.status,
+       o.provider_id, o.upstream_id, o.link, o.quantity, o.runs, o.run_interval, o.extras,
+       o.cancel_requested, s.type, s.provider_service
+  FROM claimed cl JOIN orders o ON o.id = cl.order_id JOIN services s ON s.id = o.service_id
+"""
+# $1 job, $2 attempt, $3 order, $4 upstream id
+SENT = """
+WITH o AS (
+    UPDATE orders SET upstream_id = coalesce(upstream_id, $4), updated_at = now()
+     WHERE id = $3 RETURNING id
+)
+DELETE FROM outbox WHERE id = $1 AND attempts = $2
+"""
+# $1 job, $2 attempt, $3 seconds, $4 error, $5 the attempt may have reached the provider
+RETRY = """
+UPDATE outbox SET lease_until = NULL, run_after = now() + make_interval(secs => $3),
+                  last_error = left($4, 500), ambiguous = ambiguous OR $5
+ WHERE id = $1 AND attempts = $2
+"""
+DONE = "DELETE FROM outbox WHERE id = $1 AND attempts = $2"
+FAIL_ORDER = "SELECT fail_order($1, $2)"
+REFILL_SENT = """
+WITH r AS (
+    UPDATE refills SET upstream_id = $3, updated_at = now() WHERE id = $4 RETURNING id
+)
+DELETE FROM outbox WHERE id = $1 AND attempts = $2
+"""
+REFILL_REJECTED = """
+WITH r AS (SELECT apply_refill_status($3, 'Rejected'))
+DELETE FROM outbox WHERE id = $1 AND attempts = $2 AND EXISTS (SELECT 1 FROM r)
+"""
+
+# $1 provider, $2 batch, $3 poll interval seconds -> (order id, upstream id), least recently
+# checked first, each marked checked now (so the next claim takes the next ones).
+CLAIM_ORDERS_TO_SYNC = """
+WITH c AS (
+    SELECT id FROM orders
+     WHERE provider_id = $1 AND status IN ('Pending', 'In progress') AND upstream_id IS NOT NULL
+       AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $3))
+     ORDER BY checked_at NULLS FIRST, id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o SET checked_at = now() FROM c WHERE o.id = c.id
+RETURNING o.id, o.upstream_id
+"""
+APPLY_ORDER_STATUSES = """
+SELECT x.id, apply_order_status(x.id, x.status, x.start_count, x.remains)
+  FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
+       AS x(id, status, start_count, remains)
+ ORDER BY x.id
+"""
+CLAIM_REFILLS_TO_SYNC = """
+WITH c AS (
+    SELECT f.id FROM refills f JOIN orders o ON o.id = f.order_id
+     WHERE o.provider_id = $1 AND f.status IN ('Pending', 'In progress')
+       AND f.upstream_id IS NOT NULL
+       AND (f.checked_at IS NULL OR f.checked_at < now() - make_interval(secs => $3))
+     ORDER BY f.checked_at NULLS FIRST, f.id
+     LIMIT $2
+       FOR UPDATE OF f SKIP LOCKED
+)
+UPDATE refills f SET checked_at = now() FROM c WHERE f.id = c.id
+RETURNING f.id, f.upstream_id
+"""
+APPLY_REFILL_STATUSES = """
+SELECT x.id, apply_refill_status(x.id, x.status)
+  FROM unnest($1::bigint[], $2::text[]) AS x(id, status)
+ ORDER BY x.id
+"""
+PROVIDERS = "SELECT id, name, url, api_key, markup_bp, import_category FROM providers WHERE active"
+PRUNE_IDEMPOTENCY = "DELETE FROM idempotency WHERE created_at < now() - interval '24 hours'"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    attempt: int
+    ambiguous: bool
+    refill_id: int | None
+    order_id: int
+    status: str
+    provider_id: int | None
+    upstream_id: str | None
+    link: str
+    quantity: int
+    runs: int
+    interval: int
+    extras: dict[str, Any]
+    cancel_requested: bool
+    service_type: str
+    provider_service: str | None
+
+
+async def claim(pool: asyncpg.Pool, kind: str, batch: int, lease: float) -> list[Job]:
+    return [Job(*r) for r in await pool.fetch(CLAIM, kind, batch, lease)]
+
+
+async def sent(pool: asyncpg.Pool, job: Job, upstream_id: str) -> None:
+    await pool.execute(SENT, job.id, job.attempt, job.order_id, upstream_id)
+
+
+async def retry(pool: asyncpg.Pool, job: Job, seconds: float, error: str,
+                maybe_sent: bool) -> None:
+    await pool.execute(RETRY, job.id, job.attempt, seconds, error, maybe_sent)
+
+
+async def done(pool: asyncpg.Pool, job: Job) -> None:
+    await pool.execute(DONE, job.id, job.attempt)
+
+
+async def fail_order(pool: asyncpg.Pool, order_id: int, error: str) -> None:
+    await pool.execute(FAIL_ORDER, order_id, error)
+
+
+async def refill_sent(pool: asyncpg.Pool, job: Job, upstream_id: str) -> None:
+    await pool.execute(REFILL_SENT, job.id, job.attempt, upstream_id, job.refill_id)
+
+
+async def refill_rejected(pool: asyncpg.Pool, job: Job) -> None:
+    await pool.execute(REFILL_REJECTED, job.id, job.attempt, job.refill_id)
+
+
+async def orders_to_sync(pool: asyncpg.Pool, provider_id: int, batch: int,
+                         interval: float) -> list[tuple[int, str]]:
+    rows = await pool.fetch(CLAIM_ORDERS_TO_SYNC, provider_id, batch, interval)
+    return [(r[0], r[1]) for r in rows]
+
+
+async def apply_order_statuses(
+    pool: asyncpg.Pool, reports: list[tuple[int, str, int | None, int | None]]
+) -> dict[int, str]:
+    """reports: (order id, status, start_count, remains) -> {order id: changed|progress|ignored}"""
+    if not reports:
+        return {}
+    ids, statuses, starts, remains = zip(*reports, strict=True)
+    rows = await pool.fetch(APPLY_ORDER_STATUSES, list(ids), list(statuses), list(starts),
+                            list(remains))
+    return {r[0]: r[1] for r in rows}
+
+
+async def refills_to_sync(pool: asyncpg.Pool, provider_id: int, batch: int,
+                          interval: float) -> list[tuple[int, str]]:
+    rows = await pool.fetch(CLAIM_REFILLS_TO_SYNC, provider_id, batch, interval)
+    return [(r[0], r[1]) for r in rows]
+
+
+async def apply_refill_statuses(pool: asyncpg.Pool,
+                                reports: list[tuple[int, str]]) -> dict[int, str]:
+    if not reports:
+        return {}
+    ids, statuses = zip(*reports, strict=True)
+    rows = await pool.fetch(APPLY_REFILL_STATUSES, list(ids), list(statuses))
+    return {r[0]: r[1] for r in rows}
+
+
+async def prune(pool: asyncpg.Pool) -> None:
+    await pool.execute(PRUNE_IDEMPOTENCY)
