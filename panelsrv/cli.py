@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 import orjson
 import uvloop
 
-from panelsrv import __version__, commands, config
+from panelsrv import __version__, commands, config, server
 from panelsrv.store import admin, db
+from panelsrv.worker import sim
 
 
 class UsageError(Exception):
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="API port (default 8080)")
     p.set_defaults(func=commands.seed_demo)
 
+    p = command("worker", "dispatch to providers, status/refill sync, webhooks (run 1..M)")
+    p.add_argument("--sync-interval", type=float, help="seconds between polls of one order")
+    p.set_defaults(runner=server.run_worker)
+
     command("migrate", "apply pending migrations").set_defaults(func=commands.migrate)
 
     panel = group("panel", "panels (tenants), selected by the request's Host")
@@ -130,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", required=True)
     p.add_argument("--key", required=True)
     p.set_defaults(func=commands.provider_add)
+    p = provider.add_parser(
+        "sim",
+        help="a simulated upstream provider (API v2) for demos, benchmarks and tests",
+        description="A simulated upstream provider speaking API v2, with fault injection.",
+    )
+    sim.add_arguments(p)
+    p.set_defaults(standalone=sim.run_sim)
 
     service = group("service", "the service catalog")
     p = subcommand(service, "add", "add one service")
@@ -148,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="offer it only on this panel")
     p.add_argument("--local-id", type=int, help="the id the panel's customers see")
     p.set_defaults(func=commands.service_add)
+    p = subcommand(
+        service,
+        "import",
+        "copy a provider's services with a markup; the worker keeps their prices in sync",
+    )
+    p.add_argument("--provider", required=True, help="provider name or id")
+    p.add_argument("--markup", default="0", help="percent added to the provider's rates")
+    p.add_argument("--category", help="only this category")
+    p.set_defaults(func=commands.service_import)
 
     rate = group("rate", "user-specific prices")
     p = subcommand(rate, "set", "set a user's price for a service")
@@ -169,7 +190,7 @@ def load_config(args: argparse.Namespace) -> config.Config:
         if not sep:
             raise UsageError(f"--set {item!r}: expected NAME=VALUE")
         layer[name.strip()] = value
-    for name in ("database_url", "data_dir", "port"):
+    for name in ("database_url", "data_dir", "port", "sync_interval"):
         value = getattr(args, name, None)
         if value is not None:
             layer[name] = value
@@ -194,13 +215,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "standalone", None) is not None:
+            sys.exit(args.standalone(args))
         cfg = load_config(args)
     except (UsageError, config.ConfigError) as exc:
         _fail(str(exc).removeprefix("panelsrv: "), 2)
+    if getattr(args, "runner", None) is not None:
+        logging.getLogger("panelsrv").setLevel(cfg.log_level.upper())
+        try:
+            sys.exit(args.runner(cfg))
+        except db.DatabaseError as exc:
+            _fail(str(exc), 1)
     try:
         doc, text = uvloop.run(_run_command(args, cfg))
     except admin.InputError as exc:
         _fail(str(exc), 2)
+    except commands.CommandFailed as exc:
+        _fail(str(exc), 1)
     except db.DatabaseError as exc:
         _fail(str(exc), 1)
     except (TimeoutError, OSError) as exc:

@@ -15,8 +15,17 @@ import asyncpg
 
 from panelsrv import demo, money
 from panelsrv.store import admin, keys, ledger
+from panelsrv.worker import importer
+from panelsrv.worker.providers import Provider
+from panelsrv.worker.upstream import ProviderFailure
 
 Result = tuple[Any, str]
+
+
+class CommandFailed(Exception):
+    """Something outside the operator's input failed (exit 1)."""
+
+
 Command = Callable[[argparse.Namespace, asyncpg.Connection], Awaitable[Result]]
 
 
@@ -154,4 +163,24 @@ async def seed_demo(args: argparse.Namespace, conn: asyncpg.Connection) -> Resul
         {"domain": found.domain, "email": found.email, "key": found.key},
         f"demo panel {found.domain}, user {found.email}\ndemo key: {found.key}\n"
         "(the API server, worker and simulated provider join `run` with the next capabilities)",
+    )
+
+
+async def service_import(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    provider_id = await admin.provider_id(conn, args.provider)
+    try:
+        markup_bp = money.parse_percent_bp(args.markup, maximum=10_000)
+    except money.MoneyError as exc:
+        raise admin.InputError(f"markup: {exc}") from None
+    row = await conn.fetchrow("SELECT name, url, api_key FROM providers WHERE id = $1", provider_id)
+    async with Provider(row["url"], row["api_key"], name=row["name"]) as client:
+        try:
+            services = await client.services()
+        except ProviderFailure as exc:
+            raise CommandFailed(f"provider {row['name']}: {exc}") from None
+    result = await importer.import_services(conn, provider_id, services, markup_bp, args.category)
+    return (
+        {"imported": result.imported, "updated": result.updated},
+        f"imported {result.imported}, updated {result.updated}, deactivated "
+        f"{result.deactivated}, skipped {result.skipped} (markup {args.markup or 0}%)",
     )

@@ -65,7 +65,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     never_block: list[str] = msgspec.field(default_factory=list)
     # -- worker --
     sync_interval: Positive = 60.0
+    price_sync_interval: Positive = 3600.0
     provider_timeout: Positive = 30.0
+    provider_connect_timeout: Positive = 10.0
+    provider_max_concurrency: Count = 8
+    provider_rate: Annotated[float, Meta(ge=0)] = 0.0
+    provider_breaker_threshold: Count = 5
+    provider_breaker_cooldown: Positive = 30.0
     webhook_allow_http: bool = False
     webhook_allow_private: bool = False
 

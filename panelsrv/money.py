@@ -78,14 +78,14 @@ def partial_refund(charge_units: int, remains: int, quantity: int) -> int:
     return charge_units * min(remains, quantity) // quantity
 
 
-def parse_percent_bp(text: str) -> int:
-    """'5' -> 500, '2.5' -> 250 (basis points); 0 to 100 percent, at most 2 decimals."""
+def parse_percent_bp(text: str, maximum: int = 100) -> int:
+    """'5' -> 500, '2.5' -> 250 (basis points); 0 to `maximum` percent, at most 2 decimals."""
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
         raise MoneyError(f"not a percentage: {text!r}") from None
-    if not value.is_finite() or value < 0 or value > 100:
-        raise MoneyError(f"must be between 0 and 100: {text!r}")
+    if not value.is_finite() or value < 0 or value > maximum:
+        raise MoneyError(f"must be between 0 and {maximum}: {text!r}")
     bp = value * 100
     if bp != bp.to_integral_value():
         raise MoneyError(f"at most 2 decimals: {text!r}")

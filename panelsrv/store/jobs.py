@@ -133,8 +133,7 @@ async def sent(pool: asyncpg.Pool, job: Job, upstream_id: str) -> None:
     await pool.execute(SENT, job.id, job.attempt, job.order_id, upstream_id)
 
 
-async def retry(pool: asyncpg.Pool, job: Job, seconds: float, error: str,
-                maybe_sent: bool) -> None:
+async def retry(pool: asyncpg.Pool, job: Job, seconds: float, error: str, maybe_sent: bool) -> None:
     await pool.execute(RETRY, job.id, job.attempt, seconds, error, maybe_sent)
 
 
@@ -154,8 +153,9 @@ async def refill_rejected(pool: asyncpg.Pool, job: Job) -> None:
     await pool.execute(REFILL_REJECTED, job.id, job.attempt, job.refill_id)
 
 
-async def orders_to_sync(pool: asyncpg.Pool, provider_id: int, batch: int,
-                         interval: float) -> list[tuple[int, str]]:
+async def orders_to_sync(
+    pool: asyncpg.Pool, provider_id: int, batch: int, interval: float
+) -> list[tuple[int, str]]:
     rows = await pool.fetch(CLAIM_ORDERS_TO_SYNC, provider_id, batch, interval)
     return [(r[0], r[1]) for r in rows]
 
@@ -167,19 +167,22 @@ async def apply_order_statuses(
     if not reports:
         return {}
     ids, statuses, starts, remains = zip(*reports, strict=True)
-    rows = await pool.fetch(APPLY_ORDER_STATUSES, list(ids), list(statuses), list(starts),
-                            list(remains))
+    rows = await pool.fetch(
+        APPLY_ORDER_STATUSES, list(ids), list(statuses), list(starts), list(remains)
+    )
     return {r[0]: r[1] for r in rows}
 
 
-async def refills_to_sync(pool: asyncpg.Pool, provider_id: int, batch: int,
-                          interval: float) -> list[tuple[int, str]]:
+async def refills_to_sync(
+    pool: asyncpg.Pool, provider_id: int, batch: int, interval: float
+) -> list[tuple[int, str]]:
     rows = await pool.fetch(CLAIM_REFILLS_TO_SYNC, provider_id, batch, interval)
     return [(r[0], r[1]) for r in rows]
 
 
-async def apply_refill_statuses(pool: asyncpg.Pool,
-                                reports: list[tuple[int, str]]) -> dict[int, str]:
+async def apply_refill_statuses(
+    pool: asyncpg.Pool, reports: list[tuple[int, str]]
+) -> dict[int, str]:
     if not reports:
         return {}
     ids, statuses = zip(*reports, strict=True)

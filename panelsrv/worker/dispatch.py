@@ -18,15 +18,21 @@ from typing import Any
 import asyncpg
 
 from panelsrv.store import jobs
-from panelsrv.worker.registry import Registry
+from panelsrv.worker.registry import ProviderSettings, Registry
 from panelsrv.worker.upstream import CircuitOpen, ItemError, ProviderError, ProviderUnavailable
 
 log = logging.getLogger("panelsrv.worker")
 
-LEASE_SECONDS = 120.0
+# Jobs claimed at once per kind; the lease must outlast the slowest batch (every call waiting
+# its turn behind the provider's concurrency limit, each up to the provider timeout).
+BATCH = 32
 HOLD_SECONDS = 300.0
 WAIT_FOR_DISPATCH_SECONDS = 30.0
 NO_QUANTITY_TYPES = frozenset({"Package", "Custom Comments Package"})
+
+
+def lease_seconds(settings: ProviderSettings) -> float:
+    return settings.timeout * (BATCH / settings.max_concurrency + 1) + 5.0
 
 
 def backoff(attempt: int) -> float:
@@ -46,18 +52,21 @@ def order_fields(job: jobs.Job) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, pool: asyncpg.Pool, registry: Registry, batch: int = 100) -> None:
+    def __init__(self, pool: asyncpg.Pool, registry: Registry, settings: ProviderSettings) -> None:
         self._pool = pool
         self._registry = registry
-        self._batch = batch
+        self._lease = lease_seconds(settings)
         self.held = 0  # orders held back by a provider's hold answer (a metric for operators)
 
     async def run_once(self) -> int:
         """Claim and process one batch of each job kind; returns how many jobs were handled."""
         handled = 0
-        for kind, handler in (("dispatch", self._dispatch), ("cancel", self._cancel),
-                              ("refill", self._refill)):
-            claimed = await jobs.claim(self._pool, kind, self._batch, LEASE_SECONDS)
+        for kind, handler in (
+            ("dispatch", self._dispatch),
+            ("cancel", self._cancel),
+            ("refill", self._refill),
+        ):
+            claimed = await jobs.claim(self._pool, kind, BATCH, self._lease)
             await asyncio.gather(*(handler(job) for job in claimed))
             handled += len(claimed)
         return handled
@@ -71,27 +80,40 @@ class Dispatcher:
             await jobs.retry(self._pool, job, HOLD_SECONDS, "provider inactive or missing", False)
             return
         if job.ambiguous:
-            log.warning("order %s: resending after an attempt with an unknown outcome (same "
-                        "Idempotency-Key; a provider that ignores it could see it twice)",
-                        job.order_id)
+            log.warning(
+                "order %s: resending after an attempt with an unknown outcome (same "
+                "Idempotency-Key; a provider that ignores it could see it twice)",
+                job.order_id,
+            )
         try:
-            upstream_id = await provider.add(order_fields(job),
-                                             idempotency_key=f"panelsrv-order-{job.order_id}")
+            upstream_id = await provider.add(
+                order_fields(job), idempotency_key=f"panelsrv-order-{job.order_id}"
+            )
         except CircuitOpen as exc:
-            await jobs.retry(self._pool, job, exc.retry_after or backoff(job.attempt),
-                             str(exc), False)
+            await jobs.retry(
+                self._pool, job, exc.retry_after or backoff(job.attempt), str(exc), False
+            )
         except ProviderUnavailable as exc:
-            await jobs.retry(self._pool, job, exc.retry_after or backoff(job.attempt),
-                             exc.reason, exc.maybe_sent)
+            await jobs.retry(
+                self._pool, job, exc.retry_after or backoff(job.attempt), exc.reason, exc.maybe_sent
+            )
         except ProviderError as exc:
             if exc.hold:
                 self.held += 1
-                log.warning("order %s held: provider %s says %r; retrying in %ds",
-                            job.order_id, provider.name, exc.message, HOLD_SECONDS)
+                log.warning(
+                    "order %s held: provider %s says %r; retrying in %ds",
+                    job.order_id,
+                    provider.name,
+                    exc.message,
+                    HOLD_SECONDS,
+                )
                 await jobs.retry(self._pool, job, HOLD_SECONDS, exc.message, False)
             else:
-                log.info("order %s refused by the provider (%s): canceled and refunded",
-                         job.order_id, exc.message)
+                log.info(
+                    "order %s refused by the provider (%s): canceled and refunded",
+                    job.order_id,
+                    exc.message,
+                )
                 await jobs.fail_order(self._pool, job.order_id, exc.message)
         else:
             await jobs.sent(self._pool, job, upstream_id)
@@ -108,8 +130,9 @@ class Dispatcher:
         try:
             result = (await provider.cancel([job.upstream_id])).get(job.upstream_id)
         except ProviderUnavailable as exc:
-            await jobs.retry(self._pool, job, exc.retry_after or backoff(job.attempt),
-                             exc.reason, False)
+            await jobs.retry(
+                self._pool, job, exc.retry_after or backoff(job.attempt), exc.reason, False
+            )
             return
         except ProviderError as exc:
             result = ItemError(exc.message)
@@ -125,10 +148,12 @@ class Dispatcher:
             return
         try:
             upstream_id = await provider.refill(
-                job.upstream_id, idempotency_key=f"panelsrv-refill-{job.refill_id}")
+                job.upstream_id, idempotency_key=f"panelsrv-refill-{job.refill_id}"
+            )
         except ProviderUnavailable as exc:
-            await jobs.retry(self._pool, job, exc.retry_after or backoff(job.attempt),
-                             exc.reason, exc.maybe_sent)
+            await jobs.retry(
+                self._pool, job, exc.retry_after or backoff(job.attempt), exc.reason, exc.maybe_sent
+            )
         except ProviderError as exc:
             if exc.hold:
                 await jobs.retry(self._pool, job, HOLD_SECONDS, exc.message, False)

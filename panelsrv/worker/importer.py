@@ -63,25 +63,48 @@ def marked_up(rate: Decimal, markup_bp: int) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-async def import_services(conn: asyncpg.Connection, provider_id: int, services: list[Service],
-                          markup_bp: int, category: str | None) -> ImportResult:
+async def import_services(
+    conn: asyncpg.Connection,
+    provider_id: int,
+    services: list[Service],
+    markup_bp: int,
+    category: str | None,
+) -> ImportResult:
     chosen = [s for s in services if category is None or s.category == category]
-    usable = [s for s in chosen if s.type.lower() in _TYPES and 1 <= s.min <= s.max
-              and s.rate >= 0]
+    usable = [s for s in chosen if s.type.lower() in _TYPES and 1 <= s.min <= s.max and s.rate >= 0]
     skipped = len(chosen) - len(usable)
     if skipped:
-        log.warning("provider %s: skipped %d services (unknown type or bad bounds)",
-                    provider_id, skipped)
-    columns = list(zip(*[
-        (s.name[:500] or s.service, _TYPES[s.type.lower()], s.category,
-         marked_up(s.rate, markup_bp), s.min, s.max, s.dripfeed, s.refill, s.cancel,
-         max(s.avg_time or 0, 0), s.service)
-        for s in usable
-    ], strict=True)) or [[] for _ in range(11)]
+        log.warning(
+            "provider %s: skipped %d services (unknown type or bad bounds)", provider_id, skipped
+        )
+    columns = list(
+        zip(
+            *[
+                (
+                    s.name[:500] or s.service,
+                    _TYPES[s.type.lower()],
+                    s.category,
+                    marked_up(s.rate, markup_bp),
+                    s.min,
+                    s.max,
+                    s.dripfeed,
+                    s.refill,
+                    s.cancel,
+                    max(s.avg_time or 0, 0),
+                    s.service,
+                )
+                for s in usable
+            ],
+            strict=True,
+        )
+    ) or [[] for _ in range(11)]
     async with conn.transaction():
         inserted = [r[0] for r in await conn.fetch(UPSERT, provider_id, *map(list, columns))]
-        status = await conn.execute(DEACTIVATE, provider_id, [s.service for s in usable],
-                                    category)
+        status = await conn.execute(DEACTIVATE, provider_id, [s.service for s in usable], category)
         await conn.execute(REMEMBER, provider_id, markup_bp, category)
-    return ImportResult(imported=sum(inserted), updated=len(inserted) - sum(inserted),
-                        deactivated=int(status.split()[-1]), skipped=skipped)
+    return ImportResult(
+        imported=sum(inserted),
+        updated=len(inserted) - sum(inserted),
+        deactivated=int(status.split()[-1]),
+        skipped=skipped,
+    )

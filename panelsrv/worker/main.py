@@ -43,10 +43,13 @@ class Worker:
         self.pool = pool
         self.settings = settings
         self.registry = Registry(pool, settings.providers)
-        self.dispatcher = Dispatcher(pool, self.registry)
+        self.dispatcher = Dispatcher(pool, self.registry, settings.providers)
         self.syncer = Syncer(pool, self.registry, settings.sync_interval)
-        self.sender = Sender(pool, allow_http=settings.webhook_allow_http,
-                             allow_private=settings.webhook_allow_private)
+        self.sender = Sender(
+            pool,
+            allow_http=settings.webhook_allow_http,
+            allow_private=settings.webhook_allow_private,
+        )
         self._stopping = asyncio.Event()
         self._prices_synced: dict[int, float] = {}
 
@@ -100,7 +103,8 @@ class Worker:
                 log.warning("provider %s: price sync failed (%s)", row.name, exc)
                 continue
             async with self.pool.acquire() as conn:
-                result = await importer.import_services(conn, row.id, services, row.markup_bp,
-                                                        row.import_category)
+                result = await importer.import_services(
+                    conn, row.id, services, row.markup_bp, row.import_category
+                )
             log.info("provider %s: price sync %s", row.name, result)
         return 0

@@ -56,10 +56,17 @@ class Registry:
 
     def client_for(self, row: ProviderRow) -> Provider:
         s = self._settings
-        return Provider(row.url, row.api_key, name=row.name, timeout=s.timeout,
-                        connect_timeout=s.connect_timeout, max_concurrency=s.max_concurrency,
-                        rate_per_sec=s.rate, breaker_threshold=s.breaker_threshold,
-                        breaker_cooldown=s.breaker_cooldown)
+        return Provider(
+            row.url,
+            row.api_key,
+            name=row.name,
+            timeout=s.timeout,
+            connect_timeout=s.connect_timeout,
+            max_concurrency=s.max_concurrency,
+            rate_per_sec=s.rate,
+            breaker_threshold=s.breaker_threshold,
+            breaker_cooldown=s.breaker_cooldown,
+        )
 
     def get(self, provider_id: int | None) -> Provider | None:
         entry = self._clients.get(provider_id) if provider_id is not None else None

@@ -29,15 +29,17 @@ class Syncer:
 
     async def run_once(self) -> int:
         """Poll every provider concurrently until nothing is due; returns orders polled."""
-        counts = await asyncio.gather(*(
-            self._drain(row.id, client) for row, client in self._registry.items()))
+        counts = await asyncio.gather(
+            *(self._drain(row.id, client) for row, client in self._registry.items())
+        )
         return sum(counts)
 
     async def _drain(self, provider_id: int, client: Provider) -> int:
         total = 0
         while True:
             polled = await self._orders(provider_id, client) + await self._refills(
-                provider_id, client)
+                provider_id, client
+            )
             total += polled
             if polled < MAX_BATCH:
                 return total
@@ -70,7 +72,10 @@ class Syncer:
         except ProviderFailure as exc:
             log.warning("provider %s: refill poll failed (%s)", client.name, exc)
             return 0
-        reports = [(local[upstream], answer) for upstream, answer in answers.items()
-                   if isinstance(answer, str) and upstream in local]
+        reports = [
+            (local[upstream], answer)
+            for upstream, answer in answers.items()
+            if isinstance(answer, str) and upstream in local
+        ]
         await jobs.apply_refill_statuses(self._pool, reports)
         return len(batch)

@@ -38,8 +38,14 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def event_body(delivery: webhooks.Delivery) -> bytes:
-    return orjson.dumps({"id": delivery.event_id, "type": delivery.type,
-                         "created": delivery.created, "data": delivery.data})
+    return orjson.dumps(
+        {
+            "id": delivery.event_id,
+            "type": delivery.type,
+            "created": delivery.created,
+            "data": delivery.data,
+        }
+    )
 
 
 class SafeResolver(AbstractResolver):
@@ -48,16 +54,22 @@ class SafeResolver(AbstractResolver):
     def __init__(self, allow_private: bool) -> None:
         self._allow_private = allow_private
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         try:
             addresses = await netsafe.resolve(host, port, self._allow_private)
         except netsafe.UnsafeUrl as exc:
             raise OSError(f"{host}: {exc}") from None
         return [
-            ResolveResult(hostname=host, host=address, port=port,
-                          family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                          proto=0, flags=socket.AI_NUMERICHOST)
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
             for address in addresses
         ]
 
@@ -66,15 +78,23 @@ class SafeResolver(AbstractResolver):
 
 
 class Sender:
-    def __init__(self, pool: asyncpg.Pool, *, allow_http: bool, allow_private: bool,
-                 timeout: float = 10.0, concurrency: int = 20) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        allow_http: bool,
+        allow_private: bool,
+        timeout: float = 10.0,
+        concurrency: int = 20,
+    ) -> None:
         self._pool = pool
         self._allow_http = allow_http
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = asyncio.Semaphore(concurrency)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=SafeResolver(allow_private),
-                                           limit=concurrency, use_dns_cache=False),
+            connector=aiohttp.TCPConnector(
+                resolver=SafeResolver(allow_private), limit=concurrency, use_dns_cache=False
+            ),
             headers={"User-Agent": USER_AGENT},
         )
 
@@ -96,8 +116,13 @@ class Sender:
         if error is None:
             await webhooks.delivered(self._pool, delivery.id)
         else:
-            log.info("webhook %s delivery %s attempt %s failed: %s", delivery.webhook_id,
-                     delivery.event_id, delivery.attempt, error)
+            log.info(
+                "webhook %s delivery %s attempt %s failed: %s",
+                delivery.webhook_id,
+                delivery.event_id,
+                delivery.attempt,
+                error,
+            )
             await webhooks.failed(self._pool, delivery, error)
 
     async def _post(self, delivery: webhooks.Delivery) -> str | None:
@@ -113,8 +138,13 @@ class Sender:
             "X-Panel-Delivery": delivery.event_id,
         }
         try:
-            async with self._session.post(delivery.url, data=body, headers=headers,
-                                          timeout=self._timeout, allow_redirects=False) as resp:
+            async with self._session.post(
+                delivery.url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return None

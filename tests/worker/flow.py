@@ -1,0 +1,92 @@
+"""Shared set-up for worker flow tests: a panel, users and a provider wired to a simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from panelsrv import money
+from panelsrv.store import admin, ledger
+from panelsrv.worker.main import Worker, WorkerSettings
+from panelsrv.worker.registry import ProviderSettings
+from tests.store.helpers import new_panel, new_user, unique
+
+FINAL = ("Completed", "Partial", "Canceled", "Refunded", "Error")
+
+
+async def provider_service(conn: asyncpg.Connection, url: str, key: str,
+                           upstream_service: str = "1", rate: str = "1.00") -> tuple[int, int]:
+    """(provider id, service id) of a default service sold through the provider at `url`."""
+    provider_id = await admin.add_provider(conn, unique("sim"), url, key)
+    service_id, _ = await admin.add_service(conn, admin.ServiceSpec(
+        name=unique("svc"), type="default", rate=rate, min=10, max=10_000, cancel=True,
+        refill=True, provider=str(provider_id), provider_service=upstream_service))
+    return provider_id, service_id
+
+
+async def place_many(pool: asyncpg.Pool, conn: asyncpg.Connection, provider_id: int,
+                     service_id: int, count: int, users: int = 10,
+                     quantity: int = 1000) -> list[int]:
+    """`count` orders spread over `users` new users, each with a unique link."""
+    panel_id, domain = await new_panel(conn)
+    owners = [await new_user(conn, domain, balance="100000") for _ in range(users)]
+    tag = unique("order")
+
+    async def place(n: int) -> int:
+        async with pool.acquire() as c:
+            placed = await ledger.place_order(c, ledger.NewOrder(
+                user_id=owners[n % users].id, panel_id=panel_id, service_id=service_id,
+                provider_id=provider_id, charge=money.charge(money.parse("1.00"), quantity),
+                link=f"https://example.test/{tag}/{n}", quantity=quantity,
+                order_limit=10**6), b"{}")
+        assert placed.order_id is not None, placed
+        return placed.order_id
+
+    return list(await asyncio.gather(*(place(n) for n in range(count))))
+
+
+def fast_settings(timeout: float = 2.0) -> WorkerSettings:
+    return WorkerSettings(sync_interval=0.2, idle=0.05, webhook_allow_http=True,
+                          webhook_allow_private=True,
+                          providers=ProviderSettings(timeout=timeout, connect_timeout=timeout,
+                                                     max_concurrency=32,
+                                                     breaker_threshold=1000))
+
+
+async def wait_final(conn: asyncpg.Connection, order_ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
+            " AND status NOT IN ('Completed', 'Partial', 'Canceled', 'Refunded', 'Error')",
+            order_ids)
+        if left == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{left} of {len(order_ids)} orders still active")
+        await asyncio.sleep(0.2)
+
+
+async def running(worker: Worker) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(worker.run(grace=5.0))
+
+
+async def check_refunds(conn: asyncpg.Connection, order_ids: list[int]) -> None:
+    """Partial refunds charge*min(remains,total)//total, Canceled/Refunded all, others none."""
+    rows = await conn.fetch(
+        """SELECT o.id, o.status, o.charge, o.remains, o.quantity * o.runs AS total,
+                  coalesce(sum(e.amount) FILTER (WHERE e.kind = 'refund'), 0) AS refunded,
+                  count(e.id) FILTER (WHERE e.kind = 'refund') AS refunds
+             FROM orders o LEFT JOIN ledger_entries e ON e.order_id = o.id
+            WHERE o.id = ANY($1::bigint[]) GROUP BY o.id""", order_ids)
+    for r in rows:
+        if r["status"] == "Partial":
+            expected = money.partial_refund(r["charge"], r["remains"], r["total"])
+        elif r["status"] in ("Canceled", "Refunded"):
+            expected = r["charge"]
+        else:
+            expected = 0
+        assert r["refunded"] == expected, dict(r)
+        assert r["refunds"] <= 1
