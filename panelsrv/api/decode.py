@@ -61,8 +61,12 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     """Decode one request. Raises `ApiError` (400) with the message the client should see."""
     media = content_type.partition(b";")[0].strip().lower() if content_type else b""
     stringify = False
+    fields: dict[str, Any]
+    duplicate: str | None
     try:
-        if media == FORM or not media:
+        if not body:  # fields in the query string only, whatever the declared type
+            fields, duplicate = {}, None
+        elif media == FORM or not media:
             fields, duplicate = _parse_form(body)
         elif media == JSON:
             fields, duplicate = _parse_json(body)
@@ -243,7 +247,7 @@ def _part_name(head: str) -> str:
     for line in head.split("\r\n"):
         header, colon, value = line.partition(":")
         header = header.lower()
-        if not colon or header != header.strip():
+        if not colon or header != header.strip() or "\n" in line or "\r" in line:
             raise _malformed()
         if header == "content-disposition":
             disposition, _, params = value.partition(";")
