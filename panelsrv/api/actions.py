@@ -31,6 +31,7 @@ from panelsrv.errors import bad_request
 
 MAX_BIGINT: Final = 2**63 - 1
 MAX_IDS: Final = 100
+MAX_IDEMPOTENCY_KEY: Final = 128
 
 Id = Annotated[int, Meta(ge=1, le=MAX_BIGINT)]
 Count = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
@@ -41,7 +42,7 @@ Posts = Annotated[int, Meta(ge=0, le=100_000)]
 Timestamp = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
 # Printable: it is stored in a text column (no NUL) and echoed in logs.
 IdempotencyKey = Annotated[
-    str, Meta(min_length=1, max_length=128, pattern=r"\A[^\x00-\x1f\x7f]*\Z")
+    str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern=r"\A[^\x00-\x1f\x7f]*\Z")
 ]
 Link = Annotated[str, Meta(max_length=1000)]
 LongText = Annotated[str, Meta(max_length=10_000)]
@@ -172,7 +173,8 @@ FIELD_RULES: Final[dict[tuple[str, str], str]] = {
     for f in msgspec.inspect.type_info(cls).fields  # type: ignore[attr-defined]
 }
 
-# Optional non-text fields for which an empty form value means "absent" (PHP SDKs send `runs=`).
+# Fields whose empty value means "absent": PHP SDKs send `runs=` for an option left unset. All
+# are integers but `sign` and `idempotency_key`; a required one is then reported missing.
 EMPTY_IS_ABSENT: Final = frozenset(
     name
     for (_tag, name), rule in FIELD_RULES.items()
@@ -232,6 +234,9 @@ def refill_ids(action: RefillStatus) -> int | list[int]:
     return requested_ids(action.refill, action.refills, "refill", "refills")
 
 
+_PRINTABLE: Final = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
 def idempotency_key(field: str | None, header: str | None) -> str | None:
     """The request's idempotency key, from the `Idempotency-Key` header or the field.
 
@@ -240,14 +245,11 @@ def idempotency_key(field: str | None, header: str | None) -> str | None:
     """
     if not header:
         return field
-    if not (len(header) <= 128 and _PRINTABLE.fullmatch(header)):
+    if not (len(header) <= MAX_IDEMPOTENCY_KEY and _PRINTABLE.fullmatch(header)):
         raise bad_request("Idempotency-Key", FIELD_RULES["add", "idempotency_key"])
     if field is not None and field != header:
         raise bad_request("idempotency_key", "differs from the Idempotency-Key header")
     return header
-
-
-_PRINTABLE: Final = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 # -- idempotency fingerprint -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Pure; imports `api.actions` and `errors` only. This is the one boundary where msgspec's errors
 become `ApiError`s. Precedence of errors, so that every client sees the most useful one:
 undecodable body (`Malformed request body`) > unknown or missing action (`Incorrect action`) >
-a field sent twice > a field that breaks its type rule.
+a field sent twice > a missing `key` > any other missing field or one that breaks its type rule.
 
 Invariants:
 - Field names are unique: a name repeated within the body or within the query string is a 400

@@ -105,7 +105,7 @@ def validate_add(
     if service_type in PACKAGE_TYPES:
         return ValidatedOrder(link, 1, 1, 0, extras, 1000)
     quantity = add.quantity
-    if quantity is None and service_type in _COUNTED_TYPES:
+    if not quantity and service_type in _COUNTED_TYPES:  # absent, or 0 from a form default
         quantity = counted
     quantity = _within("quantity", quantity, min_qty, max_qty)
     runs, interval = _dripfeed(add.runs, add.interval) if dripfeed else (1, 0)

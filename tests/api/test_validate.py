@@ -202,6 +202,7 @@ def test_custom_comments_lines_must_be_within_bounds() -> None:
 def test_custom_comments_explicit_quantity_wins() -> None:
     order = run("Custom Comments", comments="a\nb", quantity=100)
     assert order.quantity == 100
+    assert run("Custom Comments", comments="a\nb", quantity=0, low=1).quantity == 2
 
 
 def test_comments_keep_crlf_text_but_refuse_control_characters() -> None:
