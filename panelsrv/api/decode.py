@@ -1,0 +1,287 @@
+"""Request bytes -> the action Struct: form, JSON or multipart body, plus query-string fields.
+
+Pure; imports `api.actions` and `errors` only. This is the one boundary where msgspec's errors
+become `ApiError`s. Precedence of errors, so that every client sees the most useful one:
+undecodable body (`Malformed request body`) > unknown or missing action (`Incorrect action`) >
+a field sent twice > a missing `key` > any other missing field or one that breaks its type rule.
+
+Invariants:
+- Field names are unique: a name repeated within the body or within the query string is a 400
+  (JSON duplicate keys too), so nothing downstream, in particular the HMAC, can be fed an
+  ambiguous request. Query fields are merged under the body's; the body wins a clash.
+- Text is UTF-8, decoded strictly after percent-decoding; anything else is malformed.
+- `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
+  `str()` renders them): the input of `api.sign`.
+- Work is bounded before it is done: at most `MAX_FIELDS` fields per source, short part headers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+
+from panelsrv.api.actions import EMPTY_IS_ABSENT, FIELD_RULES, STRUCTS, Action
+from panelsrv.errors import ApiError, Code, bad_request
+
+MAX_FIELDS: Final = 100
+MAX_PART_HEADER: Final = 1024
+MAX_NAME_ECHO: Final = 100  # longest field name quoted back in an error
+
+FORM: Final = b"application/x-www-form-urlencoded"
+JSON: Final = b"application/json"
+MULTIPART: Final = b"multipart/form-data"
+
+
+class Decoded:
+    """A decoded request: the action, its wire tag, and the fields a signature covers."""
+
+    __slots__ = ("_fields", "_stringify", "action", "tag")
+
+    def __init__(self, action: Action, tag: str, fields: dict[str, Any], stringify: bool) -> None:
+        self.action = action
+        self.tag = tag
+        self._fields = fields
+        self._stringify = stringify
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Field -> value as received. JSON values are rendered with `str()` on first use only,
+        since most requests carry no `sign` and never ask."""
+        if self._stringify:
+            self._fields = {k: v if type(v) is str else str(v) for k, v in self._fields.items()}
+            self._stringify = False
+        return self._fields
+
+
+def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
+    """Decode one request. Raises `ApiError` (400) with the message the client should see."""
+    media = content_type.partition(b";")[0].strip().lower() if content_type else b""
+    stringify = False
+    fields: dict[str, Any]
+    duplicate: str | None
+    try:
+        if not body:  # fields in the query string only, whatever the declared type
+            fields, duplicate = {}, None
+        elif media == FORM or not media:
+            fields, duplicate = _parse_form(body)
+        elif media == JSON:
+            fields, duplicate = _parse_json(body)
+            stringify = True
+        elif media == MULTIPART:
+            fields, duplicate = _parse_multipart(body, content_type)
+        else:
+            raise _malformed()
+        if query:
+            under, query_duplicate = _parse_form(query)
+            duplicate = duplicate or query_duplicate
+            if under:
+                under.update(fields)
+                fields = under
+    except UnicodeDecodeError:
+        raise _malformed() from None
+
+    tag = fields.get("action")
+    if not isinstance(tag, str) or (cls := STRUCTS.get(tag)) is None:
+        raise ApiError(Code.INCORRECT_ACTION)
+    if duplicate is not None:
+        raise bad_request(duplicate[:MAX_NAME_ECHO], "sent more than once")
+    if "key" not in fields:
+        # msgspec names missing fields in its own order; the key is the one to report first.
+        raise bad_request("key", "required")
+    values = fields
+    if "" in fields.values():
+        values = {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
+    try:
+        action = msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, tag) from None
+    return Decoded(action, tag, fields, stringify)
+
+
+def _malformed() -> ApiError:
+    return ApiError(Code.MALFORMED_BODY)
+
+
+# -- application/x-www-form-urlencoded (and the query string) ---------------------------------
+
+
+def _parse_form(data: bytes) -> tuple[dict[str, str], str | None]:
+    """`a=1&b=x+y%21` -> {'a': '1', 'b': 'x y!'}; the first repeated name, if any.
+
+    The same pairs as `urllib.parse.parse_qsl(..., keep_blank_values=True)` for valid UTF-8 (a
+    name without `=` has the value ""), in about half its time: the body is decoded once (no
+    multi-byte sequence can contain `&`, `=`, `%` or `+`), and only parts holding `%` or `+`,
+    usually just the link, are unquoted.
+    """
+    text = data.decode()
+    if text.count("&") >= MAX_FIELDS:
+        raise _malformed()
+    fields: dict[str, str] = {}
+    duplicate = None
+    for part in text.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name = _unquote(name)
+            value = _unquote(value)
+        if name in fields and duplicate is None:
+            duplicate = name
+        fields[name] = value
+    return fields, duplicate
+
+
+def _unquote(text: str) -> str:
+    # `+` first: an encoded plus (%2B) must stay a plus. Invalid escapes stay literal, as in
+    # urllib and PHP. Escaped bytes must form valid UTF-8 (decoded strictly).
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" in text:
+        text = unquote_to_bytes(text).decode()
+    return text
+
+
+# -- application/json ----------------------------------------------------------------------------
+
+_JSON_OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
+# Every JSON string token, with the colon that makes it a key. Sound on valid JSON only: outside
+# strings no `"` can occur, so the scan never starts inside a string.
+_STRING_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"\s*(:?)')
+
+
+def _parse_json(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """A JSON object -> its dict; the first repeated key, if any.
+
+    msgspec validates strictly (UTF-8, no NaN, no lone surrogates) but keeps the last of
+    duplicate keys silently, so keys are counted in the text: when the count equals the number
+    of distinct top-level keys there is neither a duplicate nor a nested object; otherwise the
+    slow, exact scan below finds the culprit.
+    """
+    try:
+        obj = _JSON_OBJECT.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise _malformed() from None
+    if len(obj) > MAX_FIELDS:
+        raise _malformed()
+    if _STRING_TOKEN.findall(body).count(b":") == len(obj):
+        return obj, None
+    return obj, _first_duplicate_key(body)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateKey(name)
+            seen.add(name)
+    return obj
+
+
+def _first_duplicate_key(body: bytes) -> str | None:
+    """None when the extra keys belong to nested objects that repeat nothing."""
+    try:
+        json.loads(body.decode(), object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        return str(exc.args[0])
+    except (ValueError, RecursionError):
+        raise _malformed() from None
+    return None
+
+
+# -- multipart/form-data -------------------------------------------------------------------------
+
+_BOUNDARY: Final = re.compile(rb';\s*boundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))', re.I)
+_PART_NAME: Final = re.compile(r';\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s"]+))', re.I)
+_IDENTITY_ENCODINGS: Final = frozenset({"7bit", "8bit", "binary"})
+
+
+def _parse_multipart(body: bytes, content_type: bytes) -> tuple[dict[str, str], str | None]:
+    """RFC 7578 form data, strictly: the body starts with the delimiter, each part has one
+    `Content-Disposition: form-data; name=...`, lines end in CRLF, the close delimiter ends it
+    (an epilogue is ignored). A part with a `filename` is a field like any other: Python
+    `requests` sends `files={"key": "..."}` that way.
+    """
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        raise _malformed()
+    delimiter = b"--" + (match.group(1) or match.group(2))
+    separator = b"\r\n" + delimiter
+    if not body.startswith(delimiter):
+        raise _malformed()
+    fields: dict[str, str] = {}
+    duplicate = None
+    pos = len(delimiter)
+    parts = 0
+    while True:
+        after = body[pos : pos + 2]
+        if after == b"--":
+            return fields, duplicate
+        parts += 1
+        if after != b"\r\n" or parts > MAX_FIELDS or body.startswith(b"\r\n", pos + 2):
+            raise _malformed()
+        head_end = body.find(b"\r\n\r\n", pos + 2, pos + 2 + MAX_PART_HEADER)
+        if head_end < 0:
+            raise _malformed()
+        name = _part_name(body[pos + 2 : head_end].decode())
+        end = body.find(separator, head_end + 4)
+        if end < 0:
+            raise _malformed()
+        if name in fields and duplicate is None:
+            duplicate = name
+        fields[name] = body[head_end + 4 : end].decode()
+        pos = end + len(separator)
+
+
+def _part_name(head: str) -> str:
+    name = None
+    for line in head.split("\r\n"):
+        header, colon, value = line.partition(":")
+        header = header.lower()
+        if not colon or header != header.strip() or "\n" in line or "\r" in line:
+            raise _malformed()
+        if header == "content-disposition":
+            disposition, _, params = value.partition(";")
+            match = _PART_NAME.search(";" + params)
+            if name is not None or disposition.strip().lower() != "form-data" or match is None:
+                raise _malformed()
+            name = match.group(2) if match.group(1) is None else match.group(1)
+            if "\\" in name:
+                name = re.sub(r"\\(.)", r"\1", name)
+        elif (header == "content-transfer-encoding"
+              and value.strip().lower() not in _IDENTITY_ENCODINGS):
+            raise _malformed()
+    if name is None:
+        raise _malformed()
+    return name
+
+
+# -- msgspec errors -> the client's message ------------------------------------------------------
+
+_AT_FIELD: Final = re.compile(r"at `\$\.(\w+)`")
+_MISSING_FIELD: Final = re.compile(r"missing required field `(\w+)`")
+
+
+def _translate(exc: msgspec.ValidationError, tag: str) -> ApiError:
+    """`Expected `int` >= 1 - at `$.quantity`` -> `quantity: must be an integer >= 1`.
+
+    The rule text comes from the Struct's own annotations (`FIELD_RULES`), so it states the
+    whole rule (both bounds) whichever bound the value broke.
+    """
+    text = str(exc)
+    match = _AT_FIELD.search(text)
+    if match is not None and (tag, match.group(1)) in FIELD_RULES:
+        return bad_request(match.group(1), FIELD_RULES[tag, match.group(1)])
+    match = _MISSING_FIELD.search(text)
+    if match is not None:
+        return bad_request(match.group(1), "required")
+    return _malformed()

@@ -1,0 +1,240 @@
+"""The service-dependent rules of `add`: API.md's table per service type, applied to a decoded
+`Add` once the handler has the service in hand.
+
+Pure; imports `api.actions` and `errors`; the date is a parameter. Every refusal is
+`errors.bad_request(field, rule)`. The result carries what the order row stores and the
+`units` the charge multiplies: `money.charge(rate, units)` is the charge of every type
+(`quantity * runs` by default, 1000 - i.e. the flat rate - for Package types, and
+`max * (posts + old_posts)` for Subscriptions).
+
+| type                    | link | quantity                   | extras (required / optional)       |
+|-------------------------|------|----------------------------|------------------------------------|
+| default                 | yes  | required                   |                                    |
+| Package                 | opt. | set to 1, flat rate        |                                    |
+| Custom Comments         | opt. | defaults to comment lines  | comments                           |
+| Custom Comments Package | opt. | set to 1, flat rate        | comments                           |
+| Mentions                | yes  | required                   | usernames                          |
+| Mentions with Hashtags  | yes  | required                   | usernames, hashtags (or hashtag)   |
+| Mentions Custom List    | yes  | defaults to username lines | usernames                          |
+| Mentions Hashtag        | yes  | required                   | hashtag (or hashtags)              |
+| Mentions User Followers | yes  | required                   | username                           |
+| Mentions Media Likers   | yes  | required                   | media                              |
+| Subscriptions           | opt. | max * (posts + old_posts)  | username or link, min, max, posts  |
+|                         |      |                            | or old_posts / delay, expiry       |
+| Poll                    | yes  | required                   | answer_number                      |
+| Comment Likes           | yes  | required                   | username                           |
+| Comment Replies         | yes  | defaults to comment lines  | comments, username                 |
+
+Drip-feed (`runs`, `interval`) applies only on a service with `dripfeed` and a type charged per
+unit (not Package types, not Subscriptions, whose charges `runs` would not multiply); anywhere
+else the two are ignored. Fields a type does not use are ignored, as the spec says.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Final
+
+import msgspec
+
+from panelsrv.api.actions import Add
+from panelsrv.errors import bad_request
+
+SERVICE_TYPES: Final = frozenset({
+    "default", "Package", "Custom Comments", "Custom Comments Package", "Mentions",
+    "Mentions with Hashtags", "Mentions Custom List", "Mentions Hashtag",
+    "Mentions User Followers", "Mentions Media Likers", "Subscriptions", "Poll",
+    "Comment Likes", "Comment Replies",
+})
+PACKAGE_TYPES: Final = frozenset({"Package", "Custom Comments Package"})
+LINK_OPTIONAL: Final = frozenset({"Package", "Custom Comments Package", "Custom Comments"})
+MAX_DRIPFEED_MINUTES: Final = 10080
+
+_COMMENT_TYPES: Final = frozenset({"Custom Comments", "Custom Comments Package", "Comment Replies"})
+_USERNAMES_TYPES: Final = frozenset({"Mentions", "Mentions with Hashtags", "Mentions Custom List"})
+_USERNAME_TYPES: Final = frozenset({"Mentions User Followers", "Comment Likes", "Comment Replies"})
+_COUNTED_TYPES: Final = frozenset({"Custom Comments", "Comment Replies", "Mentions Custom List"})
+
+
+class ValidatedOrder(msgspec.Struct, frozen=True):
+    """What an `add` asks for, normalized. `extras` holds only the fields the type uses."""
+
+    link: str
+    quantity: int
+    runs: int
+    interval: int
+    extras: dict[str, str | int]
+    units: int
+
+
+def validate_add(
+    add: Add,
+    service_type: str,
+    min_qty: int,
+    max_qty: int,
+    dripfeed: bool,
+    today: dt.date,
+) -> ValidatedOrder:
+    """Apply the service's rules to `add`; `today` is the server's current date."""
+    if service_type not in SERVICE_TYPES:
+        raise ValueError(f"unknown service type {service_type!r}")
+    if service_type == "Subscriptions":
+        return _subscription(add, min_qty, max_qty, today)
+
+    link = normalize_link(add.link, required=service_type not in LINK_OPTIONAL)
+    extras: dict[str, str | int] = {}
+    counted = 0
+    if service_type in _COMMENT_TYPES:
+        extras["comments"], counted = _lines("comments", add.comments)
+    if service_type in _USERNAMES_TYPES:
+        extras["usernames"], counted = _lines("usernames", add.usernames)
+    if service_type == "Mentions with Hashtags":
+        extras["hashtags"], _ = _lines("hashtags", add.hashtags or add.hashtag)
+    if service_type == "Mentions Hashtag":
+        extras["hashtag"], _ = _lines("hashtag", add.hashtag or add.hashtags)
+    if service_type in _USERNAME_TYPES:
+        extras["username"] = _word("username", add.username, required=True)
+    if service_type == "Mentions Media Likers":
+        extras["media"] = _word("media", add.media, required=True)
+    if service_type == "Poll":
+        if add.answer_number is None:
+            raise bad_request("answer_number", "required")
+        extras["answer_number"] = add.answer_number
+
+    if service_type in PACKAGE_TYPES:
+        return ValidatedOrder(link, 1, 1, 0, extras, 1000)
+    quantity = add.quantity
+    if not quantity and service_type in _COUNTED_TYPES:  # absent, or 0 from a form default
+        quantity = counted
+    quantity = _within("quantity", quantity, min_qty, max_qty)
+    runs, interval = _dripfeed(add.runs, add.interval) if dripfeed else (1, 0)
+    return ValidatedOrder(link, quantity, runs, interval, extras, quantity * runs)
+
+
+def _subscription(add: Add, min_qty: int, max_qty: int, today: dt.date) -> ValidatedOrder:
+    link = normalize_link(add.link, required=False)
+    username = _word("username", add.username, required=not link)
+    low = _within("min", add.min, min_qty, max_qty)
+    high = _within("max", add.max, min_qty, max_qty)
+    if low > high:
+        raise bad_request("min", "must not exceed max")
+    if add.posts is None and add.old_posts is None:
+        raise bad_request("posts", "required")
+    posts = add.posts or 0
+    old_posts = add.old_posts or 0
+    if posts + old_posts < 1:
+        raise bad_request("posts", "posts + old_posts must be at least 1")
+    extras: dict[str, str | int] = {
+        "min": low, "max": high, "posts": posts, "old_posts": old_posts, "delay": add.delay or 0,
+    }
+    if username:
+        extras["username"] = username
+    if add.expiry is not None and add.expiry.strip():
+        extras["expiry"] = parse_expiry(add.expiry, today).isoformat()
+    units = high * (posts + old_posts)
+    return ValidatedOrder(link, units, 1, 0, extras, units)
+
+
+def _within(field: str, value: int | None, low: int, high: int) -> int:
+    if value is None:
+        raise bad_request(field, "required")
+    if not low <= value <= high:
+        raise bad_request(field, f"must be between {low} and {high}")
+    return value
+
+
+def _dripfeed(runs: int | None, interval: int | None) -> tuple[int, int]:
+    if runs is None and interval is None:
+        return 1, 0
+    if runs is None:
+        raise bad_request("runs", "required with interval")
+    if interval is None:
+        raise bad_request("interval", "required with runs")
+    if runs * interval > MAX_DRIPFEED_MINUTES:
+        raise bad_request("runs", f"runs * interval must be at most {MAX_DRIPFEED_MINUTES} minutes")
+    return runs, interval
+
+
+# -- text fields -------------------------------------------------------------------------------
+
+# Whitespace, C0/C1 controls, zero-width and bidi-override characters: never inside a URL or a
+# single word, and NUL would not even fit in a PostgreSQL text column.
+_NOT_IN_WORD: Final = re.compile(
+    "[\\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+# Multi-line text keeps tabs and line breaks (and the joiners emoji need).
+_NOT_IN_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.S)
+_PORT: Final = re.compile(r"\d+(?:[/?#]|$)")
+_HOST_END: Final = re.compile(r"[/?#]")
+
+
+def normalize_link(raw: str | None, required: bool) -> str:
+    """'instagram.com/x' -> 'https://instagram.com/x'; http(s) only; "" when absent and optional.
+
+    Surrounding blanks are trimmed; inner whitespace or control characters are refused. A
+    `host:port` start is a host, not a scheme; `javascript:`, `data:` and the like are refused.
+    """
+    link = raw.strip() if raw else ""
+    if not link:
+        if required:
+            raise bad_request("link", "required")
+        return ""
+    if _NOT_IN_WORD.search(link):
+        raise bad_request("link", "must not contain whitespace or control characters")
+    scheme = _SCHEME.match(link)
+    if scheme is not None and _PORT.match(scheme.group(2)) is None:
+        if scheme.group(1).lower() not in ("http", "https") or not scheme.group(2).startswith("//"):
+            raise bad_request("link", "must be an http or https URL")
+        link = scheme.group(1).lower() + ":" + scheme.group(2)
+    elif link.startswith("//"):
+        link = "https:" + link
+    else:
+        link = "https://" + link
+    rest = link[link.index("//") + 2 :]
+    if _HOST_END.split(rest, 1)[0] == "":
+        raise bad_request("link", "must name a host")
+    return link
+
+
+def _word(field: str, raw: str | None, required: bool) -> str:
+    word = raw.strip() if raw else ""
+    if not word:
+        if required:
+            raise bad_request(field, "required")
+        return ""
+    if _NOT_IN_WORD.search(word):
+        raise bad_request(field, "must not contain whitespace or control characters")
+    return word
+
+
+def _lines(field: str, raw: str | None) -> tuple[str, int]:
+    """Required newline-separated text -> (its non-empty lines, trimmed, joined by '\\n', count)."""
+    if raw and _NOT_IN_TEXT.search(raw):
+        raise bad_request(field, "must not contain control characters")
+    lines = [line for line in (part.strip() for part in (raw or "").split("\n")) if line]
+    if not lines:
+        raise bad_request(field, "required")
+    return "\n".join(lines), len(lines)
+
+
+# -- expiry ------------------------------------------------------------------------------------
+
+_DMY: Final = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
+
+
+def parse_expiry(text: str, today: dt.date) -> dt.date:
+    """`YYYY-MM-DD`, an ISO datetime, or the older `d/m/Y`; strictly after `today`."""
+    text = text.strip()
+    try:
+        dmy = _DMY.fullmatch(text)
+        if dmy is not None:
+            day = dt.date(int(dmy.group(3)), int(dmy.group(2)), int(dmy.group(1)))
+        else:
+            day = dt.datetime.fromisoformat(text).date()
+    except ValueError:
+        raise bad_request("expiry", "must be YYYY-MM-DD, an ISO datetime or d/m/Y") from None
+    if day <= today:
+        raise bad_request("expiry", "must be in the future")
+    return day
