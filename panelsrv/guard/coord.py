@@ -1,7 +1,7 @@
 """Limits shared by several processes: decide locally, reconcile in the background.
 
 Pure: imports only msgspec and the guard leaves, reads no clock, does no I/O. The sync loop
-(`guard/sync.py`) calls `collect(now)`, sends the `SyncRequest` to a backend (Redis for several
+(`guard/sync.py`) calls `collect()`, sends the `SyncRequest` to a backend (Redis for several
 hosts, `guard/hub.py` for one host's workers) and hands the `SyncReply` to `apply(reply, now)`.
 The per-request path (`Limiter.take`, `Coordinator.strike`) never waits for the backend.
 
@@ -18,8 +18,9 @@ every D seconds:
   then grants what the bucket holds. A granted token is reserved in the backend before it is
   spent, so leased admissions never overrun the global bucket.
   Before the first grant arrives (at most D + a round trip), an escalated key may use `grace`
-  = ceil(r*D) tokens plus its share bucket, charged at the next sync; escalating also charges the
-  share debt (tokens used and not yet refilled), so the global bucket sees the share-mode usage.
+  = min(b, ceil(r*D)) tokens plus its share bucket, charged at the next sync; escalating also
+  charges the share debt (tokens used and not yet refilled), so the global bucket sees the
+  share-mode usage.
 - Hot notices. The backend announces each escalated key (again every `hot_ttl`); a process that
   has share-mode usage for it charges that debt and moves it to lease mode too, so processes
   pacing a key just under their share cannot add up behind the global bucket's back.

@@ -10,6 +10,12 @@ socket (e.g. `<data_dir>/guard.sock`), each worker's sync loop talks to it throu
 count), kept in step by the engine tests that run one scenario against both backends. Its clock
 is the hub's own; workers only ever see durations relative to the reply's `now`.
 
+Why a hub in the parent rather than a shared-memory table: the workers run the very engine
+they run with Redis (one code path, one tolerance, one set of tests), no binary table format or
+cross-process lock is needed (the hub's event loop serialises the syncs), and the parent already
+outlives its workers. If the hub is gone, workers fall back to per-process limits exactly as
+they do when Redis is down.
+
 Framing: a 4-byte big-endian length, then a msgpack body (`SyncRequest` up, `SyncReply` down),
 one request in flight per connection. A frame over `MAX_FRAME` closes the connection.
 """

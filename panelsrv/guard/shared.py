@@ -18,6 +18,9 @@ The Lua script applies a `SyncRequest` on Redis's own clock (`TIME`), never a ho
 Every key carries the hash tag `{prefix}`, and every key is passed in KEYS, so the script is
 valid on a cluster too. The state mirrors `MemoryStore` in `guard/hub.py`.
 
+The tolerance this gives (admissions beyond rate*W + burst) is stated in `guard/coord.py`.
+Needs Redis >= 6.2 (XADD MINID, exclusive XRANGE starts).
+
 Errors: any Redis or socket error becomes `BackendUnavailable`; a flushed script cache
 (NOSCRIPT) is reloaded once.
 """

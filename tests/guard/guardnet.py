@@ -111,8 +111,9 @@ def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int
         try:
             await wait_until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
             await asyncio.sleep(max(0.0, start_at - time.time()))
-            admitted, elapsed = await paced_flood([guard], "203.0.113.50", per_second, 1.0)
-            out.put((admitted, elapsed))
+            started = time.time()
+            admitted, _ = await paced_flood([guard], "203.0.113.50", per_second, 1.0)
+            out.put((admitted, started, time.time()))
         finally:
             await guard.close()
 

@@ -69,7 +69,9 @@ async def test_a_strike_storm_on_one_host_blocks_the_ip_on_the_other(redis_url: 
             a.strike("198.51.100.7")
         assert a.check_ip("198.51.100.7") is not None  # blocked locally at once
         took = await wait_until(lambda: b.check_block("198.51.100.7") is not None, 2.0)
-        assert took <= 2 * INTERVAL + 0.1  # reported at A's next sync, heard at B's next
+        # Reported at A's next sync, heard at B's next: 2 intervals + 2 round trips, plus slack
+        # for a loaded test machine.
+        assert took <= 2 * INTERVAL + 0.3
         response = b.check_ip("198.51.100.7")
         assert response is not None and b"Retry-After: 30\r\n" in response
 
