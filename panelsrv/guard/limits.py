@@ -1,0 +1,148 @@
+"""The guard facade: what the HTTP protocol and the API handler call on the hot path.
+
+Imports msgspec and the guard modules; never `panelsrv.http` (the 429 response is rendered by a
+callable the HTTP layer passes in) nor a backend library (the caller passes a `Backend` to
+`start`). Every check is synchronous and amortised O(1): a clock read, one or two dict lookups,
+a float comparison. The clock is injected (default `time.monotonic`); the pure parts below it
+receive `now` as an argument.
+
+Wiring, per worker process:
+    guard = Guard(GuardSettings(...), render_429=lambda s: <429 bytes, Retry-After: s, close>)
+    guard.start(backend)   # in the running loop; backend None, RedisBackend(...) or HubBackend(...)
+    ... guard.check_block(ip) in connection_made, guard.check_ip(ip) in on_headers_complete,
+    ... guard.strike(ip) on a bad key or signature, guard.check_user(user_id) after auth
+    await guard.close()    # on shutdown: stops the sync task, closes the backend
+
+Invariants:
+- `check_block`/`check_ip` return prebuilt bytes: one rendering per distinct Retry-After value,
+  cached (at most `MAX_RENDERED`), so a flood of refusals encodes nothing.
+- Retry-After is whole seconds, at least 1, rounded up: a client that honours it is admitted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from panelsrv.guard.blocklist import Blocklist
+from panelsrv.guard.coord import Coordinator, Limiter
+from panelsrv.guard.sync import Backend, Syncer
+
+MAX_RENDERED = 4096
+
+Render429 = Callable[[int], bytes]
+"""Given Retry-After seconds, the complete `429` response (status line, headers with
+`Retry-After` and `Connection: close`, body `{"error": "Too many requests"}`)."""
+
+
+class GuardSettings(msgspec.Struct, frozen=True, kw_only=True):
+    ip_rate: float = 100.0  # per-IP requests per second
+    ip_burst: int = 100
+    user_rate: float = 50.0  # per-user soft cap, requests per second
+    user_burst: int = 100
+    strike_limit: int = 10  # failed authentications ...
+    strike_window: float = 60.0  # ... within this many seconds ...
+    block_seconds: float = 300.0  # ... block the address this long
+    never_block: tuple[str, ...] = ()  # addresses or CIDR networks never blocked
+    sync_interval: float = 0.1  # seconds between reconciliations with the backend
+    sync_timeout: float = 0.5  # a sync slower than this counts as the backend being down
+    max_keys: int = 65_536  # cap per table (IP buckets, user buckets, strikes, blocks)
+
+
+def retry_after(wait: float) -> int:
+    """Seconds for a Retry-After header: whole, at least 1, rounded up."""
+    return max(1, math.ceil(wait - 1e-9))
+
+
+class Guard:
+    __slots__ = ("_blocks", "_clock", "_ip", "_render", "_responses", "_syncer", "_user", "coord")
+
+    def __init__(
+        self,
+        settings: GuardSettings,
+        render_429: Render429,
+        clock: Callable[[], float] = time.monotonic,
+        pid: str | None = None,
+    ) -> None:
+        s = settings
+        self._clock = clock
+        self._render = render_429
+        self._responses: dict[int, bytes] = {}
+        pid = pid or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.coord = Coordinator(
+            pid,
+            Limiter("ip", s.ip_rate, s.ip_burst, s.sync_interval, str, s.max_keys),
+            Limiter("user", s.user_rate, s.user_burst, s.sync_interval, int, s.max_keys),
+            Blocklist(s.strike_limit, s.strike_window, s.block_seconds, s.never_block, s.max_keys),
+            s.sync_interval,
+        )
+        self._ip = self.coord.ip
+        self._user = self.coord.user
+        self._blocks = self.coord.blocks
+        self._syncer = Syncer(self.coord, None, s.sync_interval, s.sync_timeout, clock=clock)
+
+    # -- hot path --
+
+    def check_block(self, ip: str) -> bytes | None:
+        """At connection time: the 429 for a blocked address, else None. Takes no token."""
+        now = self._clock()
+        until = self._blocks.blocked_until(ip, now)
+        return self._reject(until - now) if until else None
+
+    def check_ip(self, ip: str) -> bytes | None:
+        """When the headers are complete, before the body: the 429 to send and close, or None."""
+        now = self._clock()
+        until = self._blocks.blocked_until(ip, now)
+        if until:
+            return self._reject(until - now)
+        wait = self._ip.take(ip, now)
+        return self._reject(wait) if wait else None
+
+    def strike(self, ip: str) -> None:
+        """A failed authentication (bad key or bad signature) from `ip`."""
+        self.coord.strike(ip, self._clock())
+
+    def check_user(self, user_id: int) -> float:
+        """The per-user soft cap: 0.0 admitted, else seconds to wait (see `retry_after`)."""
+        return self._user.take(user_id, self._clock())
+
+    def _reject(self, wait: float) -> bytes:
+        seconds = retry_after(wait)
+        response = self._responses.get(seconds)
+        if response is None:
+            response = self._render(seconds)
+            if len(self._responses) < MAX_RENDERED:
+                self._responses[seconds] = response
+        return response
+
+    # -- lifecycle and observability --
+
+    def start(self, backend: Backend | None = None) -> None:
+        """Start the background task (sync with `backend`, or only sweeping). In the loop."""
+        self._syncer.backend = backend
+        self._syncer.start()
+
+    async def close(self) -> None:
+        await self._syncer.close()
+
+    @property
+    def shared(self) -> bool:
+        """True while limits are shared through a reachable backend (False: per process)."""
+        return self._syncer.up
+
+    def metrics(self) -> dict[str, float]:
+        now = self._clock()
+        return {
+            "guard_shared_up": float(self._syncer.up),
+            "guard_processes": float(self._ip.procs),
+            "guard_ip_keys": float(len(self._ip.buckets)),
+            "guard_ip_leases": float(len(self._ip.leases)),
+            "guard_user_keys": float(len(self._user.buckets)),
+            "guard_blocked_ips": float(self._blocks.blocked_count(now)),
+        }

@@ -1,0 +1,120 @@
+"""Real-time helpers for the guard's backend tests: a cuttable TCP proxy, a paced flood."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from panelsrv.guard import Guard
+
+
+def render(seconds: int) -> bytes:
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nConnection: close\r\n\r\n" % seconds
+    )
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
+    """Seconds it took for `condition` to hold; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+async def paced_flood(
+    guards: list[Guard], ip: str, per_second: int, seconds: float
+) -> tuple[int, float]:
+    """Attempts spread evenly in time and round-robin over `guards`; (admitted, elapsed)."""
+    total = int(per_second * seconds)
+    started = time.monotonic()
+    admitted = done = 0
+    while done < total:
+        due = min(total, int((time.monotonic() - started) * per_second) + 1)
+        while done < due:
+            admitted += guards[done % len(guards)].check_ip(ip) is None
+            done += 1
+        await asyncio.sleep(0.001)
+    return admitted, time.monotonic() - started
+
+
+class Proxy:
+    """A loopback TCP proxy the test can cut (close everything, refuse) and restore."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
+        self._writers.discard(dst)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int, out: Any) -> None:
+    """A worker process: wait for `procs` peers on the hub, flood from `start_at` (wall clock)."""
+    import uvloop
+
+    from panelsrv.guard import GuardSettings
+    from panelsrv.guard.hub import HubBackend
+
+    async def main() -> None:
+        guard = Guard(GuardSettings(), render, pid=pid)
+        guard.start(HubBackend(path))
+        try:
+            await wait_until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            started = time.time()
+            admitted, _ = await paced_flood([guard], "203.0.113.50", per_second, 1.0)
+            out.put((admitted, started, time.time()))
+        finally:
+            await guard.close()
+
+    uvloop.run(main())

@@ -1,0 +1,100 @@
+"""The Guard facade on one process: prebuilt 429s, blocks before buckets, user caps, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+
+from panelsrv.guard import Guard, GuardSettings, retry_after
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def render(seconds: int) -> bytes:
+    render.calls += 1  # type: ignore[attr-defined]
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nConnection: close\r\n\r\n" % seconds
+    )
+
+
+render.calls = 0  # type: ignore[attr-defined]
+
+
+def make(**settings: object) -> tuple[Guard, Clock]:
+    clock = Clock()
+    return Guard(GuardSettings(**settings), render, clock=clock), clock  # type: ignore[arg-type]
+
+
+def test_retry_after_rounds_up_to_whole_seconds() -> None:
+    assert retry_after(0.001) == 1
+    assert retry_after(1.0) == 1
+    assert retry_after(1.01) == 2
+    assert retry_after(299.5) == 300
+
+
+def test_check_ip_admits_the_burst_then_answers_the_prebuilt_429() -> None:
+    guard, clock = make(ip_rate=10, ip_burst=5)
+    assert [guard.check_ip("1.1.1.1") for _ in range(5)] == [None] * 5
+    before = render.calls  # type: ignore[attr-defined]
+    first = guard.check_ip("1.1.1.1")
+    assert first is not None and b"Retry-After: 1\r\n" in first
+    assert guard.check_ip("1.1.1.1") is first  # the same bytes object: nothing rendered again
+    assert render.calls == before + 1  # type: ignore[attr-defined]
+    assert guard.check_ip("2.2.2.2") is None
+    clock.now += 0.1
+    assert guard.check_ip("1.1.1.1") is None
+
+
+def test_strikes_block_before_the_bucket_and_the_block_expires() -> None:
+    guard, clock = make(strike_limit=10, strike_window=60, block_seconds=300)
+    for _ in range(10):
+        assert guard.check_block("6.6.6.6") is None
+        guard.strike("6.6.6.6")
+    blocked = guard.check_ip("6.6.6.6")
+    assert blocked is not None and b"Retry-After: 300\r\n" in blocked
+    assert guard.check_block("6.6.6.6") == blocked
+    clock.now += 299.5
+    assert b"Retry-After: 1\r\n" in (guard.check_ip("6.6.6.6") or b"")
+    clock.now += 0.5
+    assert guard.check_block("6.6.6.6") is None
+    assert guard.check_ip("6.6.6.6") is None
+
+
+def test_allow_listed_addresses_are_never_blocked() -> None:
+    guard, _ = make(strike_limit=2, never_block=("127.0.0.0/8",))
+    for _ in range(20):
+        guard.strike("127.0.0.1")
+    assert guard.check_ip("127.0.0.1") is None
+
+
+def test_check_user_is_a_soft_cap_in_seconds() -> None:
+    guard, clock = make(user_rate=2, user_burst=2)
+    assert guard.check_user(7) == 0.0
+    assert guard.check_user(7) == 0.0
+    assert guard.check_user(7) == 0.5
+    assert guard.check_user(8) == 0.0
+    clock.now += 0.5
+    assert guard.check_user(7) == 0.0
+
+
+def test_metrics_report_local_mode() -> None:
+    guard, _ = make()
+    guard.check_ip("1.1.1.1")
+    metrics = guard.metrics()
+    assert metrics["guard_shared_up"] == 0.0
+    assert metrics["guard_ip_keys"] == 1.0
+    assert guard.shared is False
+
+
+async def test_start_without_backend_sweeps_and_closes() -> None:
+    guard = Guard(GuardSettings(ip_rate=1000, ip_burst=1), render)
+    guard.start()
+    guard.check_ip("1.1.1.1")
+    await asyncio.sleep(0)
+    await guard.close()
+    assert guard.metrics()["guard_shared_up"] == 0.0

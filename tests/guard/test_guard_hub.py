@@ -1,0 +1,97 @@
+"""One host without Redis: worker processes share their limits through the parent's hub."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import time
+from pathlib import Path
+
+import pytest
+from guardnet import hub_worker, paced_flood, render, wait_until
+
+from panelsrv.guard import Guard, GuardSettings
+from panelsrv.guard.coord import excess_bound
+from panelsrv.guard.hub import HubBackend, HubServer
+
+INTERVAL = 0.1
+
+
+async def test_two_engines_over_the_hub_socket_do_not_multiply_the_limit(tmp_path: Path) -> None:
+    hub = HubServer(str(tmp_path / "guard.sock"))
+    await hub.start()
+    settings = GuardSettings(sync_interval=INTERVAL)
+    guards = [Guard(settings, render, pid=f"w{i}") for i in range(2)]
+    try:
+        for guard in guards:
+            guard.start(HubBackend(str(tmp_path / "guard.sock")))
+        await wait_until(lambda: all(g.shared and g.coord.ip.procs == 2 for g in guards), 3.0)
+        admitted, elapsed = await paced_flood(guards, "203.0.113.1", 1000, 1.0)
+        for _ in range(settings.strike_limit):
+            guards[0].strike("203.0.113.66")
+        await wait_until(lambda: guards[1].check_block("203.0.113.66") is not None, 1.0)
+    finally:
+        for guard in guards:
+            await guard.close()
+        await hub.close()
+    r, b = settings.ip_rate, settings.ip_burst
+    assert r * 1.0 <= admitted <= r * elapsed + b + excess_bound(2, r, b, INTERVAL)
+
+
+async def test_a_dead_hub_means_local_limits_and_a_restarted_hub_is_rejoined(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "guard.sock")
+    hub = HubServer(path)
+    await hub.start()
+    guard = Guard(GuardSettings(sync_interval=INTERVAL, sync_timeout=0.2), render)
+    guard.start(HubBackend(path))
+    try:
+        await wait_until(lambda: guard.shared, 2.0)
+        await hub.close()
+        await wait_until(lambda: not guard.shared, 2.0)
+        assert sum(guard.check_ip("192.0.2.1") is None for _ in range(150)) == 100
+        hub = HubServer(path)
+        await hub.start()
+        await wait_until(lambda: guard.shared, 3.0)
+    finally:
+        await guard.close()
+        await hub.close()
+
+
+@pytest.mark.slow
+async def test_two_worker_processes_share_one_limit_through_the_hub(tmp_path: Path) -> None:
+    path = str(tmp_path / "guard.sock")
+    hub = HubServer(path)
+    await hub.start()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 2.5  # after both children imported, registered and saw P = 2
+    workers = [
+        ctx.Process(target=hub_worker, args=(path, f"worker{i}", 2, start_at, 500, out))
+        for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    results: list[tuple[int, float, float]] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(results) < 2 and time.monotonic() < deadline:
+            try:
+                results.append(out.get_nowait())
+            except queue.Empty:
+                await asyncio.sleep(0.05)  # the hub runs in this loop meanwhile
+    finally:
+        for worker in workers:
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        await hub.close()
+    assert len(results) == 2, "a worker did not report"
+    admitted = sum(a for a, _, _ in results)
+    elapsed = max(end for _, _, end in results) - min(start for _, start, _ in results)
+    r, b = 100, 100
+    assert admitted <= r * elapsed + b + excess_bound(2, r, b, INTERVAL)
+    assert admitted >= r  # not divided down to nothing either
