@@ -127,14 +127,32 @@ class WebhookDelete(Action, tag="webhook_delete", frozen=True):
 
 
 AnyAction = (
-    Services | Add | Status | Balance | Cancel | Refill | RefillStatus
-    | WebhookAdd | Webhooks | WebhookDelete
+    Services
+    | Add
+    | Status
+    | Balance
+    | Cancel
+    | Refill
+    | RefillStatus
+    | WebhookAdd
+    | Webhooks
+    | WebhookDelete
 )
 
 STRUCTS: Final[dict[str, type[Action]]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Services, Add, Status, Balance, Cancel, Refill, RefillStatus,
-                WebhookAdd, Webhooks, WebhookDelete)
+    for cls in (
+        Services,
+        Add,
+        Status,
+        Balance,
+        Cancel,
+        Refill,
+        RefillStatus,
+        WebhookAdd,
+        Webhooks,
+        WebhookDelete,
+    )
 }
 
 
@@ -176,9 +194,7 @@ FIELD_RULES: Final[dict[tuple[str, str], str]] = {
 # Fields whose empty value means "absent": PHP SDKs send `runs=` for an option left unset. All
 # are integers but `sign` and `idempotency_key`; a required one is then reported missing.
 EMPTY_IS_ABSENT: Final = frozenset(
-    name
-    for (_tag, name), rule in FIELD_RULES.items()
-    if rule.startswith("must be an integer")
+    name for (_tag, name), rule in FIELD_RULES.items() if rule.startswith("must be an integer")
 ) | {"sign", "idempotency_key"}
 
 
@@ -210,8 +226,9 @@ def parse_ids(field: str, text: str, limit: int = MAX_IDS) -> list[int]:
     return list(seen)
 
 
-def requested_ids(single: int | None, many: str | None, single_name: str,
-                  many_name: str) -> int | list[int]:
+def requested_ids(
+    single: int | None, many: str | None, single_name: str, many_name: str
+) -> int | list[int]:
     """The ids asked for: an int for the single form (`order`), a list for the multi form.
 
     The reply's shape follows the form the client used, so the two are never mixed: sending both
@@ -365,4 +382,3 @@ StatusMany = dict[str, StatusReply | ErrorReply]
 _REPLY_ENCODER: Final = msgspec.json.Encoder()
 encode_reply: Final = _REPLY_ENCODER.encode
 """Reply (or list/dict of replies) -> JSON bytes, in field declaration order."""
-

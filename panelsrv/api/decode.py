@@ -257,8 +257,10 @@ def _part_name(head: str) -> str:
             name = match.group(2) if match.group(1) is None else match.group(1)
             if "\\" in name:
                 name = re.sub(r"\\(.)", r"\1", name)
-        elif (header == "content-transfer-encoding"
-              and value.strip().lower() not in _IDENTITY_ENCODINGS):
+        elif (
+            header == "content-transfer-encoding"
+            and value.strip().lower() not in _IDENTITY_ENCODINGS
+        ):
             raise _malformed()
     if name is None:
         raise _malformed()

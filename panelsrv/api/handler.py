@@ -108,13 +108,22 @@ class Api:
             tag = decoded.tag
             principal = await self._authenticate(decoded.action.key, panel, req.client_ip)
             assert panel is not None  # _authenticate refuses a request with no panel
-            if decoded.action.sign is not None:
-                self._verify_signature(decoded.fields, decoded.action, req.client_ip)
+            action = decoded.action
+            if action.sign is not None and not sign.verify_request(
+                action.key,
+                decoded.fields,
+                action.sign,
+                action.timestamp,
+                self._clock(),
+                self._sign_max_skew,
+            ):
+                self._strike(req.client_ip)
+                raise ApiError(Code.INVALID_SIGNATURE)
             wait = self._user_wait(principal.user_id)
             if wait > 0:
                 raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
             ctx = respond.Context(self._pool, catalog, panel, principal, req.idempotency_key)
-            status, body = await respond.respond(ctx, decoded.action)
+            status, body = await respond.respond(ctx, action)
         except ApiError as exc:
             status, body = exc.status, exc.body()
             if exc.retry_after is not None:
@@ -145,8 +154,3 @@ class Api:
             self._strike(client_ip)
             raise ApiError(Code.INVALID_KEY)
         return principal
-
-    def _verify_signature(self, fields: dict[str, str], action: object, client_ip: str) -> None:
-        if not sign.verify(fields, self._clock(), self._sign_max_skew):
-            self._strike(client_ip)
-            raise ApiError(Code.INVALID_SIGNATURE)

@@ -21,7 +21,6 @@ from panelsrv.store.catalog import Catalog, Panel
 from panelsrv.store.keycache import Principal
 
 FUNDS_BODY = ERROR_BODIES[Code.NOT_ENOUGH_FUNDS]
-MAX_IDEMPOTENCY_KEY = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +68,8 @@ async def respond(ctx: Context, action: a.Action) -> tuple[int, bytes]:
     raise ApiError(Code.INCORRECT_ACTION)
 
 
-def _idempotency_key(ctx: Context, field: str | None) -> str | None:
-    header = ctx.idempotency_header
-    if header is None:
-        return field
-    if not 1 <= len(header) <= MAX_IDEMPOTENCY_KEY:
-        raise bad_request("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    if field is not None and field != header:
-        raise bad_request("idempotency_key", "differs from the Idempotency-Key header")
-    return header
+def _as_list(ids: int | list[int]) -> list[int]:
+    return [ids] if isinstance(ids, int) else ids
 
 
 def _stored(outcome: str, status: int | None, body: bytes | None) -> tuple[int, bytes]:
@@ -106,7 +98,10 @@ async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
     )
     p = ctx.principal
     rate = money.user_rate(service.rate, p.discount_bp, p.overrides.get(service.id))
-    key = _idempotency_key(ctx, action.idempotency_key)
+    charge = money.charge(rate, order.units)
+    if charge > money.MAX_UNITS:
+        return 402, FUNDS_BODY  # more than any wallet can hold
+    key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
     placed = await ledger.place_order(
         ctx.pool,
         ledger.NewOrder(
@@ -114,7 +109,7 @@ async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
             panel_id=ctx.panel.id,
             service_id=service.id,
             provider_id=service.provider_id,
-            charge=order.charge(rate),
+            charge=charge,
             link=order.link,
             quantity=order.quantity,
             runs=order.runs,
@@ -170,13 +165,12 @@ async def balance(ctx: Context) -> tuple[int, bytes]:
 
 async def cancel(ctx: Context, action: a.Cancel) -> tuple[int, bytes]:
     ids = a.order_ids(action)
-    key = _idempotency_key(ctx, action.idempotency_key)
-    single = isinstance(ids, int)
+    key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
     answer = await orders.cancel(
         ctx.pool,
         ctx.principal.user_id,
-        [ids] if single else ids,
-        single,
+        _as_list(ids),
+        isinstance(ids, int),
         key,
         a.fingerprint(action) if key else b"",
     )
@@ -185,14 +179,13 @@ async def cancel(ctx: Context, action: a.Cancel) -> tuple[int, bytes]:
 
 async def refill(ctx: Context, action: a.Refill) -> tuple[int, bytes]:
     ids = a.order_ids(action)
-    key = _idempotency_key(ctx, action.idempotency_key)
-    single = isinstance(ids, int)
+    key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
     settings = ctx.panel.settings
     answer = await orders.refill(
         ctx.pool,
         ctx.principal.user_id,
-        [ids] if single else ids,
-        single,
+        _as_list(ids),
+        isinstance(ids, int),
         settings.refill_max_per_order,
         settings.refill_cooldown_hours,
         key,

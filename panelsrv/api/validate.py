@@ -40,14 +40,8 @@ import msgspec
 
 from panelsrv.api.actions import Add
 from panelsrv.errors import bad_request
+from panelsrv.servicetypes import PACKAGE_TYPES, SERVICE_TYPES
 
-SERVICE_TYPES: Final = frozenset({
-    "default", "Package", "Custom Comments", "Custom Comments Package", "Mentions",
-    "Mentions with Hashtags", "Mentions Custom List", "Mentions Hashtag",
-    "Mentions User Followers", "Mentions Media Likers", "Subscriptions", "Poll",
-    "Comment Likes", "Comment Replies",
-})
-PACKAGE_TYPES: Final = frozenset({"Package", "Custom Comments Package"})
 LINK_OPTIONAL: Final = frozenset({"Package", "Custom Comments Package", "Custom Comments"})
 MAX_DRIPFEED_MINUTES: Final = 10080
 
@@ -126,7 +120,11 @@ def _subscription(add: Add, min_qty: int, max_qty: int, today: dt.date) -> Valid
     if posts + old_posts < 1:
         raise bad_request("posts", "posts + old_posts must be at least 1")
     extras: dict[str, str | int] = {
-        "min": low, "max": high, "posts": posts, "old_posts": old_posts, "delay": add.delay or 0,
+        "min": low,
+        "max": high,
+        "posts": posts,
+        "old_posts": old_posts,
+        "delay": add.delay or 0,
     }
     if username:
         extras["username"] = username

@@ -12,24 +12,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from panelsrv import money, panelconf
+from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import ledger
 
-SERVICE_TYPES = (
-    "default",
-    "Package",
-    "Custom Comments",
-    "Custom Comments Package",
-    "Mentions",
-    "Mentions with Hashtags",
-    "Mentions Custom List",
-    "Mentions Hashtag",
-    "Mentions User Followers",
-    "Mentions Media Likers",
-    "Subscriptions",
-    "Poll",
-    "Comment Likes",
-    "Comment Replies",
-)
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )

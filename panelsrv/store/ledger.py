@@ -9,6 +9,7 @@ charge. `audit` re-checks all of it from scratch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -101,7 +102,7 @@ class NewOrder:
     quantity: int
     runs: int = 1
     interval: int = 0
-    extras: dict[str, object] = field(default_factory=dict)
+    extras: Mapping[str, object] = field(default_factory=dict)
     order_limit: int = 30
     idempotency_key: str | None = None
     fingerprint: bytes = b""

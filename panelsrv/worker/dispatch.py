@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
 from panelsrv.worker.registry import ProviderSettings, Registry
 from panelsrv.worker.upstream import CircuitOpen, ItemError, ProviderError, ProviderUnavailable
@@ -28,7 +29,6 @@ log = logging.getLogger("panelsrv.worker")
 BATCH = 32
 HOLD_SECONDS = 300.0
 WAIT_FOR_DISPATCH_SECONDS = 30.0
-NO_QUANTITY_TYPES = frozenset({"Package", "Custom Comments Package"})
 
 
 def lease_seconds(settings: ProviderSettings) -> float:
@@ -42,7 +42,7 @@ def backoff(attempt: int) -> float:
 def order_fields(job: jobs.Job) -> dict[str, Any]:
     """The upstream `add` fields of an order, as a reseller's SDK would send them."""
     fields: dict[str, Any] = {"service": job.provider_service, "link": job.link or None}
-    if job.service_type not in NO_QUANTITY_TYPES:
+    if job.service_type not in PACKAGE_TYPES:
         fields["quantity"] = job.quantity
     if job.runs > 1:
         fields["runs"] = job.runs

@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from panelsrv import money
-from panelsrv.store.admin import SERVICE_TYPES
+from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.worker.upstream import Service
 
 log = logging.getLogger("panelsrv.worker")
@@ -97,7 +97,7 @@ async def import_services(
             ],
             strict=True,
         )
-    ) or [[] for _ in range(11)]
+    ) or [() for _ in range(11)]
     async with conn.transaction():
         inserted = [r[0] for r in await conn.fetch(UPSERT, provider_id, *map(list, columns))]
         status = await conn.execute(DEACTIVATE, provider_id, [s.service for s in usable], category)

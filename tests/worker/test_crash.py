@@ -44,7 +44,7 @@ async def test_killed_workers_lose_nothing_and_send_nothing_twice(database_url: 
                 workers[victim].send_signal(signal.SIGKILL)
                 await workers[victim].wait()
                 workers[victim] = await start_worker(database_url)
-            await wait_final(conn, orders, timeout=120)
+            await wait_final(conn, orders, timeout=120, hurry=True)
         finally:
             for proc in workers:
                 if proc.returncode is None:
