@@ -63,6 +63,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     strike_window: Positive = 60.0
     block_seconds: Positive = 300.0
     never_block: list[str] = msgspec.field(default_factory=list)
+    limit_sync_interval: Positive = 0.1
+    limit_sync_timeout: Positive = 0.5
+    limit_max_keys: Annotated[int, Meta(ge=1024)] = 65_536
+    redis_prefix: str = "panelsrv"
     # -- worker --
     sync_interval: Positive = 60.0
     price_sync_interval: Positive = 3600.0
