@@ -90,8 +90,13 @@ class HttpServer:
     def release(self, conn: HttpProtocol) -> None:
         """A connection is gone (and its handler, if any, has returned)."""
         self.conns.discard(conn)
-        if not self.conns and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self.settle()
+
+    def settle(self) -> None:
+        """While stopping: done once every connection is gone or has said its last word."""
+        drained = self._drained
+        if drained is not None and not drained.done() and all(c.lingering for c in self.conns):
+            drained.set_result(None)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let requests in progress finish for up to `grace` seconds (their
@@ -103,9 +108,9 @@ class HttpServer:
         server.close()
         for conn in list(self.conns):
             conn.shutdown()
-        if self.conns:
-            self._drained = self.loop.create_future()
-            await asyncio.wait([self._drained], timeout=grace)
+        self._drained = self.loop.create_future()
+        self.settle()
+        await asyncio.wait([self._drained], timeout=grace)
         for conn in list(self.conns):
             conn.abort()
         self.conns.clear()

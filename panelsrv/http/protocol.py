@@ -631,6 +631,7 @@ class HttpProtocol(asyncio.Protocol):
         self._dead = True
         self._phase = _CLOSING
         self._queue = None
+        self._final = None
         if transport is None:
             return
         if self._eof or not transport.can_write_eof():
@@ -639,6 +640,7 @@ class HttpProtocol(asyncio.Protocol):
         transport.write_eof()
         self._resume_reading()
         self._set_deadline(self._loop.time() + LINGER_SECONDS)
+        self._srv.settle()
 
     # -- flow control and the one timer -------------------------------------------------------
 
@@ -685,6 +687,17 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
 
     # -- listener control --------------------------------------------------------------------
+
+    @property
+    def lingering(self) -> bool:
+        """Nothing more to answer: only the client's leftovers are being drained."""
+        return (
+            self._phase == _CLOSING
+            and self._busy is None
+            and not self._queue
+            and self._final is None
+            and self._task is None
+        )
 
     def shutdown(self) -> None:
         """Stop after the request in progress (if any); close now when idle."""

@@ -7,6 +7,7 @@ switches: `sleep=<s>` (answer late), `raise=1` (fail), `big=<n>` (pad the answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -133,7 +134,7 @@ class ResponseReader:
                 else:
                     self._parser.feed_data(data)
                     return False
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or our own write hit the closed socket
             self.eof = True
         return True
 
@@ -174,14 +175,14 @@ class Client:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 def post(body: bytes = b"", headers: bytes = b"", target: bytes = b"/api/v2") -> bytes:
-    return (
-        b"POST %s HTTP/1.1\r\nHost: panel.test\r\n%sContent-Length: %d\r\n\r\n%s"
-        % (target, headers, len(body), body)
+    return b"POST %s HTTP/1.1\r\nHost: panel.test\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        target,
+        headers,
+        len(body),
+        body,
     )

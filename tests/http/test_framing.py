@@ -10,6 +10,8 @@ import pytest
 from httpkit import Calls, Client, post, start_server
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: panel.test\r\n"
+CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
+TE = b"Transfer-Encoding: "
 
 # name -> (request, the body the handler must see)
 GOOD: dict[str, tuple[bytes, bytes]] = {
@@ -17,16 +19,16 @@ GOOD: dict[str, tuple[bytes, bytes]] = {
     "no_body": (post(), b""),
     "leading_zero_length": (H + b"Content-Length: 010\r\n\r\n0123456789", b"0123456789"),
     "chunked": (
-        H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nkey\r\n6\r\n=k&a=b\r\n0\r\n\r\n",
+        CHUNKED + b"3\r\nkey\r\n6\r\n=k&a=b\r\n0\r\n\r\n",
         b"key=k&a=b",
     ),
     "chunked_extension_and_trailer": (
-        H + b"Transfer-Encoding: chunked\r\n\r\n4;ext=1\r\nab=c\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        CHUNKED + b"4;ext=1\r\nab=c\r\n0\r\nX-Trailer: 1\r\n\r\n",
         b"ab=c",
     ),
     # HTTP Garden server bug 39: "0\r\nX:POST / HTTP/1.1\r\n\r\n" is one trailer, not a request
     "trailer_looking_like_a_request": (
-        H + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX:POST / HTTP/1.1\r\n\r\n",
+        CHUNKED + b"0\r\nX:POST / HTTP/1.1\r\n\r\n",
         b"",
     ),
     "http10_keep_alive": (
@@ -59,8 +61,8 @@ BAD: dict[str, bytes] = {
     "cl_obs_text_in_name": H + b"Content-Length\x85: 10\r\n\r\n0123456789",
     "te_not_chunked": H + b"Transfer-Encoding: gzip\r\n\r\nabc",
     "te_chunked_not_last": H + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
-    "te_twice": H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZ\r\n0\r\n\r\n",
-    "te_comma_chunked_with_cl": H + b"Transfer-Encoding: ,chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    "te_twice": H + TE + b"chunked\r\n" + TE + b"chunked\r\n\r\n1\r\nZ\r\n0\r\n\r\n",
+    "te_comma_chunked_with_cl": H + TE + b",chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     "te_nbsp": H + b"Transfer-Encoding: \xa0chunked\xa0\r\n\r\n0\r\n\r\n",
     "te_vertical_tab": H + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n",
     "te_space_before_colon": H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
@@ -80,16 +82,16 @@ BAD: dict[str, bytes] = {
     "empty_header_line": H + b":\r\nI: am chopped off\r\n\r\n",
     "control_chars_in_name": H + b"\x01\x02(),/;<=>?@: x\r\nContent-Length: 0\r\n\r\n",
     "non_ascii_in_name": H + b"\xefoo: bar\r\nContent-Length: 0\r\n\r\n",
-    "chunk_size_underscore": H + b"Transfer-Encoding: chunked\r\n\r\n0_2e\r\n\r\n" + post(),
-    "chunk_size_hex_prefix": H + b"Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
-    "chunk_size_negative": H + b"Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
-    "chunk_size_space": H + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n",
-    "chunk_size_empty": H + b"Transfer-Encoding: chunked\r\n\r\n\r\n\r\n",
-    "chunk_size_overflow": H + b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc\r\n",
-    "chunk_data_too_long": H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
-    "chunk_bare_lf": H + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
-    "chunk_line_cr_x": H + b"Transfer-Encoding: chunked\r\n\r\n5\r\r;ABCD\r\n34\r\nE\r\n0\r\n\r\n",
-    "chunk_ext_unbalanced_quote": H + b'Transfer-Encoding: chunked\r\n\r\n3;a="b\r\nabc\r\n0\r\n\r\n',
+    "chunk_size_underscore": CHUNKED + b"0_2e\r\n\r\n" + post(),
+    "chunk_size_hex_prefix": CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n",
+    "chunk_size_negative": CHUNKED + b"-1\r\nabc\r\n0\r\n\r\n",
+    "chunk_size_space": CHUNKED + b"3 \r\nabc\r\n0\r\n\r\n",
+    "chunk_size_empty": CHUNKED + b"\r\n\r\n",
+    "chunk_size_overflow": CHUNKED + b"fffffffffffffffffff\r\nabc\r\n",
+    "chunk_data_too_long": CHUNKED + b"3\r\nabcX\r\n0\r\n\r\n",
+    "chunk_bare_lf": CHUNKED + b"3\nabc\n0\n\n",
+    "chunk_line_cr_x": CHUNKED + b"5\r\r;ABCD\r\n34\r\nE\r\n0\r\n\r\n",
+    "chunk_ext_unbalanced_quote": CHUNKED + b'3;a="b\r\nabc\r\n0\r\n\r\n',
     "method_garbage": b'G=":<>(e),[T];?" /api/v2 HTTP/1.1\r\nHost: a\r\n\r\n',
     "method_nul": b"\x00 / HTTP/............0596.7407.\r\n\r\n",
     "tls_hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
@@ -107,9 +109,8 @@ BAD: dict[str, bytes] = {
     "missing_host": b"POST /api/v2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
     "duplicate_host": H + b"Host: evil.test\r\nContent-Length: 0\r\n\r\n",
     "invalid_host": b"POST /api/v2 HTTP/1.1\r\nHost: a b/c\r\nContent-Length: 0\r\n\r\n",
-    "duplicate_content_type": H + b"Content-Type: a/b\r\nContent-Type: c/d\r\nContent-Length: 0\r\n\r\n",
-    "duplicate_idempotency_key": H
-    + b"Idempotency-Key: a\r\nIdempotency-Key: b\r\nContent-Length: 0\r\n\r\n",
+    "duplicate_content_type": H + b"Content-Type: a/b\r\nContent-Type: c/d\r\n\r\n",
+    "duplicate_idempotency_key": H + b"Idempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n",
 }
 
 
