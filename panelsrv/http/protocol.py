@@ -433,8 +433,9 @@ class HttpProtocol(asyncio.Protocol):
             self._refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
         if self._expect and has_body and not req._http10:
-            if self._busy is None and not self._queue and self._transport is not None:
-                self._transport.write(wire.CONTINUE_100)
+            transport = self._transport
+            if transport and self._busy is None and not self._queue and not self._write_paused:
+                transport.write(wire.CONTINUE_100)
             else:
                 self._continue = True  # sent when the requests ahead of it are answered
 
@@ -676,9 +677,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._write_paused:
             self._srv.metrics.reject("write_timeout")
             transport.abort()
-        elif self._phase == _CLOSING:
+        elif self.lingering:
             transport.abort()
-        elif self._busy is None:
+        elif self._busy is not None or self._queue or self._final is not None:
+            return  # a deadline of a request parsed ahead; _next() sets a fresh one
+        else:
             if self._phase == _HEAD:
                 self._srv.metrics.reject("header_timeout")
             elif self._phase == _BODY:

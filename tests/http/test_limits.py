@@ -269,3 +269,23 @@ async def test_a_client_that_never_reads_cannot_make_the_server_buffer() -> None
         sock.close()
     finally:
         await server.stop(1.0)
+
+
+async def test_a_refusal_queued_behind_a_slow_request_waits_for_it() -> None:
+    checks: list[str] = []
+
+    def precheck(ip: str) -> bytes | None:  # the second request is refused
+        checks.append(ip)
+        return wire.REJECT_CLOSE[429] if len(checks) == 2 else None
+
+    server = await start_server(precheck=precheck, limits=Limits(body_timeout=0.1))
+    try:
+        client = await Client.connect(server.port)
+        # the refused request's own deadlines must not cut the slow answer ahead of it
+        await client.send(post(target=b"/api/v2?sleep=0.4") + H + b"Content-Length: 50\r\n\r\n")
+        first = await client.final()
+        assert first is not None and first.status == 200
+        await _refused(client, 429)
+        await client.close()
+    finally:
+        await server.stop(1.0)
