@@ -93,8 +93,8 @@ class Request:
 
     `host` is the Host header lowercased without port; `content_type` lowercased (b"" if none);
     `query` the raw query string; `idempotency_key` the header decoded latin-1 (one char per
-    byte, unvalidated); `body` the whole body; `id` a per-process request number for logs;
-    `action` may be set by the handler to label metrics.
+    byte, unvalidated); `body` the whole body; `id` a per-process request number for logs
+    (`request_id` is the same as text); `action` may be set by the handler to label metrics.
     """
 
     __slots__ = (
@@ -117,6 +117,11 @@ class Request:
     def __init__(self) -> None:
         self._pending = False  # parsed and not yet answered: not to be reused
         self._reset(0, "")
+
+    @property
+    def request_id(self) -> str:
+        """`id` as text, for log lines."""
+        return str(self.id)
 
     def _reset(self, rid: int, ip: str) -> None:
         self.id = rid
@@ -526,6 +531,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if reason is not None:
             self._srv.metrics.reject(reason)
+            log.debug("request %d refused: %s", self._req.id, reason)
         self._dead = True
         self._phase = _CLOSING
         self._final = response
@@ -682,10 +688,10 @@ class HttpProtocol(asyncio.Protocol):
         elif self._busy is not None or self._queue or self._final is not None:
             return  # a deadline of a request parsed ahead; _next() sets a fresh one
         else:
-            if self._phase == _HEAD:
-                self._srv.metrics.reject("header_timeout")
-            elif self._phase == _BODY:
-                self._srv.metrics.reject("body_timeout")
+            if self._phase != _IDLE:
+                reason = "header_timeout" if self._phase == _HEAD else "body_timeout"
+                self._srv.metrics.reject(reason)
+                log.debug("request %d closed: %s", self._req.id, reason)
             self._dead = True
             transport.close()
 

@@ -289,3 +289,34 @@ async def test_a_refusal_queued_behind_a_slow_request_waits_for_it() -> None:
         await client.close()
     finally:
         await server.stop(1.0)
+
+
+class _CountingLoop:
+    """The server's loop, counting the timers its connections schedule."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.timers = 0
+
+    def call_at(self, when: float, callback: object) -> asyncio.TimerHandle:
+        self.timers += 1
+        return self._loop.call_at(when, callback)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._loop, name)
+
+
+async def test_keep_alive_requests_do_not_schedule_a_timer_each() -> None:
+    server = await start_server()
+    counting = _CountingLoop(server.loop)
+    server.loop = counting  # type: ignore[assignment]
+    try:
+        client = await Client.connect(server.port)
+        for _ in range(200):
+            await client.send(post(b"a=1"))
+            response = await client.final()
+            assert response is not None and response.status == 200
+        assert counting.timers <= 3  # connect, then only re-arms when a deadline moved earlier
+        await client.close()
+    finally:
+        await server.stop(1.0)

@@ -281,3 +281,27 @@ async def test_stop_lets_a_slow_request_finish_and_closes_idle_connections() -> 
     await stopping
     await idle.close()
     await busy.close()
+
+
+async def test_access_log_is_off_by_default_and_never_shows_bodies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for enabled in (False, True):
+        server = await start_server(access_log=enabled)
+        try:
+            client = await Client.connect(server.port)
+            with caplog.at_level(logging.INFO, logger="panelsrv.access"):
+                caplog.clear()
+                await client.send(post(b"key=secret-api-key&action=balance"))
+                response = await client.final()
+                assert response is not None
+            lines = [r.getMessage() for r in caplog.records if r.name == "panelsrv.access"]
+            if not enabled:
+                assert lines == []
+            else:
+                (line,) = lines
+                assert line.startswith("127.0.0.1 200 ") and "echo" in line
+                assert f"id={response.json()['id']}" in line and "secret" not in line
+            await client.close()
+        finally:
+            await server.stop(1.0)
