@@ -180,11 +180,12 @@ class Supervisor:
         max_start_failures: int = 5,
         kill_after: float = 5.0,
     ) -> None:
-        """`workers` 0 means one per core. A child that dies within `min_uptime` of its start
-        is restarted after `backoff[0]` doubling up to `backoff[1]`; before the service has
-        been READY once, `max_start_failures` such deaths of one slot give up (exit 1)."""
+        """`workers` 0 means one per core this process may run on. A child that dies within
+        `min_uptime` of its start is restarted after `backoff[0]` doubling up to `backoff[1]`;
+        before the service has been READY once, `max_start_failures` such deaths of one slot
+        give up (exit 1)."""
         self._factory = factory
-        self._n = workers if workers > 0 else (os.cpu_count() or 1)
+        self._n = workers if workers > 0 else len(os.sched_getaffinity(0))
         self._grace = grace
         self._run_dir = run_dir
         self._notify = notify_socket
