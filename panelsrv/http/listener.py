@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from panelsrv.http import wire
 from panelsrv.http.clientip import TrustedProxies
-from panelsrv.http.protocol import Handler, HttpProtocol, Limits, Route
+from panelsrv.http.protocol import HttpProtocol
+from panelsrv.http.request import Handler, Limits, Route
 from panelsrv.metrics import Registry, ServerMetrics
 
 Check = Callable[[str], bytes | None]

@@ -25,7 +25,7 @@ import orjson
 
 from panelsrv import metrics
 from panelsrv.http import wire
-from panelsrv.http.protocol import Request, Route
+from panelsrv.http.request import Request, Route
 
 log = logging.getLogger("panelsrv.ops")
 

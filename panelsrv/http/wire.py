@@ -46,9 +46,10 @@ def render(
     )
 
 
-def allow(method: bytes) -> bytes:
-    """The extra header line of a 405 for a route that takes `method`."""
-    return b"Allow: %s\r\n" % method
+def render_405(method: bytes, keep_alive: bool) -> bytes:
+    """405 for a route that takes only `method` (the Allow line differs per route)."""
+    body = ERROR_BODIES[Code.METHOD_NOT_ALLOWED]
+    return render(405, body, keep_alive, b"Allow: %s\r\n" % method)
 
 
 # Prebuilt rejects, keyed by status; refreshed in place with the Date (same dict objects, so

@@ -16,7 +16,7 @@ import httptools
 import orjson
 
 from panelsrv.http.listener import HttpServer, api_routes
-from panelsrv.http.protocol import Limits, Request
+from panelsrv.http.request import Limits, Request
 
 SHORT = 2.0  # seconds any single read in a test may take before it is a failure
 

@@ -9,6 +9,8 @@ import asyncio
 import pytest
 from httpkit import Calls, Client, post, start_server
 
+from panelsrv.http.reader import BODY
+
 H = b"POST /api/v2 HTTP/1.1\r\nHost: panel.test\r\n"
 CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
 TE = b"Transfer-Encoding: "
@@ -161,7 +163,8 @@ async def test_split_reaches_the_server_in_two_reads() -> None:
         client = await Client.connect(server.port)
         await client.send_split(request, len(request) - 3)
         (conn,) = server.conns
-        assert conn._phase == 2 and conn._body_len == len(b"key=k&action=balance") - 3
+        reader = conn._reader
+        assert reader.phase == BODY and reader._body_len == len(b"key=k&action=balance") - 3
         assert await client.final() is not None
         await client.close()
     finally:

@@ -10,7 +10,7 @@ import time
 from httpkit import Calls, Client, post, start_server
 
 from panelsrv.http import wire
-from panelsrv.http.protocol import Limits
+from panelsrv.http.request import Limits
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\n"
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 from httpkit import Calls, Client, post, start_server
 
-from panelsrv.http.protocol import Limits
+from panelsrv.http.request import Limits
 from panelsrv.metrics import Registry
 
 
