@@ -277,7 +277,13 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, signal.SIGCHLD})
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: try again later
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            log.error("cannot start worker %d: %s", slot, exc.strerror)
+            self._restart_at[slot] = time.monotonic() + self._backoff[1]
+            return
         if pid == 0:  # the child: never returns
             code = 1
             try:

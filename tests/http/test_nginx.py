@@ -31,14 +31,17 @@ def _find_nginx() -> str | None:
 def nginx_binary() -> str:
     found = _find_nginx()
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "nginx"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=300,
-            check=False,
-        )
-        found = _find_nginx()
+        for command in (["install", "-y", "-q", "nginx"], ["update", "-q"]) * 2:
+            subprocess.run(
+                ["apt-get", *command],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=300,
+                check=False,
+            )
+            found = _find_nginx()
+            if found is not None:
+                break
     if found is None:
         pytest.skip("nginx is not installed and could not be installed")
     return found
