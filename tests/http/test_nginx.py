@@ -31,7 +31,8 @@ def _find_nginx() -> str | None:
 def nginx_binary() -> str:
     found = _find_nginx()
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        for command in (["install", "-y", "-q", "nginx"], ["update", "-q"]) * 2:
+        install = ["install", "-y", "-q", "nginx"]
+        for command in (install, ["update", "-q"], install):
             subprocess.run(
                 ["apt-get", *command],
                 stdout=subprocess.DEVNULL,
