@@ -62,17 +62,14 @@ class HttpServer:
         *,
         reuse_port: bool = False,
         backlog: int = 2048,
-        sock: socket.socket | None = None,
     ) -> None:
-        """Listen on host:port (or on `sock`); `reuse_port` lets sibling processes share it."""
+        """Listen on host:port (None: every interface; port 0: any free port);
+        `reuse_port` lets sibling processes bind the same port (SO_REUSEPORT)."""
         self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            self, host, port, reuse_port=reuse_port, backlog=backlog
+        )
         self._tick()
-        if sock is not None:
-            self._server = await self.loop.create_server(self, sock=sock, backlog=backlog)
-        else:
-            self._server = await self.loop.create_server(
-                self, host, port, reuse_port=reuse_port, backlog=backlog
-            )
 
     @property
     def sockets(self) -> list[socket.socket]:
