@@ -1,0 +1,96 @@
+"""Which address a request comes from: the socket peer, or what a trusted proxy says.
+
+Pure: standard library only. Invariant: forwarding headers are believed only when the TCP peer
+is in `trusted_proxies`; then the client is the right-most `X-Forwarded-For` entry that is not
+itself a trusted proxy (each trusted hop vouches for the entry to its left, nothing vouches for
+what the client wrote further left), else `X-Real-IP`, else the peer. Addresses are normalised
+(IPv4-mapped IPv6 -> IPv4, zone ids dropped) so one client has one spelling for rate limits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse(text: str) -> Address | None:
+    """An address from text, normalised; None when it is not an IP address."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.partition("%")[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def normalize(peer: str) -> str:
+    """The canonical text of a socket peer address (uvloop gives '::ffff:1.2.3.4' on dual stack)."""
+    if ":" not in peer and "%" not in peer:
+        return peer  # plain IPv4 from the socket is already canonical
+    addr = parse(peer)
+    return peer if addr is None else str(addr)
+
+
+class TrustedProxies:
+    """A set of IPs and CIDR networks; `in` takes canonical address text."""
+
+    __slots__ = ("_exact", "_networks")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        exact: set[str] = set()
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            if "/" in entry:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            else:
+                addr = parse(entry)
+                if addr is None:
+                    raise ValueError(f"trusted_proxies: not an IP address or network: {entry!r}")
+                exact.add(str(addr))
+        self._exact = frozenset(exact)
+        self._networks = tuple(networks)
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._networks)
+
+    def __contains__(self, ip: object) -> bool:
+        if not isinstance(ip, str):
+            return False
+        if ip in self._exact:
+            return True
+        if not self._networks:
+            return False
+        addr = parse(ip)
+        return addr is not None and any(addr in net for net in self._networks)
+
+
+def client_ip(
+    peer: str, forwarded_for: bytes | None, real_ip: bytes | None, trusted: TrustedProxies
+) -> str:
+    """The client of a request whose TCP peer `peer` (canonical) is a trusted proxy.
+
+    An entry that is not an address stops the walk: the hop to its right (already trusted) is
+    the best we know, so limits fall on that proxy rather than on a forgeable string.
+    """
+    last = peer
+    if forwarded_for:
+        for raw in reversed(forwarded_for.decode("latin-1").split(",")):
+            addr = parse(raw)
+            if addr is None:
+                return last
+            last = str(addr)
+            if last not in trusted:
+                return last
+        return last
+    if real_ip:
+        addr = parse(real_ip.decode("latin-1"))
+        if addr is not None:
+            return str(addr)
+    return peer

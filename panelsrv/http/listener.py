@@ -1,0 +1,140 @@
+"""HttpServer: one listening socket, the state its connections share, and its graceful stop.
+
+Transport layer: imports asyncio and panelsrv.http.{protocol, wire, clientip}, panelsrv.metrics.
+It is the protocol factory (`loop.create_server(server, ...)` calls it per connection) and keeps
+the per-process connection set (for the cap, the gauge and draining) and the once-a-second Date
+ticker. What it serves comes in as `routes`; who is refused early comes in as `precheck`
+(per request, after the path matched, before the body) and `connect_check` (per connection,
+for peers that are not trusted proxies); both return a complete response to refuse or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from panelsrv.http import wire
+from panelsrv.http.clientip import TrustedProxies
+from panelsrv.http.protocol import HttpProtocol
+from panelsrv.http.request import Handler, Limits, Route
+from panelsrv.metrics import Registry, ServerMetrics
+
+Check = Callable[[str], bytes | None]
+DEFAULT_LIMITS = Limits()
+
+
+class HttpServer:
+    def __init__(
+        self,
+        routes: Mapping[bytes, Route],
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        precheck: Check | None = None,
+        connect_check: Check | None = None,
+        trusted_proxies: Iterable[str] = (),
+        registry: Registry | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.routes = dict(routes)
+        self.limits = limits
+        self.precheck = precheck
+        self.connect_check = connect_check
+        self.trusted = TrustedProxies(trusted_proxies)
+        self.metrics = ServerMetrics(registry if registry is not None else Registry())
+        self.metrics.connections.fn = lambda: len(self.conns)
+        self.access_log = access_log
+        self.conns: set[HttpProtocol] = set()
+        self.next_id = 0
+        self.loop: asyncio.AbstractEventLoop  # set by start(); no connection exists before
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
+
+    def __call__(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    async def start(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        backlog: int = 2048,
+    ) -> None:
+        """Listen on host:port (None: every interface; port 0: any free port);
+        `reuse_port` lets sibling processes bind the same port (SO_REUSEPORT)."""
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            self, host, port, reuse_port=reuse_port, backlog=backlog
+        )
+        self._tick()
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server is not None else []
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def _tick(self) -> None:
+        now = time.time()
+        wire.set_date(now)
+        # fire just after the next second starts, so Date turns over on time
+        self._ticker = self.loop.call_later(1.0 - now % 1.0 + 0.001, self._tick)
+
+    def release(self, conn: HttpProtocol) -> None:
+        """A connection is gone (and its handler, if any, has returned)."""
+        self.conns.discard(conn)
+        self.settle()
+
+    def settle(self) -> None:
+        """While stopping: done once every connection is gone or has said its last word."""
+        drained = self._drained
+        if drained is not None and not drained.done() and all(c.lingering for c in self.conns):
+            drained.set_result(None)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let requests in progress finish for up to `grace` seconds (their
+        responses say `Connection: close`), close idle keep-alive connections, then drop the
+        rest."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        for conn in list(self.conns):
+            conn.shutdown()
+        self._drained = self.loop.create_future()
+        self.settle()
+        await asyncio.wait([self._drained], timeout=grace)
+        for conn in list(self.conns):
+            conn.abort()
+        self.conns.clear()
+        await server.wait_closed()
+        await asyncio.sleep(0)  # let aborted transports deliver connection_lost
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+
+def api_routes(handler: Handler) -> dict[bytes, Route]:
+    """`POST /api/v2` and `/api/v2/` answered by `handler` (JSON responses)."""
+    route = Route(b"POST", handler)
+    return {b"/api/v2": route, b"/api/v2/": route}
+
+
+class Listen:
+    """An HttpServer bound to an address, in the start/stop shape `procs` runs."""
+
+    def __init__(self, server: HttpServer, host: str | None, port: int, *, reuse_port: bool = True):
+        self.server = server
+        self._address = (host, port)
+        self._reuse_port = reuse_port
+
+    async def start(self) -> None:
+        await self.server.start(*self._address, reuse_port=self._reuse_port)
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)

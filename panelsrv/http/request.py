@@ -1,0 +1,89 @@
+"""The handler contract: what a handler reads (Request), what it answers, where it is mounted.
+
+Pure: imports only panelsrv.http.wire. A handler is `async (Request) -> (status, body,
+extra_header_bytes)`; `extra_header_bytes` is b"" or complete header lines built by our own code
+(e.g. b"Retry-After: 1\\r\\n"), never request input. Content-Type, Content-Length, Date and
+Connection are the protocol's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+from panelsrv.http import wire
+
+Handler = Callable[["Request"], Awaitable[tuple[int, bytes, bytes]]]
+
+
+class Route(NamedTuple):
+    """What a path answers: its one method, the handler, and the Content-Type line it sends."""
+
+    method: bytes
+    handler: Handler
+    content_type: bytes = wire.JSON
+
+
+class Limits(NamedTuple):
+    max_header_bytes: int = 16 * 1024  # request line + headers (431)
+    max_body_bytes: int = 256 * 1024  # declared or running (413)
+    header_timeout: float = 10.0  # absolute, from the request's first byte
+    body_timeout: float = 30.0  # absolute, from the end of the headers
+    keepalive_timeout: float = 60.0  # idle between requests
+    write_timeout: float = 30.0  # how long the client may leave our writes unread
+    max_connections: int = 10_000  # per process
+    max_headers: int = 100
+    max_pipelined: int = 64  # requests parsed ahead of the one in flight
+
+
+class Request:
+    """One request as the handler sees it. The protocol reuses it for the connection's next
+    request once the response is written, so a handler must not keep it beyond its return.
+
+    `host` is the Host header lowercased without port; `content_type` lowercased (b"" if none);
+    `query` the raw query string; `idempotency_key` the header decoded latin-1 (one char per
+    byte, unvalidated); `body` the whole body; `id` a per-process request number for logs
+    (`request_id` is the same as text); `action` may be set by the handler to label metrics.
+    The underscored slots belong to the protocol.
+    """
+
+    __slots__ = (
+        "_http10",
+        "_keep_alive",
+        "_pending",
+        "_reject",
+        "_route",
+        "_t0",
+        "action",
+        "body",
+        "client_ip",
+        "content_type",
+        "host",
+        "id",
+        "idempotency_key",
+        "query",
+    )
+
+    def __init__(self) -> None:
+        self._pending = False  # parsed and not yet answered: not to be reused
+        self._reset(0, "")
+
+    @property
+    def request_id(self) -> str:
+        """`id` as text, for log lines."""
+        return str(self.id)
+
+    def _reset(self, rid: int, ip: str) -> None:
+        self.id = rid
+        self.client_ip = ip
+        self.host = ""
+        self.content_type = b""
+        self.query = b""
+        self.idempotency_key: str | None = None
+        self.body = b""
+        self.action = ""
+        self._reject = 0  # 404 / 405 answered without the handler, keeping the connection
+        self._route: Route | None = None
+        self._keep_alive = False
+        self._http10 = False
+        self._t0 = 0.0

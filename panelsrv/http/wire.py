@@ -1,0 +1,82 @@
+"""HTTP/1.1 response bytes: status lines, `render`, and prebuilt rejects.
+
+Pure: imports only `panelsrv.errors` and the standard library; no I/O and no clock reads
+(`set_date` is handed the wall time by the listener's once-a-second ticker). Invariants: every
+response carries Content-Type, Content-Length and Date and is returned as ONE bytes object (the
+protocol writes it with one `transport.write`); header bytes come only from constants here and
+from `extra` lines built by our own code, never from request input.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from http import HTTPStatus
+
+from panelsrv.errors import ERROR_BODIES, Code, error_body
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+}
+
+JSON = b"Content-Type: application/json; charset=utf-8\r\n"
+PROMETHEUS = b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+CLOSE = b"Connection: close\r\n"
+KEEP_ALIVE = b"Connection: keep-alive\r\n"  # only HTTP/1.0 clients need to be told
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+BAD_REQUEST_BODY = error_body("Bad request")
+RETRY_AFTER_1 = b"Retry-After: 1\r\n"
+
+# The Date line, rebuilt by `set_date` once a second (RFC 9110 wants Date on 2xx-4xx).
+_date = b""
+
+
+def render(
+    status: int, body: bytes, keep_alive: bool, extra: bytes = b"", content_type: bytes = JSON
+) -> bytes:
+    """The whole response: status line, headers (`extra` is already-formatted lines), body."""
+    return b"%s%s%s%sContent-Length: %d\r\n%s\r\n%s" % (
+        STATUS_LINES[status],
+        _date,
+        content_type,
+        extra,
+        len(body),
+        b"" if keep_alive else CLOSE,
+        body,
+    )
+
+
+def render_405(method: bytes, keep_alive: bool) -> bytes:
+    """405 for a route that takes only `method` (the Allow line differs per route)."""
+    body = ERROR_BODIES[Code.METHOD_NOT_ALLOWED]
+    return render(405, body, keep_alive, b"Allow: %s\r\n" % method)
+
+
+# Prebuilt rejects, keyed by status; refreshed in place with the Date (same dict objects, so
+# `from wire import REJECT_CLOSE` stays valid). REJECT_CLOSE ends the connection; REJECT_KEEP is
+# for a body-less request that may keep its connection.
+_REJECTS: dict[int, tuple[bytes, bytes]] = {
+    400: (BAD_REQUEST_BODY, b""),
+    404: (ERROR_BODIES[Code.NOT_FOUND], b""),
+    413: (ERROR_BODIES[Code.BODY_TOO_LARGE], b""),
+    429: (ERROR_BODIES[Code.TOO_MANY_REQUESTS], RETRY_AFTER_1),
+    431: (ERROR_BODIES[Code.HEADERS_TOO_LARGE], b""),
+    500: (ERROR_BODIES[Code.INTERNAL], b""),
+    503: (ERROR_BODIES[Code.UNAVAILABLE], RETRY_AFTER_1),
+}
+_KEEP = (404,)
+REJECT_CLOSE: dict[int, bytes] = {}
+REJECT_KEEP: dict[int, bytes] = {}
+
+
+def set_date(epoch: float) -> None:
+    """Refresh the Date line and every prebuilt reject; the listener calls it once a second."""
+    global _date
+    _date = b"Date: %s\r\n" % formatdate(epoch, usegmt=True).encode("ascii")
+    for status, (body, extra) in _REJECTS.items():
+        REJECT_CLOSE[status] = render(status, body, False, extra)
+        if status in _KEEP:
+            REJECT_KEEP[status] = render(status, body, True, extra)
+
+
+set_date(0.0)  # well-formed until the first listener starts its ticker

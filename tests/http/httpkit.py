@@ -1,0 +1,188 @@
+"""Test helpers: an echo handler, a server on port 0, raw-socket clients, a response reader.
+
+The echo handler answers with what the protocol handed it, as JSON, and obeys a few query
+switches: `sleep=<s>` (answer late), `raise=1` (fail), `big=<n>` (pad the answer to n bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+import httptools
+import orjson
+
+from panelsrv.http.listener import HttpServer, api_routes
+from panelsrv.http.request import Limits, Request
+
+SHORT = 2.0  # seconds any single read in a test may take before it is a failure
+
+
+class Calls:
+    """What the echo handler saw (tests assert the handler did or did not run)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.active = 0
+
+
+async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, bytes]:
+    if calls is not None:
+        calls.count += 1
+        calls.active += 1
+    try:
+        q = parse_qs(req.query.decode())
+        if "sleep" in q:
+            await asyncio.sleep(float(q["sleep"][0]))
+        if "raise" in q:
+            raise RuntimeError("secret-key-material-must-not-be-logged")
+        body = {
+            "id": req.id,
+            "pid": os.getpid(),
+            "client_ip": req.client_ip,
+            "host": req.host,
+            "content_type": req.content_type.decode("latin-1"),
+            "query": req.query.decode("latin-1"),
+            "idempotency_key": req.idempotency_key,
+            "body": req.body.decode("latin-1"),
+        }
+        data = orjson.dumps(body)
+        if "big" in q:
+            data = orjson.dumps({**body, "pad": "x" * int(q["big"][0])})
+        req.action = "echo"
+        return 200, data, b""
+    finally:
+        if calls is not None:
+            calls.active -= 1
+
+
+async def start_server(calls: Calls | None = None, **options: object) -> HttpServer:
+    limits = options.pop("limits", Limits())
+
+    async def handler(req: Request) -> tuple[int, bytes, bytes]:
+        return await echo(req, calls)
+
+    server = HttpServer(api_routes(handler), limits=limits, **options)  # type: ignore[arg-type]
+    await server.start("127.0.0.1", 0)
+    return server
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> dict:  # type: ignore[type-arg]
+        return orjson.loads(self.body)  # type: ignore[no-any-return]
+
+
+class ResponseReader:
+    """Parses the responses a server sends on one connection (100 Continue included)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._parser = httptools.HttpResponseParser(self)
+        self._ready: list[Response] = []
+        self._current: Response | None = None
+        self.eof = False
+
+    def on_message_begin(self) -> None:
+        self._current = Response(0)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._current is not None
+        self._current.headers[name.decode().lower()] = value.decode()
+
+    def on_headers_complete(self) -> None:
+        assert self._current is not None
+        self._current.status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        assert self._current is not None
+        self._current.body += body
+
+    def on_message_complete(self) -> None:
+        assert self._current is not None
+        self._ready.append(self._current)
+        self._current = None
+
+    async def next(self, timeout: float = SHORT) -> Response | None:
+        """The next response, or None at EOF."""
+        while not self._ready:
+            if self.eof:
+                return None
+            data = await asyncio.wait_for(self._reader.read(65536), timeout)
+            if not data:
+                self.eof = True
+                continue
+            self._parser.feed_data(data)
+        return self._ready.pop(0)
+
+    async def closed(self, timeout: float = SHORT) -> bool:
+        """True when the server closes (EOF) with nothing more to say; False if it says more."""
+        if self._ready:
+            return False
+        try:
+            while not self.eof:
+                data = await asyncio.wait_for(self._reader.read(65536), timeout)
+                if not data:
+                    self.eof = True
+                else:
+                    self._parser.feed_data(data)
+                    return False
+        except ConnectionError:  # reset, or our own write hit the closed socket
+            self.eof = True
+        return True
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.responses = ResponseReader(reader)
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send_split(self, data: bytes, at: int) -> None:
+        """Two writes with loop turns between, so the server reads them separately."""
+        await self.send(data[:at])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await self.send(data[at:])
+
+    async def next(self, timeout: float = SHORT) -> Response | None:
+        return await self.responses.next(timeout)
+
+    async def final(self, timeout: float = SHORT) -> Response | None:
+        """The next response that is not an interim 1xx."""
+        while True:
+            response = await self.responses.next(timeout)
+            if response is None or response.status >= 200:
+                return response
+
+    async def closed(self, timeout: float = SHORT) -> bool:
+        return await self.responses.closed(timeout)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def post(body: bytes = b"", headers: bytes = b"", target: bytes = b"/api/v2") -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: panel.test\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        target,
+        headers,
+        len(body),
+        body,
+    )

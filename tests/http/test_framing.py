@@ -1,0 +1,228 @@
+"""Message framing over real sockets: every good request fed whole, split at every byte and
+pipelined three deep; every malformed or ambiguous one answered 400 and the connection closed,
+with nothing after it parsed and the handler never run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from httpkit import Calls, Client, post, start_server
+
+from panelsrv.http.reader import BODY
+
+H = b"POST /api/v2 HTTP/1.1\r\nHost: panel.test\r\n"
+CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
+TE = b"Transfer-Encoding: "
+
+# name -> (request, the body the handler must see)
+GOOD: dict[str, tuple[bytes, bytes]] = {
+    "content_length": (post(b"key=k&action=balance"), b"key=k&action=balance"),
+    "no_body": (post(), b""),
+    "leading_zero_length": (H + b"Content-Length: 010\r\n\r\n0123456789", b"0123456789"),
+    "chunked": (
+        CHUNKED + b"3\r\nkey\r\n6\r\n=k&a=b\r\n0\r\n\r\n",
+        b"key=k&a=b",
+    ),
+    "chunked_extension_and_trailer": (
+        CHUNKED + b"4;ext=1\r\nab=c\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        b"ab=c",
+    ),
+    # HTTP Garden server bug 39: "0\r\nX:POST / HTTP/1.1\r\n\r\n" is one trailer, not a request
+    "trailer_looking_like_a_request": (
+        CHUNKED + b"0\r\nX:POST / HTTP/1.1\r\n\r\n",
+        b"",
+    ),
+    "http10_keep_alive": (
+        b"POST /api/v2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nab",
+        b"ab",
+    ),
+    "expect_continue": (
+        H + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+        b"abc",
+    ),
+    "query_and_trailing_slash": (post(b"x=1", target=b"/api/v2/?action=balance"), b"x=1"),
+    "absolute_form": (post(b"x=1", target=b"http://panel.test/api/v2"), b"x=1"),
+}
+
+# Smuggling and malformed messages: llhttp's own test corpus and the HTTP Garden trophies.
+BAD: dict[str, bytes] = {
+    "cl_and_te": H + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_and_cl": H + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    "duplicate_cl_same": H + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "duplicate_cl_conflicting": H + b"Content-Length: 1\r\nContent-Length: 0\r\n\r\nZ",
+    "cl_list": H + b"Content-Length: 3, 3\r\n\r\nabc",
+    "cl_plus_underscore": H + b"Content-Length: +1_0\r\n\r\n0123456789",
+    "cl_negative": H + b"Content-Length: -48\r\n\r\n",
+    "cl_hex": H + b"Content-Length: 0x3\r\n\r\nabc",
+    "cl_trailing_garbage": H + b"Content-Length: 1Z\r\n\r\nZ",
+    "cl_empty": H + b"Content-Length: \r\n\r\n" + post(),
+    "cl_overflow": H + b"Content-Length: 99999999999999999999999\r\n\r\n",
+    "cl_space_before_colon": H + b"Content-Length : 3\r\n\r\nabc",
+    "cl_no_colon": H + b"Content-Length 10\r\n\r\n0123456789",
+    "cl_obs_text_in_name": H + b"Content-Length\x85: 10\r\n\r\n0123456789",
+    "te_not_chunked": H + b"Transfer-Encoding: gzip\r\n\r\nabc",
+    "te_chunked_not_last": H + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "te_twice": H + TE + b"chunked\r\n" + TE + b"chunked\r\n\r\n1\r\nZ\r\n0\r\n\r\n",
+    "te_comma_chunked_with_cl": H + TE + b",chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    "te_nbsp": H + b"Transfer-Encoding: \xa0chunked\xa0\r\n\r\n0\r\n\r\n",
+    "te_vertical_tab": H + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n",
+    "te_space_before_colon": H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "te_name_folded": H + b"Transfer-\r\nEncoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    "te_obs_fold": H + b"Transfer-Encoding: x\r\n chunked\r\n\r\n0\r\n\r\n",
+    "te_empty": H + b"Transfer-Encoding: \r\n\r\n",
+    "http10_with_te": b"POST /api/v2 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "obs_fold": H + b"X-A: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    "leading_whitespace_first_header": b"POST /api/v2 HTTP/1.1\r\n\tContent-Length: 1\r\n\r\nX",
+    "bare_lf": b"POST /api/v2 HTTP/1.1\nHost: panel.test\nContent-Length: 0\n\n",
+    "bare_lf_in_headers": H + b"Useless:\n\nPOST /api/v2 HTTP/1.1\r\n\r\n",
+    "bare_cr_in_header_line": H + b"Visible: :/\rSmuggled: :)\r\nContent-Length: 0\r\n\r\n",
+    "cr_in_header_value": H + b"X-A: va\rlue\r\nContent-Length: 0\r\n\r\n",
+    "nul_in_header_value": H + b"X-A: v\x00alue\r\nContent-Length: 0\r\n\r\n",
+    "header_block_cr_x": H + b"\rZPOST /api/v2 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "empty_header_name": H + b": ignored\r\nContent-Length: 0\r\n\r\n",
+    "empty_header_line": H + b":\r\nI: am chopped off\r\n\r\n",
+    "control_chars_in_name": H + b"\x01\x02(),/;<=>?@: x\r\nContent-Length: 0\r\n\r\n",
+    "non_ascii_in_name": H + b"\xefoo: bar\r\nContent-Length: 0\r\n\r\n",
+    "chunk_size_underscore": CHUNKED + b"0_2e\r\n\r\n" + post(),
+    "chunk_size_hex_prefix": CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n",
+    "chunk_size_negative": CHUNKED + b"-1\r\nabc\r\n0\r\n\r\n",
+    "chunk_size_space": CHUNKED + b"3 \r\nabc\r\n0\r\n\r\n",
+    "chunk_size_empty": CHUNKED + b"\r\n\r\n",
+    "chunk_size_overflow": CHUNKED + b"fffffffffffffffffff\r\nabc\r\n",
+    "chunk_data_too_long": CHUNKED + b"3\r\nabcX\r\n0\r\n\r\n",
+    "chunk_bare_lf": CHUNKED + b"3\nabc\n0\n\n",
+    "chunk_line_cr_x": CHUNKED + b"5\r\r;ABCD\r\n34\r\nE\r\n0\r\n\r\n",
+    "chunk_ext_unbalanced_quote": CHUNKED + b'3;a="b\r\nabc\r\n0\r\n\r\n',
+    "method_garbage": b'G=":<>(e),[T];?" /api/v2 HTTP/1.1\r\nHost: a\r\n\r\n',
+    "method_nul": b"\x00 / HTTP/............0596.7407.\r\n\r\n",
+    "tls_hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    "url_control_char": b"POST /api/\x01v2 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    "url_space": b"POST /api/v2 x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    "request_line_bare_lf": b"GET /\nHTTP/1.1\r\n\r\n",
+    "version_1_32": b"POST /api/v2 HTTP/1.32\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    "version_cr": b"POST /api/v2 HTTP/\r\r1.1\r\n\r\n",
+    "version_huge": b"POST /api/v2 HTTP/4294967295.255\r\n\r\n",
+    "version_lowercase": b"POST /api/v2 http/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    "http09": b"GET /api/v2\r\n\r\n",
+    "http2_version": b"POST /api/v2 HTTP/2.0\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    "upgrade": H + b"Connection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc",
+    "connect": b"CONNECT panel.test:443 HTTP/1.1\r\nHost: panel.test:443\r\n\r\n",
+    "missing_host": b"POST /api/v2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    "duplicate_host": H + b"Host: evil.test\r\nContent-Length: 0\r\n\r\n",
+    "invalid_host": b"POST /api/v2 HTTP/1.1\r\nHost: a b/c\r\nContent-Length: 0\r\n\r\n",
+    "duplicate_content_type": H + b"Content-Type: a/b\r\nContent-Type: c/d\r\n\r\n",
+    "duplicate_idempotency_key": H + b"Idempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n",
+}
+
+
+def _check_echo(response: object, body: bytes) -> None:
+    assert response is not None
+    assert response.status == 200, response  # type: ignore[attr-defined]
+    assert response.json()["body"] == body.decode("latin-1")  # type: ignore[attr-defined]
+    headers = response.headers  # type: ignore[attr-defined]
+    assert headers["content-type"] == "application/json; charset=utf-8"
+    assert int(headers["content-length"]) == len(response.body)  # type: ignore[attr-defined]
+    assert headers["date"].endswith(" GMT")
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+async def test_good_request_whole_split_and_pipelined(name: str) -> None:
+    request, body = GOOD[name]
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(request)
+        _check_echo(await client.final(), body)
+        await client.close()
+
+        for at in range(1, len(request)):
+            client = await Client.connect(server.port)
+            await client.send_split(request, at)
+            _check_echo(await client.final(), body)
+            await client.close()
+
+        client = await Client.connect(server.port)
+        await client.send(request * 3)
+        ids = []
+        for _ in range(3):
+            response = await client.final()
+            _check_echo(response, body)
+            assert response is not None
+            ids.append(response.json()["id"])
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_split_reaches_the_server_in_two_reads() -> None:
+    request, _ = GOOD["content_length"]
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send_split(request, len(request) - 3)
+        (conn,) = server.conns
+        reader = conn._reader
+        assert reader.phase == BODY and reader._body_len == len(b"key=k&action=balance") - 3
+        assert await client.final() is not None
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def _expect_400_and_close(client: Client) -> None:
+    response = await client.final()
+    assert response is not None and response.status == 400, response
+    assert response.headers["connection"] == "close"
+    assert response.json() == {"error": "Bad request"}
+    assert await client.closed()
+
+
+@pytest.mark.parametrize("name", list(BAD))
+async def test_bad_request_is_refused_and_closed(name: str) -> None:
+    request = BAD[name]
+    calls = Calls()
+    server = await start_server(calls)
+    try:
+        client = await Client.connect(server.port)
+        await client.send(request + post(b"smuggled=1"))
+        await _expect_400_and_close(client)
+        await client.close()
+
+        for at in range(1, len(request)):
+            client = await Client.connect(server.port)
+            await client.send_split(request, at)
+            await _expect_400_and_close(client)
+            await client.close()
+
+        # behind two good requests: both answered in order, then the 400, then close
+        good = post(b"a=1")
+        client = await Client.connect(server.port)
+        await client.send(good + good + request + good)
+        for _ in range(2):
+            response = await client.final()
+            assert response is not None and response.status == 200
+        await _expect_400_and_close(client)
+        await client.close()
+        assert calls.count == 2
+    finally:
+        await server.stop(1.0)
+
+
+async def test_nothing_is_parsed_after_connection_close() -> None:
+    calls = Calls()
+    server = await start_server(calls)
+    try:
+        client = await Client.connect(server.port)
+        first = post(b"a=1", b"Connection: close\r\n")
+        await client.send(first + post(b"smuggled=1"))
+        response = await client.final()
+        assert response is not None and response.status == 200
+        assert response.headers["connection"] == "close"
+        assert await client.closed()
+        await client.close()
+        await asyncio.sleep(0.05)
+        assert calls.count == 1
+    finally:
+        await server.stop(1.0)

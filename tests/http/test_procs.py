@@ -1,0 +1,202 @@
+"""The process model, run for real: a supervisor forking workers that share a port."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from panelsrv.http.procs import notify
+
+APP = str(Path(__file__).with_name("serve_app.py"))
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Notifications:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address.replace("@", "\0", 1) if address.startswith("@") else address)
+
+    def wait(self, timeout: float = 15.0) -> bytes:
+        self.sock.settimeout(timeout)
+        return self.sock.recv(4096)
+
+
+def request(port: int, target: str = "/api/v2", timeout: float = 10.0) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST" if target.startswith("/api") else "GET", target, body=b"")
+        response = conn.getresponse()
+        body = response.read()
+        connection = response.getheader("Connection") or ""
+        return (
+            response.status,
+            orjson.loads(body) if target.startswith("/api") else {},
+            (connection if target.startswith("/api") else body.decode()),
+        )
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, *extra: str, notify_address: str | None = None) -> Iterator[tuple]:  # type: ignore[type-arg]
+    port, ops_port = free_port(), free_port()
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    notes = None
+    if notify_address is not None:
+        notes = Notifications(notify_address)
+        env["NOTIFY_SOCKET"] = notify_address
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, APP, "--port", str(port), "--ops-port", str(ops_port), *extra],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc, port, ops_port, notes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        if notes is not None:
+            notes.sock.close()
+
+
+def wait_until_answering(port: int, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            request(port)
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def pids_answering(port: int, want: int, attempts: int = 300) -> set[int]:
+    seen: set[int] = set()
+    for _ in range(attempts):  # each a new connection: SO_REUSEPORT spreads them
+        seen.add(request(port)[1]["pid"])
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def test_two_workers_answer_and_systemd_hears_ready_then_stopping(tmp_path: Path) -> None:
+    address = f"@panelsrv-test-{os.getpid()}"  # an abstract socket, as systemd may hand out
+    with serve(tmp_path, "--workers", "2", notify_address=address) as (proc, port, ops, notes):
+        assert notes.wait() == b"READY=1"
+        pids = pids_answering(port, 2)
+        assert len(pids) == 2 and proc.pid not in pids
+        # one scrape on either worker covers both (shared through the run directory)
+        for _ in range(len(pids)):
+            request(port)
+        time.sleep(0.3)
+        status, _, text = request(ops, "/metrics")
+        assert status == 200
+        line = next(x for x in text.splitlines() if x.startswith("panelsrv_http_requests_total"))
+        assert int(line.split()[-1]) >= len(pids) + 2
+        assert request(ops, "/readyz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert notes.wait() == b"STOPPING=1"
+        assert proc.wait(15) == 0
+
+
+def test_sigterm_lets_a_slow_request_finish_then_exits_0(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "2", "--grace", "5") as (proc, port, _, _notes):
+        wait_until_answering(port)
+        result: list[tuple] = []  # type: ignore[type-arg]
+        slow = threading.Thread(target=lambda: result.append(request(port, "/api/v2?sleep=1")))
+        slow.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        slow.join(10)
+        status, body, connection = result[0]
+        assert status == 200 and body["pid"] != proc.pid and connection == "close"
+        assert proc.wait(15) == 0
+        assert time.monotonic() - started < 5  # well inside the grace: nobody was killed
+        with pytest.raises(OSError):
+            request(port, timeout=1.0)
+
+
+def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "2") as (proc, port, _, _notes):
+        wait_until_answering(port)
+        before = pids_answering(port, 2)
+        victim = next(iter(before))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        after: set[int] = set()
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                after.add(request(port, timeout=2.0)[1]["pid"])
+            if after - before:
+                break
+            time.sleep(0.02)
+        assert after - before, "no replacement worker answered"
+        assert victim not in pids_answering(port, 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert b"killed by signal 9; restarting" in (tmp_path / "serve.log").read_bytes()
+
+
+def test_workers_that_cannot_start_make_the_supervisor_give_up(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "1", "--fail-start") as (proc, _, _, _notes):
+        assert proc.wait(20) == 1
+    assert b"keeps failing at start; giving up" in (tmp_path / "serve.log").read_bytes()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "2") as (proc, port, _, _notes):
+        wait_until_answering(port)
+        pids = pids_answering(port, 2)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in pids)
+
+
+def test_notify_writes_a_datagram_to_a_path_socket(tmp_path: Path) -> None:
+    notes = Notifications(str(tmp_path / "notify.sock"))
+    try:
+        assert notify(b"READY=1", notes.address)
+        assert notes.wait(1) == b"READY=1"
+        assert not notify(b"READY=1", "")
+        assert not notify(b"READY=1", str(tmp_path / "nobody-listens"))
+    finally:
+        notes.sock.close()

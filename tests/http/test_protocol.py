@@ -1,0 +1,307 @@
+"""Protocol behaviour over real sockets: routes, keep-alive, Expect, the Request handed to the
+handler, handler failures, client IP through trusted proxies only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from httpkit import Calls, Client, post, start_server
+
+from panelsrv.http.request import Limits
+from panelsrv.metrics import Registry
+
+
+async def test_request_fields_reach_the_handler() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(
+            b"POST /api/v2?action=balance&key=k HTTP/1.1\r\nHost: Panel.TEST:8080\r\n"
+            b"Content-Type: Application/JSON; Charset=UTF-8\r\nIdempotency-Key: Order-42 \r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        response = await client.final()
+        assert response is not None and response.status == 200
+        seen = response.json()
+        assert seen["host"] == "panel.test"
+        assert seen["content_type"] == "application/json; charset=utf-8"
+        assert seen["query"] == "action=balance&key=k"
+        assert seen["idempotency_key"] == "Order-42"
+        assert seen["body"] == "{}"
+        assert seen["client_ip"] == "127.0.0.1"
+        assert "connection" not in response.headers  # keep-alive is HTTP/1.1's default
+
+        await client.send(b"POST /api/v2 HTTP/1.1\r\nHost: [::1]:9\r\nContent-Length: 0\r\n\r\n")
+        response = await client.final()
+        assert response is not None
+        seen2 = response.json()
+        assert seen2["host"] == "[::1]"
+        assert seen2["content_type"] == "" and seen2["idempotency_key"] is None
+        assert seen2["query"] == "" and seen2["id"] == seen["id"] + 1
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+@pytest.mark.parametrize(
+    "target", [b"/api/v2x", b"/API/V2", b"/api/v2/x", b"/", b"/api/%762", b"*"]
+)
+async def test_other_paths_are_404_and_keep_the_connection(target: bytes) -> None:
+    calls = Calls()
+    server = await start_server(calls)
+    try:
+        client = await Client.connect(server.port)
+        await client.send(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target + post(b"a=1"))
+        response = await client.final()
+        assert response is not None and response.status == 404
+        assert response.json() == {"error": "Not found"}
+        assert "connection" not in response.headers
+        response = await client.final()
+        assert response is not None and response.status == 200
+        await client.close()
+        assert calls.count == 1
+    finally:
+        await server.stop(1.0)
+
+
+async def test_404_with_a_body_is_answered_without_reading_it_and_closes() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(post(b"x" * 10, target=b"/nope")[:-5])  # body only half sent
+        response = await client.final()
+        assert response is not None and response.status == 404
+        assert response.headers["connection"] == "close"
+        assert await client.closed()
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+@pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE", b"HEAD", b"OPTIONS"])
+async def test_other_methods_are_405_with_allow_post(method: bytes) -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(b"%s /api/v2 HTTP/1.1\r\nHost: a\r\n\r\n" % method + post())
+        response = await client.final()
+        assert response is not None and response.status == 405
+        assert response.headers["allow"] == "POST"
+        if method != b"HEAD":
+            assert response.json() == {"error": "Method not allowed"}
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_http10_closes_unless_keep_alive_is_asked() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        req = b"POST /api/v2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        await client.send(req)
+        response = await client.final()
+        assert response is not None and response.headers["connection"] == "keep-alive"
+        await client.send(b"POST /api/v2 HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        response = await client.final()
+        assert response is not None and response.status == 200
+        assert response.headers["connection"] == "close"
+        assert await client.closed()
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_connection_close_is_honoured() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(post(b"a", b"Connection: close\r\n"))
+        response = await client.final()
+        assert response is not None and response.headers["connection"] == "close"
+        assert await client.closed()
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_expect_continue_is_answered_before_the_body() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(H_EXPECT % 5)
+        interim = await client.next()
+        assert interim is not None and interim.status == 100
+        await client.send(b"hello")
+        response = await client.final()
+        assert response is not None and response.json()["body"] == "hello"
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+H_EXPECT = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+
+
+async def test_expect_continue_is_not_sent_for_a_refused_request() -> None:
+    server = await start_server(limits=Limits(max_body_bytes=1024))
+    try:
+        client = await Client.connect(server.port)
+        await client.send(H_EXPECT % 5000)
+        response = await client.next()
+        assert response is not None and response.status == 413
+        assert await client.closed()
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_expect_continue_waits_for_the_request_ahead() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(post(target=b"/api/v2?sleep=0.2") + H_EXPECT % 3)
+        first = await client.next()
+        assert first is not None and first.status == 200  # not the 100 of the second
+        interim = await client.next()
+        assert interim is not None and interim.status == 100
+        await client.send(b"abc")
+        response = await client.final()
+        assert response is not None and response.json()["body"] == "abc"
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_handler_failure_is_500_logged_once_without_its_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        with caplog.at_level(logging.ERROR, logger="panelsrv.http"):
+            await client.send(post(b"key=secret", target=b"/api/v2?raise=1") + post(b"a=1"))
+            response = await client.final()
+            assert response is not None and response.status == 500
+            assert response.json() == {"error": "Internal server error"}
+            response = await client.final()
+            assert response is not None and response.status == 200  # connection survives
+        (record,) = [r for r in caplog.records if r.name == "panelsrv.http"]
+        text = record.getMessage()
+        assert text.startswith("request ") and "RuntimeError" in text
+        assert "secret" not in text
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_trailers_never_override_headers() -> None:
+    server = await start_server(trusted_proxies=["127.0.0.1"])
+    try:
+        client = await Client.connect(server.port)
+        await client.send(
+            b"POST /api/v2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\nx\r\n0\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\nContent-Type: a/b\r\n\r\n"
+        )
+        response = await client.final()
+        assert response is not None
+        seen = response.json()
+        assert (seen["host"], seen["client_ip"], seen["content_type"]) == ("a", "127.0.0.1", "")
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+XFF = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\n%sContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "headers", "client_ip"),
+    [
+        ([], b"X-Forwarded-For: 1.2.3.4\r\n", "127.0.0.1"),
+        ([], b"X-Real-IP: 1.2.3.4\r\n", "127.0.0.1"),
+        (["127.0.0.1"], b"X-Forwarded-For: 9.9.9.9, 1.2.3.4\r\n", "1.2.3.4"),
+        (["127.0.0.0/8"], b"X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 127.0.0.5\r\n", "1.2.3.4"),
+        (["127.0.0.1"], b"X-Real-IP: 1.2.3.4\r\n", "1.2.3.4"),
+        (["127.0.0.1"], b"X-Real-IP: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n", "5.6.7.8"),
+        (["127.0.0.1"], b"", "127.0.0.1"),
+        (["127.0.0.1"], b"X-Forwarded-For: ::ffff:10.0.0.1\r\n", "10.0.0.1"),
+        (["127.0.0.1"], b"X-Forwarded-For: 1.2.3.4, junk\r\n", "127.0.0.1"),
+    ],
+)
+async def test_client_ip_comes_from_forwarding_headers_of_trusted_peers_only(
+    trusted: list[str], headers: bytes, client_ip: str
+) -> None:
+    server = await start_server(trusted_proxies=trusted)
+    try:
+        client = await Client.connect(server.port)
+        await client.send(XFF % headers)
+        response = await client.final()
+        assert response is not None and response.json()["client_ip"] == client_ip
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_metrics_count_responses_and_rejects() -> None:
+    registry = Registry()
+    server = await start_server(registry=registry)
+    try:
+        client = await Client.connect(server.port)
+        await client.send(post() + b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await client.final()) is not None
+        assert (await client.final()) is not None
+        text = registry.render().decode()
+        assert 'panelsrv_http_requests_total{action="echo",status="200"} 1' in text
+        assert 'panelsrv_http_requests_total{action="none",status="404"} 1' in text
+        assert 'panelsrv_http_rejects_total{reason="not_found"} 1' in text
+        assert "panelsrv_http_open_connections 1" in text
+        assert 'panelsrv_http_request_duration_seconds_count{action="echo"} 1' in text
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_stop_lets_a_slow_request_finish_and_closes_idle_connections() -> None:
+    server = await start_server()
+    idle = await Client.connect(server.port)
+    await idle.send(post())
+    assert (await idle.final()) is not None
+    busy = await Client.connect(server.port)
+    await busy.send(post(target=b"/api/v2?sleep=0.3"))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(server.stop(5.0))
+    assert await idle.closed()
+    response = await busy.final()
+    assert response is not None and response.status == 200
+    assert response.headers["connection"] == "close"
+    assert await busy.closed()
+    await stopping
+    await idle.close()
+    await busy.close()
+
+
+async def test_access_log_is_off_by_default_and_never_shows_bodies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for enabled in (False, True):
+        server = await start_server(access_log=enabled)
+        try:
+            client = await Client.connect(server.port)
+            with caplog.at_level(logging.INFO, logger="panelsrv.access"):
+                caplog.clear()
+                await client.send(post(b"key=secret-api-key&action=balance"))
+                response = await client.final()
+                assert response is not None
+            lines = [r.getMessage() for r in caplog.records if r.name == "panelsrv.access"]
+            if not enabled:
+                assert lines == []
+            else:
+                (line,) = lines
+                assert line.startswith("127.0.0.1 200 ") and "echo" in line
+                assert f"id={response.json()['id']}" in line and "secret" not in line
+            await client.close()
+        finally:
+            await server.stop(1.0)

@@ -1,0 +1,132 @@
+"""The pure modules: response bytes, client-IP resolution, the metrics registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from panelsrv import metrics
+from panelsrv.http import wire
+from panelsrv.http.clientip import TrustedProxies, client_ip, normalize
+
+
+def test_render_is_one_well_formed_response() -> None:
+    wire.set_date(784111777.0)
+    data = wire.render(200, b'{"a":1}', True, b"Retry-After: 1\r\n")
+    assert data == (
+        b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+        b"Content-Type: application/json; charset=utf-8\r\nRetry-After: 1\r\n"
+        b'Content-Length: 7\r\n\r\n{"a":1}'
+    )
+    closing = wire.render(404, b"", False)
+    assert closing.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert closing.endswith(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def test_prebuilt_rejects_follow_the_date() -> None:
+    wire.set_date(784111777.0)
+    first = wire.REJECT_CLOSE[429]
+    assert b"Retry-After: 1\r\n" in first and b"Connection: close\r\n" in first
+    assert first.endswith(b'{"error":"Too many requests"}')
+    wire.set_date(784111778.0)
+    assert wire.REJECT_CLOSE[429] != first
+    assert b"08:49:38 GMT" in wire.REJECT_CLOSE[429]
+    assert set(wire.REJECT_CLOSE) == {400, 404, 413, 429, 431, 500, 503}
+    assert b"Connection" not in wire.REJECT_KEEP[404]
+    allow_get = wire.render_405(b"GET", True)
+    assert b"Allow: GET\r\n" in allow_get and b"Connection" not in allow_get
+
+
+@pytest.mark.parametrize(
+    ("peer", "canonical"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("2001:DB8::0:1", "2001:db8::1"),
+    ],
+)
+def test_peer_addresses_are_normalised(peer: str, canonical: str) -> None:
+    assert normalize(peer) == canonical
+
+
+def test_trusted_proxies_take_addresses_and_networks() -> None:
+    trusted = TrustedProxies(["127.0.0.1", "::1", "10.0.0.0/8"])
+    assert "127.0.0.1" in trusted and "::1" in trusted and "10.9.8.7" in trusted
+    assert "11.0.0.1" not in trusted and "junk" not in trusted
+    assert not TrustedProxies([])
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        TrustedProxies(["not-an-ip"])
+
+
+@pytest.mark.parametrize(
+    ("xff", "real_ip", "expected"),
+    [
+        (b"1.1.1.1", None, "1.1.1.1"),
+        (b"6.6.6.6, 1.1.1.1", None, "1.1.1.1"),  # the client forged the left entry
+        (b"1.1.1.1, 10.0.0.2", None, "1.1.1.1"),  # an inner proxy of ours appended
+        (b"1.1.1.1,10.0.0.2 , 10.0.0.3", None, "1.1.1.1"),
+        (b"10.0.0.2, 10.0.0.3", None, "10.0.0.2"),  # all ours: the left-most
+        (b"1.1.1.1, unknown", None, "127.0.0.1"),  # junk from a trusted hop: stop there
+        (b"unknown, 10.0.0.2", None, "10.0.0.2"),
+        (b"[2001:db8::7]", None, "2001:db8::7"),
+        (None, b"2.2.2.2", "2.2.2.2"),
+        (None, b"junk", "127.0.0.1"),
+        (None, None, "127.0.0.1"),
+    ],
+)
+def test_client_is_the_right_most_untrusted_forwarded_entry(
+    xff: bytes | None, real_ip: bytes | None, expected: str
+) -> None:
+    trusted = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
+    assert client_ip("127.0.0.1", xff, real_ip, trusted) == expected
+
+
+def test_registry_renders_prometheus_text() -> None:
+    registry = metrics.Registry()
+    requests = registry.counter("t_requests_total", "Requests", ("action", "status"))
+    requests.inc(("add", 200))
+    requests.inc(("add", 200))
+    requests.inc(('we"ird\\', 500))
+    latency = registry.histogram("t_seconds", "Latency", ("action",), buckets=(0.1, 1.0))
+    latency.observe(("add",), 0.05)
+    latency.observe(("add",), 0.5)
+    latency.observe(("add",), 5.0)
+    registry.gauge("t_pool", "Pool", fn=lambda: 3)
+    with pytest.raises(ValueError, match="twice"):
+        registry.gauge("t_pool", "again")
+    assert registry.render().decode().splitlines() == [
+        "# HELP t_requests_total Requests",
+        "# TYPE t_requests_total counter",
+        't_requests_total{action="add",status="200"} 2',
+        't_requests_total{action="we\\"ird\\\\",status="500"} 1',
+        "# HELP t_seconds Latency",
+        "# TYPE t_seconds histogram",
+        't_seconds_bucket{action="add",le="0.1"} 1',
+        't_seconds_bucket{action="add",le="1"} 2',
+        't_seconds_bucket{action="add",le="+Inf"} 3',
+        't_seconds_sum{action="add"} 5.55',
+        't_seconds_count{action="add"} 3',
+        "# HELP t_pool Pool",
+        "# TYPE t_pool gauge",
+        "t_pool 3",
+    ]
+
+
+def test_snapshots_of_several_processes_add_up() -> None:
+    def one(n: int) -> metrics.Snapshot:
+        registry = metrics.Registry()
+        server = metrics.ServerMetrics(registry)
+        for _ in range(n):
+            server.request_done("add", 200, 0.002)
+        server.reject("precheck")
+        server.connections.value = n
+        return registry.snapshot()
+
+    merged = metrics.merge([one(1), one(2)])
+    text = metrics.render(merged).decode()
+    assert 'panelsrv_http_requests_total{action="add",status="200"} 3' in text
+    assert 'panelsrv_http_rejects_total{reason="precheck"} 2' in text
+    assert "panelsrv_http_open_connections 3" in text
+    assert 'panelsrv_http_request_duration_seconds_count{action="add"} 3' in text
+    assert 'panelsrv_http_request_duration_seconds_bucket{action="add",le="0.001"} 0' in text
+    assert 'panelsrv_http_request_duration_seconds_bucket{action="add",le="0.0025"} 3' in text
