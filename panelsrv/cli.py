@@ -77,9 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     def subcommand(parent: Any, name: str, help: str) -> argparse.ArgumentParser:
         return parent.add_parser(name, help=help, description=help, parents=[common])
 
-    p = command("run", "all-in-one for development and demos: embedded DB, demo data, API")
+    p = command(
+        "run",
+        "all-in-one for development and demos: embedded DB, demo data, a "
+        "simulated provider, the API and the worker in one process",
+    )
     p.add_argument("--port", type=int, help="API port (default 8080)")
-    p.set_defaults(func=commands.seed_demo)
+    p.set_defaults(runner=server.run_all)
+
+    p = command("serve", "the API server (production): N processes share the port")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="API port (default 8080)")
+    p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    p.set_defaults(runner=server.run_serve)
 
     p = command("worker", "dispatch to providers, status/refill sync, webhooks (run 1..M)")
     p.add_argument("--sync-interval", type=float, help="seconds between polls of one order")
@@ -190,7 +200,7 @@ def load_config(args: argparse.Namespace) -> config.Config:
         if not sep:
             raise UsageError(f"--set {item!r}: expected NAME=VALUE")
         layer[name.strip()] = value
-    for name in ("database_url", "data_dir", "port", "sync_interval"):
+    for name in ("database_url", "data_dir", "host", "port", "workers", "sync_interval"):
         value = getattr(args, name, None)
         if value is not None:
             layer[name] = value

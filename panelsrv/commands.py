@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from panelsrv import demo, money
+from panelsrv import money
 from panelsrv.store import admin, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
@@ -155,15 +155,6 @@ async def audit(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
         else "ledger VIOLATIONS:\n" + "\n".join(report.violations)
     )
     return doc, text
-
-
-async def seed_demo(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
-    found = await demo.ensure(conn)
-    return (
-        {"domain": found.domain, "email": found.email, "key": found.key},
-        f"demo panel {found.domain}, user {found.email}\ndemo key: {found.key}\n"
-        "(the API server, worker and simulated provider join `run` with the next capabilities)",
-    )
 
 
 async def service_import(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:

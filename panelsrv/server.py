@@ -1,23 +1,52 @@
 """The one place that wires objects into running processes: `serve`, `worker` and `run`.
 
 Imports everything below it (store, api, guard, http, worker). Nothing is created before a fork:
-each process builds its own event loop, pool, caches and listeners.
+each API process builds its own event loop, pool, caches, limits and listeners in `App.start`.
+Without Redis, the limits of one host's API processes meet in a hub process the supervisor's
+parent starts first (guard/hub.py); with Redis, every host meets there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
 import signal
-from collections.abc import Callable
+import tempfile
+from collections.abc import Awaitable, Callable
 
+import asyncpg
+import msgspec
 import uvloop
 
+from panelsrv import demo, metrics
+from panelsrv.api.handler import Api
 from panelsrv.config import Config
-from panelsrv.store import db
+from panelsrv.errors import ERROR_BODIES, Code
+from panelsrv.guard import Guard, GuardSettings
+from panelsrv.guard.hub import HubBackend, HubServer
+from panelsrv.guard.shared import RedisBackend
+from panelsrv.http import wire
+from panelsrv.http.listener import HttpServer, api_routes
+from panelsrv.http.ops import MetricsShare, ops_routes
+from panelsrv.http.procs import Group, Slot, run_service, supervise
+from panelsrv.http.request import Limits
+from panelsrv.store import catalog, db
+from panelsrv.store.keycache import KeyCache
+from panelsrv.store.listen import Listener
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
+from panelsrv.worker.sim import Simulator
+
+log = logging.getLogger("panelsrv.server")
 
 WORKER_POOL_SIZE = 4
+CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
+TOO_MANY_BODY = ERROR_BODIES[Code.TOO_MANY_REQUESTS]
+# Tables whose change alters what a cached principal says (discount, own rates).
+PRICING_TABLES = frozenset({"users", "user_rates"})
 
 
 def worker_settings(cfg: Config) -> WorkerSettings:
@@ -37,15 +66,223 @@ def worker_settings(cfg: Config) -> WorkerSettings:
     )
 
 
+def guard_settings(cfg: Config) -> GuardSettings:
+    return GuardSettings(
+        ip_rate=cfg.ip_rate, ip_burst=cfg.ip_burst, user_rate=cfg.user_rate,
+        user_burst=cfg.user_burst, strike_limit=cfg.strike_limit,
+        strike_window=cfg.strike_window, block_seconds=cfg.block_seconds,
+        never_block=tuple(cfg.never_block), sync_interval=cfg.limit_sync_interval,
+        sync_timeout=cfg.limit_sync_timeout, max_keys=cfg.limit_max_keys,
+    )  # fmt: skip
+
+
+def http_limits(cfg: Config) -> Limits:
+    return Limits(
+        max_header_bytes=cfg.max_header_bytes, max_body_bytes=cfg.max_body_bytes,
+        header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
+        keepalive_timeout=cfg.keepalive_timeout, max_connections=cfg.max_connections,
+    )  # fmt: skip
+
+
+def render_429(seconds: int) -> bytes:
+    return wire.render(429, TOO_MANY_BODY, False, b"Retry-After: %d\r\n" % seconds)
+
+
+def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
+    return lambda: guard.metrics()[name]
+
+
+def hub_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "guard.sock")
+
+
+class App:
+    """One API process: pool, catalog, key cache, notifications, limits, API and ops listeners."""
+
+    def __init__(self, cfg: Config, url: str, slot: Slot) -> None:
+        self.cfg = cfg
+        self.url = url
+        self.slot = slot
+        self.catalog: catalog.Catalog
+        self.pool: asyncpg.Pool | None = None
+        self.http: HttpServer | None = None
+        self.ops: HttpServer | None = None
+        self._share: MetricsShare | None = None
+        self._guard: Guard | None = None
+        self._listener: Listener | None = None
+        self._reload: asyncio.TimerHandle | None = None
+        self._keys: KeyCache | None = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.pool = pool = await db.create_pool(self.url, cfg.pool_size)
+        self.catalog = await catalog.load(pool)
+        self._keys = keys = KeyCache(pool, cfg.key_cache_ttl, cfg.negative_key_ttl)
+        self._listener = Listener(
+            self.url, keys.revoke, self._catalog_changed, self._listener_reset(keys)
+        )
+        self._listener.start()
+        self._guard = guard = Guard(guard_settings(cfg), render_429)
+        guard.start(self._guard_backend())
+        api = Api(
+            pool=pool,
+            state=self,
+            keys=keys,
+            default_panel=cfg.default_panel,
+            sign_max_skew=cfg.sign_max_skew,
+            strike=guard.strike,
+            user_wait=guard.check_user,
+        )
+        registry = metrics.Registry()
+        registry.gauge(
+            "panelsrv_db_pool_size", "Connections in this process's pool", fn=pool.get_size
+        )
+        registry.gauge(
+            "panelsrv_db_pool_idle",
+            "Idle connections in this process's pool",
+            fn=pool.get_idle_size,
+        )
+        for name in guard.metrics():
+            registry.gauge(
+                f"panelsrv_guard_{name}", f"Limits engine: {name}", fn=_guard_reading(guard, name)
+            )
+        self.http = HttpServer(
+            api_routes(api.handle),
+            limits=http_limits(cfg),
+            precheck=guard.check_ip,
+            connect_check=guard.check_block,
+            trusted_proxies=cfg.trusted_proxies,
+            registry=registry,
+            access_log=cfg.access_log,
+        )
+        self._share = MetricsShare(registry, self.slot.run_dir, self.slot.index)
+        await self._share.start()
+        await self.http.start(cfg.host, cfg.port, reuse_port=True)
+        if cfg.ops_port:
+            self.ops = HttpServer(ops_routes(self.ready, self._share.collect))
+            await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
+
+    def _guard_backend(self) -> RedisBackend | HubBackend | None:
+        if self.cfg.redis_url:
+            return RedisBackend(
+                self.cfg.redis_url, self.cfg.redis_prefix, timeout=self.cfg.limit_sync_timeout
+            )
+        if self.slot.count > 1 and self.slot.run_dir:
+            return HubBackend(hub_path(self.slot.run_dir))
+        return None
+
+    def _listener_reset(self, keys: KeyCache) -> Callable[[bool], Awaitable[None]]:
+        async def reset(connected: bool) -> None:
+            keys.set_enabled(connected)
+            if connected and self.pool is not None:
+                await self._reload_catalog()
+
+        return reset
+
+    def _catalog_changed(self, table: str) -> None:
+        if table in PRICING_TABLES:
+            assert self._keys is not None
+            self._keys.clear()
+            self.catalog.forget_listings()
+            return
+        if self._reload is None:
+            loop = asyncio.get_running_loop()
+            self._reload = loop.call_later(
+                CATALOG_RELOAD_DELAY, lambda: loop.create_task(self._reload_catalog())
+            )
+
+    async def _reload_catalog(self) -> None:
+        self._reload = None
+        assert self.pool is not None
+        try:
+            self.catalog = await catalog.load(self.pool)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("catalog reload failed (%s); keeping the previous one", exc)
+
+    async def ready(self) -> bool:
+        if self.pool is None:
+            return False
+        return await self.pool.fetchval("SELECT 1") == 1
+
+    async def stop(self, grace: float) -> None:
+        if self.http is not None:
+            await self.http.stop(grace)
+        if self.ops is not None:
+            await self.ops.stop(1.0)
+        if self._share is not None:
+            await self._share.stop(grace)
+        if self._reload is not None:
+            self._reload.cancel()
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._guard is not None:
+            await self._guard.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def worker_count(cfg: Config) -> int:
+    return cfg.workers or len(os.sched_getaffinity(0))
+
+
+def _run_hub(path: str) -> None:
+    async def main() -> None:
+        hub = HubServer(path)
+        await hub.start()
+        stop = asyncio.Event()
+        on_stop_signals(stop.set)
+        await stop.wait()
+        await hub.close()
+
+    uvloop.run(main())
+
+
+def run_serve(cfg: Config) -> int:
+    """`panelsrv serve`: N API processes on one port; the parent supervises (procs.supervise)."""
+    url = db.resolve_url(cfg.database_url, cfg.data_dir)
+    uvloop.run(_migrate(url))  # the loop is closed again before anything forks
+    own_dir = not os.environ.get("RUNTIME_DIRECTORY")
+    run_dir = os.environ.get("RUNTIME_DIRECTORY") or tempfile.mkdtemp(prefix="panelsrv-")
+    hub = None
+    if not cfg.redis_url and worker_count(cfg) > 1:
+        hub = multiprocessing.get_context("fork").Process(
+            target=_run_hub, args=(hub_path(run_dir),), name="panelsrv-limits-hub", daemon=True
+        )
+        hub.start()
+    try:
+        return supervise(
+            lambda slot: App(cfg, url, slot),
+            workers=cfg.workers,
+            grace=cfg.shutdown_grace,
+            run_dir=run_dir,
+        )
+    finally:
+        if hub is not None:
+            hub.terminate()
+            hub.join(5)
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _migrate(url: str) -> None:
+    conn = await db.open_migrated(url)
+    await conn.close()
+
+
 def on_stop_signals(callback: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, callback)
 
 
+# -- worker -----------------------------------------------------------------------------------
+
+
 async def _worker_main(cfg: Config, url: str) -> None:
-    conn = await db.open_migrated(url)
-    await conn.close()
+    await _migrate(url)
     pool = await db.create_pool(url, WORKER_POOL_SIZE)
     try:
         worker = Worker(pool, worker_settings(cfg))
@@ -59,3 +296,68 @@ def run_worker(cfg: Config) -> int:
     url = db.resolve_url(cfg.database_url, cfg.data_dir)
     uvloop.run(_worker_main(cfg, url))
     return 0
+
+
+class WorkerService:
+    """The worker's loops as a start/stop service (for `run`)."""
+
+    def __init__(self, cfg: Config, url: str) -> None:
+        self._cfg = cfg
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+        self._worker: Worker | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._pool = await db.create_pool(self._url, WORKER_POOL_SIZE)
+        self._worker = Worker(self._pool, worker_settings(self._cfg))
+        self._task = asyncio.get_running_loop().create_task(self._worker.run(grace=5.0))
+
+    async def stop(self, grace: float) -> None:
+        if self._worker is not None and self._task is not None:
+            self._worker.stop()
+            await self._task
+        if self._pool is not None:
+            await self._pool.close()
+
+
+class DemoService:
+    """`run`'s simulated provider, and the demo data pointing at it; prints where to start."""
+
+    def __init__(self, cfg: Config, url: str) -> None:
+        self._cfg = cfg
+        self._url = url
+        self.sim = Simulator(host="127.0.0.1", port=0, complete_after=RUN_COMPLETE_AFTER)
+
+    async def start(self) -> None:
+        await self.sim.start()
+        conn = await db.open_migrated(self._url)
+        try:
+            found = await demo.ensure(conn, self.sim.url, self.sim.key)
+        finally:
+            await conn.close()
+        api = f"http://127.0.0.1:{self._cfg.port}/api/v2"
+        print(demo.banner(found, api), flush=True)
+
+    async def stop(self, grace: float) -> None:
+        await self.sim.stop()
+
+
+RUN_COMPLETE_AFTER = 30.0  # seconds a demo order takes at the simulated provider
+RUN_SYNC_INTERVAL = 5.0
+
+
+def run_all(cfg: Config) -> int:
+    """`panelsrv run`: database, demo data, simulated provider, API and worker in one process."""
+    cfg = msgspec.structs.replace(
+        cfg,
+        default_panel=cfg.default_panel or demo.DEMO_DOMAIN,
+        sync_interval=min(cfg.sync_interval, RUN_SYNC_INTERVAL),
+    )
+    url = db.resolve_url(cfg.database_url, cfg.data_dir)
+    slot = Slot(0, 1, None)
+    return run_service(
+        lambda slot: Group(DemoService(cfg, url), App(cfg, url, slot), WorkerService(cfg, url)),
+        slot,
+        grace=cfg.shutdown_grace,
+    )

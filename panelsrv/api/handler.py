@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -23,6 +22,7 @@ import asyncpg
 from panelsrv.api import respond, sign
 from panelsrv.api.decode import decode_request
 from panelsrv.errors import ERROR_BODIES, ApiError, Code
+from panelsrv.guard import retry_after
 from panelsrv.store.catalog import Catalog, Panel
 from panelsrv.store.keycache import KeyCache, Principal
 
@@ -48,6 +48,7 @@ class Request(Protocol):
     query: bytes
     idempotency_key: str | None
     body: bytes
+    action: str  # set here, for the transport's per-action metrics and access log
 
     @property
     def request_id(self) -> str: ...
@@ -58,7 +59,7 @@ class CatalogHolder(Protocol):
 
 
 def _retry_after(seconds: float) -> bytes:
-    return b"Retry-After: %d\r\n" % max(1, math.ceil(seconds))
+    return b"Retry-After: %d\r\n" % retry_after(seconds)
 
 
 class Api:
@@ -66,7 +67,6 @@ class Api:
         "_clock",
         "_default_panel",
         "_keys",
-        "_on_request",
         "_pool",
         "_sign_max_skew",
         "_state",
@@ -84,7 +84,6 @@ class Api:
         sign_max_skew: int,
         strike: Callable[[str], None],
         user_wait: Callable[[int], float],
-        on_request: Callable[[str, int, float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
@@ -94,18 +93,16 @@ class Api:
         self._sign_max_skew = sign_max_skew
         self._strike = strike
         self._user_wait = user_wait
-        self._on_request = on_request
         self._clock = clock
 
     async def handle(self, req: Request) -> tuple[int, bytes, bytes]:
-        started = time.perf_counter()
         catalog = self._state.catalog
         panel = catalog.panel_for_host(req.host, self._default_panel)
         tag = "unknown"
         extra = b""
         try:
             decoded = decode_request(req.body, req.content_type, req.query)
-            tag = decoded.tag
+            tag = req.action = decoded.tag
             principal = await self._authenticate(decoded.action.key, panel, req.client_ip)
             assert panel is not None  # _authenticate refuses a request with no panel
             action = decoded.action
@@ -135,8 +132,6 @@ class Api:
         except Exception:
             log.exception("request %s: unexpected error in %s", req.request_id, tag)
             status, body = 500, ERROR_BODIES[Code.INTERNAL]
-        if self._on_request is not None:
-            self._on_request(tag, status, time.perf_counter() - started)
         if (
             400 <= status < 500
             and status != 429
