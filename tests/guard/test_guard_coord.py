@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from guardsim import Cluster, coordinator, max_in_window
+from tests.guard.guardsim import Cluster, coordinator, max_in_window
 
 from panelsrv.guard.coord import excess_bound
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from guardnet import hub_worker, paced_flood, render, wait_until
+from tests.guard.guardnet import hub_worker, paced_flood, render, wait_until
 
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from guardnet import Proxy, free_port, paced_flood, render, wait_until
+from tests.guard.guardnet import Proxy, free_port, paced_flood, render, wait_until
 
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from httpkit import Calls, Client, post, start_server
+from tests.http.httpkit import Calls, Client, post, start_server
 
 from panelsrv.http.reader import BODY
 

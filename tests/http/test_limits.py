@@ -7,7 +7,7 @@ import asyncio
 import socket
 import time
 
-from httpkit import Calls, Client, post, start_server
+from tests.http.httpkit import Calls, Client, post, start_server
 
 from panelsrv.http import wire
 from panelsrv.http.request import Limits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from httpkit import Client
+from tests.http.httpkit import Client
 
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer

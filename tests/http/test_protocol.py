@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 import pytest
-from httpkit import Calls, Client, post, start_server
+from tests.http.httpkit import Calls, Client, post, start_server
 
 from panelsrv.http.request import Limits
 from panelsrv.metrics import Registry
