@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.guard.guardsim import Cluster, coordinator, max_in_window
 
 from panelsrv.guard.coord import excess_bound
+from tests.guard.guardsim import Cluster, coordinator, max_in_window
 
 R, B, D = 100, 100, 0.1
 

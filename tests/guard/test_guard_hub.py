@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.guard.guardnet import hub_worker, paced_flood, render, wait_until
 
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.hub import HubBackend, HubServer
+from tests.guard.guardnet import hub_worker, paced_flood, render, wait_until
 
 INTERVAL = 0.1
 

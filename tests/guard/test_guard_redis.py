@@ -13,11 +13,11 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from tests.guard.guardnet import Proxy, free_port, paced_flood, render, wait_until
 
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.shared import RedisBackend
+from tests.guard.guardnet import Proxy, free_port, paced_flood, render, wait_until
 
 INTERVAL = 0.1
 

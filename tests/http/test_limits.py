@@ -7,10 +7,9 @@ import asyncio
 import socket
 import time
 
-from tests.http.httpkit import Calls, Client, post, start_server
-
 from panelsrv.http import wire
 from panelsrv.http.request import Limits
+from tests.http.httpkit import Calls, Client, post, start_server
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\n"
 

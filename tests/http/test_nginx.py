@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.http.httpkit import Client, post, start_server
 
 ROOT = Path(__file__).resolve().parents[2]

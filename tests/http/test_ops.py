@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.http.httpkit import Client
-
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer
 from panelsrv.http.ops import MetricsShare, ops_routes
+from tests.http.httpkit import Client
 
 
 async def _get(port: int, path: bytes, method: bytes = b"GET") -> tuple[int, dict[str, str], bytes]:

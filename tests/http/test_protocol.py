@@ -7,10 +7,10 @@ import asyncio
 import logging
 
 import pytest
-from tests.http.httpkit import Calls, Client, post, start_server
 
 from panelsrv.http.request import Limits
 from panelsrv.metrics import Registry
+from tests.http.httpkit import Calls, Client, post, start_server
 
 
 async def test_request_fields_reach_the_handler() -> None:
