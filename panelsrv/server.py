@@ -111,6 +111,7 @@ class App:
         self._guard: Guard | None = None
         self._listener: Listener | None = None
         self._reload: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._keys: KeyCache | None = None
 
     async def start(self) -> None:
@@ -132,6 +133,8 @@ class App:
             sign_max_skew=cfg.sign_max_skew,
             strike=guard.strike,
             user_wait=guard.check_user,
+            webhook_allow_http=cfg.webhook_allow_http,
+            webhook_allow_private=cfg.webhook_allow_private,
         )
         registry = metrics.Registry()
         registry.gauge(
@@ -187,9 +190,12 @@ class App:
             return
         if self._reload is None:
             loop = asyncio.get_running_loop()
-            self._reload = loop.call_later(
-                CATALOG_RELOAD_DELAY, lambda: loop.create_task(self._reload_catalog())
-            )
+            self._reload = loop.call_later(CATALOG_RELOAD_DELAY, self._start_reload)
+
+    def _start_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_catalog())
+        self._tasks.add(task)  # the loop keeps only a weak reference to a running task
+        task.add_done_callback(self._tasks.discard)
 
     async def _reload_catalog(self) -> None:
         self._reload = None

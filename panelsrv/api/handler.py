@@ -72,6 +72,7 @@ class Api:
         "_state",
         "_strike",
         "_user_wait",
+        "_webhooks",
     )
 
     def __init__(
@@ -82,6 +83,8 @@ class Api:
         keys: KeyCache,
         default_panel: str,
         sign_max_skew: int,
+        webhook_allow_http: bool = False,
+        webhook_allow_private: bool = False,
         strike: Callable[[str], None],
         user_wait: Callable[[int], float],
         clock: Callable[[], float] = time.time,
@@ -91,6 +94,7 @@ class Api:
         self._keys = keys
         self._default_panel = default_panel
         self._sign_max_skew = sign_max_skew
+        self._webhooks = (webhook_allow_http, webhook_allow_private)
         self._strike = strike
         self._user_wait = user_wait
         self._clock = clock
@@ -119,7 +123,9 @@ class Api:
             wait = self._user_wait(principal.user_id)
             if wait > 0:
                 raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
-            ctx = respond.Context(self._pool, catalog, panel, principal, req.idempotency_key)
+            ctx = respond.Context(
+                self._pool, catalog, panel, principal, req.idempotency_key, *self._webhooks
+            )
             status, body = await respond.respond(ctx, action)
         except ApiError as exc:
             status, body = exc.status, exc.body()

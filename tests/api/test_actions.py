@@ -58,8 +58,25 @@ def test_huge_lists_are_refused_before_splitting() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", ",", " ", "1,,2", "a", "1;2", "1 2", "0", "-1", "+1", "1.0", "1e3", "0x10", "١٢",
-     "9223372036854775808", "99999999999999999999", ",1"],
+    [
+        "",
+        ",",
+        " ",
+        "1,,2",
+        "a",
+        "1;2",
+        "1 2",
+        "0",
+        "-1",
+        "+1",
+        "1.0",
+        "1e3",
+        "0x10",
+        "١٢",
+        "9223372036854775808",
+        "99999999999999999999",
+        ",1",
+    ],
 )
 def test_bad_ids_are_refused(text: str) -> None:
     with pytest.raises(ApiError) as exc:
@@ -121,8 +138,10 @@ FORM = b"key=k1&action=add&service=7&link=ig.com%2Fx&quantity=100&idempotency_ke
 
 
 def test_fingerprint_is_the_same_across_encodings() -> None:
-    as_json = (b'{"key": "k2", "action": "add", "service": "7", "link": "ig.com/x", '
-               b'"quantity": 100, "sign": "s", "timestamp": 5, "idempotency_key": "i2"}')
+    as_json = (
+        b'{"key": "k2", "action": "add", "service": "7", "link": "ig.com/x", '
+        b'"quantity": 100, "sign": "s", "timestamp": 5, "idempotency_key": "i2"}'
+    )
     a = decode_request(FORM, b"", b"").action
     b = decode_request(as_json, b"application/json", b"").action
     assert len(fingerprint(a)) == 32
@@ -131,8 +150,14 @@ def test_fingerprint_is_the_same_across_encodings() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"quantity": 101}, {"service": 8}, {"link": "ig.com/y"}, {"runs": 2}, {"comments": "c"},
-     {"quantity": None}],
+    [
+        {"quantity": 101},
+        {"service": 8},
+        {"link": "ig.com/y"},
+        {"runs": 2},
+        {"comments": "c"},
+        {"quantity": None},
+    ],
 )
 def test_fingerprint_changes_with_any_parameter(change: dict[str, object]) -> None:
     base = Add(key="k", service=7, link="ig.com/x", quantity=100)
@@ -151,32 +176,67 @@ def test_fingerprint_tells_actions_apart() -> None:
 def test_reply_shapes_match_the_spec() -> None:
     assert encode_reply(actions.AddReply(8842)) == b'{"order":8842}'
     assert encode_reply(actions.BalanceReply("42.81", "USD")) == (
-        b'{"balance":"42.81","currency":"USD"}')
+        b'{"balance":"42.81","currency":"USD"}'
+    )
     status = actions.StatusReply("0.45", "14523", "In progress", "1000", "USD")
     assert json.loads(encode_reply(status)) == {
-        "charge": "0.45", "start_count": "14523", "status": "In progress", "remains": "1000",
-        "currency": "USD"}
+        "charge": "0.45",
+        "start_count": "14523",
+        "status": "In progress",
+        "remains": "1000",
+        "currency": "USD",
+    }
     many: actions.StatusMany = {"8842": status, "9999": ErrorReply("Incorrect order ID")}
     assert json.loads(encode_reply(many))["9999"] == {"error": "Incorrect order ID"}
     assert encode_reply(actions.CancelReply(1)) == b'{"cancel":1}'
-    assert encode_reply([actions.CancelItem(8842, 1),
-                         actions.CancelItem(8843, ErrorReply("Incorrect order ID"))]) == (
-        b'[{"order":8842,"cancel":1},{"order":8843,"cancel":{"error":"Incorrect order ID"}}]')
+    assert encode_reply(
+        [actions.CancelItem(8842, 1), actions.CancelItem(8843, ErrorReply("Incorrect order ID"))]
+    ) == (b'[{"order":8842,"cancel":1},{"order":8843,"cancel":{"error":"Incorrect order ID"}}]')
     assert encode_reply(actions.RefillReply(317)) == b'{"refill":317}'
     assert encode_reply([actions.RefillItem(2, ErrorReply("Refill is not available"))]) == (
-        b'[{"order":2,"refill":{"error":"Refill is not available"}}]')
+        b'[{"order":2,"refill":{"error":"Refill is not available"}}]'
+    )
     assert encode_reply(actions.RefillStatusReply("Completed")) == b'{"status":"Completed"}'
-    assert encode_reply([actions.RefillStatusItem(317, "Completed"),
-                         actions.RefillStatusItem(9, ErrorReply("Refill not found"))]) == (
-        b'[{"refill":317,"status":"Completed"},{"refill":9,"status":{"error":"Refill not found"}}]')
+    assert encode_reply(
+        [
+            actions.RefillStatusItem(317, "Completed"),
+            actions.RefillStatusItem(9, ErrorReply("Refill not found")),
+        ]
+    ) == (
+        b'[{"refill":317,"status":"Completed"},{"refill":9,"status":{"error":"Refill not found"}}]'
+    )
     assert encode_reply(actions.WebhookAddReply(12, "whsec_x")) == (
-        b'{"webhook":12,"secret":"whsec_x"}')
+        b'{"webhook":12,"secret":"whsec_x"}'
+    )
     assert encode_reply([actions.WebhookItem(12, "https://h", ["order.status"], True)]) == (
-        b'[{"webhook":12,"url":"https://h","events":["order.status"],"active":true}]')
+        b'[{"webhook":12,"url":"https://h","events":["order.status"],"active":true}]'
+    )
     assert encode_reply(actions.WebhookDeleteReply(1)) == b'{"deleted":1}'
-    service = actions.ServiceReply(1234, "Instagram Followers — High Quality", "default",
-                                   "Instagram", "0.45", 100, 100000, False, True, True, 3600)
-    assert json.loads(encode_reply([service])) == [{
-        "service": 1234, "name": "Instagram Followers — High Quality", "type": "default",
-        "category": "Instagram", "rate": "0.45", "min": 100, "max": 100000, "dripfeed": False,
-        "refill": True, "cancel": True, "avg_time": 3600}]
+    service = actions.ServiceReply(
+        1234,
+        "Instagram Followers — High Quality",
+        "default",
+        "Instagram",
+        "0.45",
+        100,
+        100000,
+        False,
+        True,
+        True,
+        3600,
+    )
+    assert json.loads(encode_reply([service])) == [
+        {
+            "service": 1234,
+            "name": "Instagram Followers — High Quality",
+            "type": "default",
+            "category": "Instagram",
+            "rate": "0.45",
+            "min": 100,
+            "max": 100000,
+            "dripfeed": False,
+            "refill": True,
+            "cancel": True,
+            "avg_time": 3600,
+        }
+    ]

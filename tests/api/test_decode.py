@@ -86,8 +86,12 @@ def encodings(fields: dict[str, str]) -> list[tuple[bytes, bytes]]:
         {"key": "abc", "action": "cancel", "orders": "8842,8843"},
         {"key": "abc", "action": "refill", "order": "8842", "idempotency_key": "r-1"},
         {"key": "abc", "action": "refill_status", "refills": "317,9"},
-        {"key": "abc", "action": "webhook_add", "url": "https://hook.example/x",
-         "events": "order.status"},
+        {
+            "key": "abc",
+            "action": "webhook_add",
+            "url": "https://hook.example/x",
+            "events": "order.status",
+        },
         {"key": "abc", "action": "webhooks"},
         {"key": "abc", "action": "webhook_delete", "webhook": "12"},
     ],
@@ -171,8 +175,12 @@ def test_query_fields_are_merged_under_the_body() -> None:
     assert action.key == "body"
     assert (action.runs, action.interval) == (2, 3)
     assert decoded.fields == {
-        "key": "body", "action": "add", "service": "1", "quantity": "10",
-        "runs": "2", "interval": "3",
+        "key": "body",
+        "action": "add",
+        "service": "1",
+        "quantity": "10",
+        "runs": "2",
+        "interval": "3",
     }
 
 
@@ -187,8 +195,10 @@ def test_query_alone_can_carry_the_whole_request(ctype: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("body", "ctype"),
-    [(b'{"key": "k", "action": "add", "service": 7}', b"application/json"),
-     multipart({"key": "k", "action": "add", "service": "7"})],
+    [
+        (b'{"key": "k", "action": "add", "service": 7}', b"application/json"),
+        multipart({"key": "k", "action": "add", "service": "7"}),
+    ],
 )
 def test_query_merges_under_json_and_multipart_too(body: bytes, ctype: bytes) -> None:
     decoded = decode_request(body, ctype, b"service=9&quantity=50")
@@ -208,10 +218,17 @@ def test_query_merges_under_json_and_multipart_too(body: bytes, ctype: bytes) ->
         (b"key=a&action=balance", b"", b"x=1&x=2", "x"),
         (b'{"key": "a", "action": "balance", "key": "b"}', b"application/json", b"", "key"),
         (b'{"key": "a", "action": "balance", "k\\u0065y": "b"}', b"application/json", b"", "key"),
-        (b'{"key": "a", "action": "balance", "o": {"x": 1, "x": 2}}', b"application/json", b"",
-         "x"),
-        (*multipart([("key", "a"), ("action", "balance"), ("sign", "s"), ("sign", "t")]), b"",
-         "sign"),
+        (
+            b'{"key": "a", "action": "balance", "o": {"x": 1, "x": 2}}',
+            b"application/json",
+            b"",
+            "x",
+        ),
+        (
+            *multipart([("key", "a"), ("action", "balance"), ("sign", "s"), ("sign", "t")]),
+            b"",
+            "sign",
+        ),
     ],
 )
 def test_duplicate_fields_are_refused(body: bytes, ctype: bytes, query: bytes, field: str) -> None:
@@ -240,9 +257,28 @@ def test_key_like_text_inside_json_strings_is_not_counted() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["nope", "", "Add", "ADD", " add", "withdraw", "transfer", "transfers", "api_key_create",
-     "key_create", "keys", "rotate_key", "password", "change_password", "email", "2fa", "admin",
-     "users", "moderation", "payout"],
+    [
+        "nope",
+        "",
+        "Add",
+        "ADD",
+        " add",
+        "withdraw",
+        "transfer",
+        "transfers",
+        "api_key_create",
+        "key_create",
+        "keys",
+        "rotate_key",
+        "password",
+        "change_password",
+        "email",
+        "2fa",
+        "admin",
+        "users",
+        "moderation",
+        "payout",
+    ],
 )
 def test_unknown_and_forbidden_actions_are_incorrect(name: str) -> None:
     assert error_of(form({"key": "k", "action": name})) == (400, "Incorrect action")
@@ -323,7 +359,7 @@ GOOD_PART = b'Content-Disposition: form-data; name="key"\r\n\r\nk\r\n'
         b"--B\r\n" + GOOD_PART,  # no close delimiter
         b"--B\r\n" + GOOD_PART + b"--B",  # truncated close delimiter
         b"--B\r\n\r\nk\r\n--B--\r\n",  # no headers
-        b'--B\r\nContent-Type: text/plain\r\n\r\nk\r\n--B--\r\n',  # no disposition
+        b"--B\r\nContent-Type: text/plain\r\n\r\nk\r\n--B--\r\n",  # no disposition
         b'--B\r\nContent-Disposition: attachment; name="key"\r\n\r\nk\r\n--B--\r\n',
         b"--B\r\nContent-Disposition: form-data\r\n\r\nk\r\n--B--\r\n",  # no name
         b'--B\r\nContent-Disposition: form-data; filename="key"\r\n\r\nk\r\n--B--\r\n',
@@ -335,8 +371,9 @@ GOOD_PART = b'Content-Disposition: form-data; name="key"\r\n\r\nk\r\n'
         b'--B\r\nContent-Disposition: form-data; name="key"\nX: y\r\n\r\nk\r\n--B--\r\n',
         b'--B\r\nContent-Disposition: form-data; name="key"\r\nContent-Transfer-Encoding: base64'
         b"\r\n\r\naw==\r\n--B--\r\n",
-        b"--B\r\nContent-Disposition: form-data; name=\"key\"\r\nX-Pad: "
-        + b"x" * MAX_PART_HEADER + b"\r\n\r\nk\r\n--B--\r\n",
+        b'--B\r\nContent-Disposition: form-data; name="key"\r\nX-Pad: '
+        + b"x" * MAX_PART_HEADER
+        + b"\r\n\r\nk\r\n--B--\r\n",
         b'--B \r\nContent-Disposition: form-data; name="key"\r\n\r\nk\r\n--B--\r\n',
         b'--B\r\nContent-Disposition: form-data; name="key"\r\n\r\n\xff\r\n--B--\r\n',
         b'--B\r\nContent-Disposition: form-data; name="\xff"\r\n\r\nk\r\n--B--\r\n',
@@ -367,7 +404,9 @@ def test_field_count_is_bounded_in_every_encoding() -> None:
     assert error_of(b"key=k&action=balance", b"", form(many)) == MALFORMED
     few = {f"f{i}": "1" for i in range(MAX_FIELDS - 3)} | {"key": "k", "action": "balance"}
     for body, ctype in (
-        (form(few), b""), (json.dumps(few).encode(), b"application/json"), multipart(few)
+        (form(few), b""),
+        (json.dumps(few).encode(), b"application/json"),
+        multipart(few),
     ):
         assert decode_request(body, ctype, b"").action == actions.Balance(key="k")
 
@@ -388,8 +427,7 @@ def test_field_count_is_bounded_in_every_encoding() -> None:
         ({"interval": "43201"}, "interval: must be an integer between 1 and 43200"),
         ({"link": "x" * 1001}, "link: must be a string of at most 1000 characters"),
         ({"comments": "c" * 10_001}, "comments: must be a string of at most 10000 characters"),
-        ({"usernames": "u" * 10_001},
-         "usernames: must be a string of at most 10000 characters"),
+        ({"usernames": "u" * 10_001}, "usernames: must be a string of at most 10000 characters"),
         ({"answer_number": "0"}, "answer_number: must be an integer between 1 and 1000"),
         ({"posts": "100001"}, "posts: must be an integer between 0 and 100000"),
         ({"delay": "-5"}, "delay: must be an integer between 0 and 43200"),
@@ -405,9 +443,18 @@ def test_validation_errors_name_the_field_and_rule(extra: dict[str, str], messag
 
 
 def test_boundaries_that_pass_decoding() -> None:
-    fields = {"key": "k", "action": "add", "service": "1", "link": "x" * 1000,
-              "comments": "c" * 10_000, "usernames": "u" * 10_000, "runs": "1000",
-              "interval": "43200", "idempotency_key": "i" * 128, "quantity": "0"}
+    fields = {
+        "key": "k",
+        "action": "add",
+        "service": "1",
+        "link": "x" * 1000,
+        "comments": "c" * 10_000,
+        "usernames": "u" * 10_000,
+        "runs": "1000",
+        "interval": "43200",
+        "idempotency_key": "i" * 128,
+        "quantity": "0",
+    }
     action = decode_request(form(fields), b"", b"").action
     assert isinstance(action, actions.Add)
     assert action.link is not None and len(action.link) == 1000
@@ -448,11 +495,26 @@ def test_fields_are_values_as_received() -> None:
 
 def test_json_fields_render_like_python_str() -> None:
     body = json.dumps(
-        {"key": "k", "action": "add", "service": 1, "quantity": 1.0, "flag": True,
-         "none": None, "list": [1, "a"], "text": "é"}
+        {
+            "key": "k",
+            "action": "add",
+            "service": 1,
+            "quantity": 1.0,
+            "flag": True,
+            "none": None,
+            "list": [1, "a"],
+            "text": "é",
+        }
     ).encode()
     decoded = decode_request(body, b"application/json", b"q=1")
     assert decoded.fields == {
-        "q": "1", "key": "k", "action": "add", "service": "1", "quantity": "1.0",
-        "flag": "True", "none": "None", "list": "[1, 'a']", "text": "é",
+        "q": "1",
+        "key": "k",
+        "action": "add",
+        "service": "1",
+        "quantity": "1.0",
+        "flag": "True",
+        "none": "None",
+        "list": "[1, 'a']",
+        "text": "é",
     }

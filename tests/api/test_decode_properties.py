@@ -46,12 +46,22 @@ def test_form_fields_match_parse_qsl(pairs: list[tuple[str, str]], escape: bool)
 
 
 @settings
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", "key", "é", 'q"', "\\"]),
-                          st.one_of(st.integers(), st.text(max_size=5), st.none(),
-                                    st.booleans())), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "key", "é", 'q"', "\\"]),
+            st.one_of(st.integers(), st.text(max_size=5), st.none(), st.booleans()),
+        ),
+        max_size=6,
+    )
+)
 def test_json_duplicates_found_exactly(pairs: list[tuple[str, object]]) -> None:
-    body = ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs)
-            + (", " if pairs else "") + '"action": "balance", "key": "k0"}').encode()
+    body = (
+        "{"
+        + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs)
+        + (", " if pairs else "")
+        + '"action": "balance", "key": "k0"}'
+    ).encode()
     names = [k for k, _ in pairs]
     repeated = len(set(names)) != len(names) or "key" in names
     try:
@@ -72,8 +82,10 @@ def test_any_unicode_key_round_trips_through_every_encoding(key: str) -> None:
         (json.dumps({"key": key, "action": "balance"}).encode(), b"application/json"),
     ]
     if "\r\n--B" not in key:
-        body = (f'--B\r\nContent-Disposition: form-data; name="key"\r\n\r\n{key}\r\n'
-                f'--B\r\nContent-Disposition: form-data; name="action"\r\n\r\nbalance\r\n--B--')
+        body = (
+            f'--B\r\nContent-Disposition: form-data; name="key"\r\n\r\n{key}\r\n'
+            f'--B\r\nContent-Disposition: form-data; name="action"\r\n\r\nbalance\r\n--B--'
+        )
         bodies.append((body.encode(), b"multipart/form-data; boundary=B"))
     for body, ctype in bodies:
         assert decode_request(body, ctype, b"").action.key == key

@@ -32,8 +32,9 @@ def sent_by_requests(**kwargs: object) -> tuple[bytes, bytes]:
     return body, request.headers["Content-Type"].encode()
 
 
-def verified(body: bytes, content_type: bytes = b"", query: bytes = b"",
-             key: str = API_KEY) -> bool:
+def verified(
+    body: bytes, content_type: bytes = b"", query: bytes = b"", key: str = API_KEY
+) -> bool:
     decoded = decode_request(body, content_type, query)
     assert decoded.action.sign is not None
     return sign.verify(key, decoded.fields, decoded.action.sign)
@@ -48,8 +49,16 @@ def test_seed_vector() -> None:
     assert sign.verify(API_KEY, fields, SEED_SIGN)
 
 
-ADD = {"key": API_KEY, "action": "add", "service": 1234, "link": "https://instagram.com/x?a=1&b=é",
-       "quantity": 1000, "runs": 2, "interval": 30, "timestamp": 1763900000}
+ADD = {
+    "key": API_KEY,
+    "action": "add",
+    "service": 1234,
+    "link": "https://instagram.com/x?a=1&b=é",
+    "quantity": 1000,
+    "runs": 2,
+    "interval": 30,
+    "timestamp": 1763900000,
+}
 
 
 @pytest.mark.parametrize("encoding", ["data", "json", "files"])
@@ -59,8 +68,17 @@ def test_seed_snippet_verifies_whatever_requests_sends(encoding: str) -> None:
 
 
 def test_json_values_are_signed_as_python_str_renders_them() -> None:
-    payload = seed_snippet({"key": API_KEY, "action": "add", "service": 1, "ratio": 1.5,
-                            "flag": True, "none": None, "nested": {"a": [1, "b"]}})
+    payload = seed_snippet(
+        {
+            "key": API_KEY,
+            "action": "add",
+            "service": 1,
+            "ratio": 1.5,
+            "flag": True,
+            "none": None,
+            "nested": {"a": [1, "b"]},
+        }
+    )
     assert verified(json.dumps(payload).encode(), b"application/json")
 
 
@@ -81,8 +99,9 @@ def test_query_fields_that_take_effect_are_signed() -> None:
     # A query field the body overrides does not take effect and does not count.
     assert verified(body, ctype, b"quantity=999")
     # A client that puts fields in the query string signs them.
-    everything = seed_snippet({"key": API_KEY, "action": "add", "service": 1, "quantity": 100,
-                               "runs": 10, "interval": 5})
+    everything = seed_snippet(
+        {"key": API_KEY, "action": "add", "service": 1, "quantity": 100, "runs": 10, "interval": 5}
+    )
     fields = {k: v for k, v in everything.items() if k not in ("runs", "interval")}
     assert verified(*sent_by_requests(data=fields), b"runs=10&interval=5")
 
@@ -138,8 +157,9 @@ def test_duplicate_fields_never_reach_verification() -> None:
         with pytest.raises(ApiError, match="sent more than once"):
             decode_request(body + extra, ctype, b"")
     with pytest.raises(ApiError, match="sent more than once"):
-        decode_request(json.dumps(payload)[:-1].encode() + b', "key": "x"}',
-                       b"application/json", b"")
+        decode_request(
+            json.dumps(payload)[:-1].encode() + b', "key": "x"}', b"application/json", b""
+        )
 
 
 def test_verify_compares_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,5 +208,6 @@ def test_signed_timestamp_from_the_wire() -> None:
     action = decoded.action
     assert action.sign is not None and action.timestamp == int(NOW)
     assert sign.verify_request(API_KEY, decoded.fields, action.sign, action.timestamp, NOW + 5)
-    assert not sign.verify_request(API_KEY, decoded.fields, action.sign, action.timestamp,
-                                   NOW + 301)
+    assert not sign.verify_request(
+        API_KEY, decoded.fields, action.sign, action.timestamp, NOW + 301
+    )

@@ -23,8 +23,14 @@ TODAY = dt.date(2026, 5, 16)
 LINK = "https://instagram.com/p/abc"
 
 
-def run(service_type: str = "default", *, low: int = 100, high: int = 100_000,
-        dripfeed: bool = False, **fields: Any) -> ValidatedOrder:
+def run(
+    service_type: str = "default",
+    *,
+    low: int = 100,
+    high: int = 100_000,
+    dripfeed: bool = False,
+    **fields: Any,
+) -> ValidatedOrder:
     fields.setdefault("service", 1)
     return validate_add(Add(key="k", **fields), service_type, low, high, dripfeed, TODAY)
 
@@ -61,8 +67,20 @@ def test_quantity_and_link_required() -> None:
 
 
 def test_fields_that_do_not_apply_are_ignored() -> None:
-    order = run(link=LINK, quantity=100, comments="a", usernames="b", username="c", hashtag="d",
-                media="e", posts=1, min=1, max=2, answer_number=3, expiry="garbage")
+    order = run(
+        link=LINK,
+        quantity=100,
+        comments="a",
+        usernames="b",
+        username="c",
+        hashtag="d",
+        media="e",
+        posts=1,
+        min=1,
+        max=2,
+        answer_number=3,
+        expiry="garbage",
+    )
     assert order.extras == {}
 
 
@@ -125,8 +143,9 @@ def test_link_of_1000_chars_passes_and_gets_its_scheme() -> None:
 # -- drip-feed ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("runs", "interval"), [(1, 1), (10, 1008), (1008, 10), (1, 10080),
-                                                 (112, 90), (1000, 10)])
+@pytest.mark.parametrize(
+    ("runs", "interval"), [(1, 1), (10, 1008), (1008, 10), (1, 10080), (112, 90), (1000, 10)]
+)
 def test_dripfeed_up_to_10080_minutes(runs: int, interval: int) -> None:
     order = run(link=LINK, quantity=100, runs=runs, interval=interval, dripfeed=True)
     assert (order.runs, order.interval) == (runs, interval)
@@ -134,8 +153,9 @@ def test_dripfeed_up_to_10080_minutes(runs: int, interval: int) -> None:
     assert money.charge(450, order.units) == money.charge(450, 100, runs)
 
 
-@pytest.mark.parametrize(("runs", "interval"), [(10081, 1), (1, 10081), (7, 1441), (1000, 11),
-                                                 (101, 100)])
+@pytest.mark.parametrize(
+    ("runs", "interval"), [(10081, 1), (1, 10081), (7, 1441), (1000, 11), (101, 100)]
+)
 def test_dripfeed_over_10080_minutes(runs: int, interval: int) -> None:
     message = refused(link=LINK, quantity=100, runs=runs, interval=interval, dripfeed=True)
     assert message == "runs: runs * interval must be at most 10080 minutes"
@@ -144,7 +164,8 @@ def test_dripfeed_over_10080_minutes(runs: int, interval: int) -> None:
 def test_dripfeed_needs_both_fields() -> None:
     assert refused(link=LINK, quantity=100, runs=5, dripfeed=True) == "interval: required with runs"
     assert refused(link=LINK, quantity=100, interval=5, dripfeed=True) == (
-        "runs: required with interval")
+        "runs: required with interval"
+    )
     order = run(link=LINK, quantity=100, dripfeed=True)
     assert (order.runs, order.interval, order.units) == (1, 0, 100)
 
@@ -157,8 +178,16 @@ def test_dripfeed_ignored_on_services_without_it() -> None:
 def test_dripfeed_ignored_for_flat_and_subscription_types() -> None:
     order = run("Package", runs=10, interval=10, dripfeed=True)
     assert (order.runs, order.units) == (1, 1000)
-    order = run("Subscriptions", username="nike", min=100, max=200, posts=2, runs=10,
-                interval=10, dripfeed=True)
+    order = run(
+        "Subscriptions",
+        username="nike",
+        min=100,
+        max=200,
+        posts=2,
+        runs=10,
+        interval=10,
+        dripfeed=True,
+    )
     assert (order.runs, order.units) == (1, 400)
 
 
@@ -195,7 +224,8 @@ def test_custom_comments_quantity_defaults_to_non_empty_lines() -> None:
 
 def test_custom_comments_lines_must_be_within_bounds() -> None:
     assert refused("Custom Comments", comments="a\nb") == (
-        "quantity: must be between 100 and 100000")
+        "quantity: must be between 100 and 100000"
+    )
     assert refused("Custom Comments") == "comments: required"
 
 
@@ -209,9 +239,11 @@ def test_comments_keep_crlf_text_but_refuse_control_characters() -> None:
     order = run("Custom Comments", comments="a\tb 😀\r\nc\u200dd\r\n", low=1)
     assert order.extras["comments"] == "a\tb 😀\nc\u200dd"
     assert refused("Custom Comments", comments="a\x00b") == (
-        "comments: must not contain control characters")
+        "comments: must not contain control characters"
+    )
     assert refused("Custom Comments", comments="a\x1bb") == (
-        "comments: must not contain control characters")
+        "comments: must not contain control characters"
+    )
 
 
 def test_comment_replies_need_comments_and_username() -> None:
@@ -238,9 +270,11 @@ def test_mentions_with_hashtags_need_usernames_and_hashtags() -> None:
     order = run("Mentions with Hashtags", link=LINK, quantity=100, usernames="a", hashtag="#y")
     assert order.extras["hashtags"] == "#y"
     assert refused("Mentions with Hashtags", link=LINK, quantity=100, usernames="a") == (
-        "hashtags: required")
+        "hashtags: required"
+    )
     assert refused("Mentions with Hashtags", link=LINK, quantity=100, hashtags="#x") == (
-        "usernames: required")
+        "usernames: required"
+    )
 
 
 def test_mentions_custom_list_quantity_defaults_to_usernames() -> None:
@@ -248,14 +282,17 @@ def test_mentions_custom_list_quantity_defaults_to_usernames() -> None:
     assert order.quantity == 3
     assert order.extras == {"usernames": "a\nb\nc"}
     assert refused("Mentions Custom List", link=LINK, usernames="a\nb\nc") == (
-        "quantity: must be between 100 and 100000")
+        "quantity: must be between 100 and 100000"
+    )
 
 
 def test_mentions_hashtag_takes_hashtag_or_hashtags() -> None:
     assert run("Mentions Hashtag", link=LINK, quantity=100, hashtag="#a").extras == {
-        "hashtag": "#a"}
+        "hashtag": "#a"
+    }
     assert run("Mentions Hashtag", link=LINK, quantity=100, hashtags="#b").extras == {
-        "hashtag": "#b"}
+        "hashtag": "#b"
+    }
     assert refused("Mentions Hashtag", link=LINK, quantity=100) == "hashtag: required"
 
 
@@ -264,7 +301,8 @@ def test_mentions_user_followers_need_username() -> None:
     assert order.extras == {"username": "nike"}
     assert refused("Mentions User Followers", link=LINK, quantity=100) == "username: required"
     assert refused("Mentions User Followers", link=LINK, quantity=100, username="a b") == (
-        "username: must not contain whitespace or control characters")
+        "username: must not contain whitespace or control characters"
+    )
 
 
 def test_mentions_media_likers_need_media() -> None:
@@ -297,8 +335,15 @@ def test_subscription_units_are_max_times_posts() -> None:
     order = run("Subscriptions", **SUB, old_posts=3, delay=30, expiry="2026-06-01")
     assert order.units == 200 * 8 and order.quantity == 200 * 8
     assert money.charge(450, order.units) == money.div_round_half_up(450 * 200 * 8, 1000)
-    assert order.extras == {"min": 100, "max": 200, "posts": 5, "old_posts": 3, "delay": 30,
-                            "username": "nike", "expiry": "2026-06-01"}
+    assert order.extras == {
+        "min": 100,
+        "max": 200,
+        "posts": 5,
+        "old_posts": 3,
+        "delay": 30,
+        "username": "nike",
+        "expiry": "2026-06-01",
+    }
     assert (order.link, order.runs, order.interval) == ("", 1, 0)
 
 
@@ -312,9 +357,11 @@ def test_subscription_takes_username_or_link() -> None:
 def test_subscription_min_max_within_service_bounds() -> None:
     assert run("Subscriptions", **(SUB | {"min": 100, "max": 100_000})).units == 500_000
     assert refused("Subscriptions", **(SUB | {"min": 99})) == (
-        "min: must be between 100 and 100000")
+        "min: must be between 100 and 100000"
+    )
     assert refused("Subscriptions", **(SUB | {"max": 100_001})) == (
-        "max: must be between 100 and 100000")
+        "max: must be between 100 and 100000"
+    )
     assert refused("Subscriptions", **(SUB | {"min": 201})) == "min: must not exceed max"
     assert refused("Subscriptions", **(SUB | {"min": None})) == "min: required"
     assert refused("Subscriptions", **(SUB | {"max": None})) == "max: required"
@@ -325,7 +372,8 @@ def test_subscription_posts() -> None:
     assert run("Subscriptions", **(SUB | {"posts": 0, "old_posts": 1})).units == 200
     assert refused("Subscriptions", **(SUB | {"posts": None})) == "posts: required"
     assert refused("Subscriptions", **(SUB | {"posts": 0, "old_posts": 0})) == (
-        "posts: posts + old_posts must be at least 1")
+        "posts: posts + old_posts must be at least 1"
+    )
     assert run("Subscriptions", **SUB).extras["delay"] == 0
 
 
@@ -348,17 +396,30 @@ def test_expiry_formats(text: str, day: dt.date) -> None:
     assert run("Subscriptions", **SUB, expiry=text).extras["expiry"] == day.isoformat()
 
 
-@pytest.mark.parametrize("text", ["2026-05-16", "2026-05-15", "16/05/2026", "2020-01-01T10:00",
-                                  "2026-05-16T23:59:59"])
+@pytest.mark.parametrize(
+    "text", ["2026-05-16", "2026-05-15", "16/05/2026", "2020-01-01T10:00", "2026-05-16T23:59:59"]
+)
 def test_expiry_must_be_in_the_future(text: str) -> None:
     assert refused("Subscriptions", **SUB, expiry=text) == "expiry: must be in the future"
 
 
-@pytest.mark.parametrize("text", ["tomorrow", "2026-13-01", "31/02/2027", "05/16/2027",
-                                  "2027/05/16", "16-05-2027", "1e9", "2027-05-16T25:00"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tomorrow",
+        "2026-13-01",
+        "31/02/2027",
+        "05/16/2027",
+        "2027/05/16",
+        "16-05-2027",
+        "1e9",
+        "2027-05-16T25:00",
+    ],
+)
 def test_expiry_must_parse(text: str) -> None:
     assert refused("Subscriptions", **SUB, expiry=text) == (
-        "expiry: must be YYYY-MM-DD, an ISO datetime or d/m/Y")
+        "expiry: must be YYYY-MM-DD, an ISO datetime or d/m/Y"
+    )
 
 
 def test_expiry_optional() -> None:
@@ -398,10 +459,15 @@ def test_minimal_order_of_each_type_passes(service_type: str) -> None:
 
 @pytest.mark.parametrize(
     ("service_type", "field"),
-    [(t, f) for t, fields in MINIMAL.items() for f in fields
-     if not (t == "Subscriptions" and f == "username")
-     and not (t in ("Custom Comments", "Mentions Custom List", "Comment Replies")
-              and f == "quantity")],
+    [
+        (t, f)
+        for t, fields in MINIMAL.items()
+        for f in fields
+        if not (t == "Subscriptions" and f == "username")
+        and not (
+            t in ("Custom Comments", "Mentions Custom List", "Comment Replies") and f == "quantity"
+        )
+    ],
 )
 def test_each_required_field_of_each_type(service_type: str, field: str) -> None:
     fields = {k: v for k, v in MINIMAL[service_type].items() if k != field}

@@ -25,8 +25,12 @@ from panelsrv.store import admin, db, keys
 from tests.http.httpkit import Client, Response
 
 # Limits far above what a test sends, unless a test is about limits.
-GENEROUS = {"ip_rate": "1000000", "ip_burst": "1000000", "user_rate": "1000000",
-            "user_burst": "1000000"}
+GENEROUS = {
+    "ip_rate": "1000000",
+    "ip_burst": "1000000",
+    "user_rate": "1000000",
+    "user_burst": "1000000",
+}
 
 
 def free_port() -> int:
@@ -36,9 +40,14 @@ def free_port() -> int:
 
 
 class Served:
-    def __init__(self, database_url: str, *, workers: int = 1,
-                 settings: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        workers: int = 1,
+        settings: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.database_url = database_url
         self.workers = workers
         self.settings = {**GENEROUS, **(settings or {})}
@@ -48,9 +57,20 @@ class Served:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Served:
-        args = [sys.executable, "-m", "panelsrv", "serve", "--database-url", self.database_url,
-                "--port", str(self.port), "--workers", str(self.workers),
-                "--set", f"ops_port={self.ops_port}"]
+        args = [
+            sys.executable,
+            "-m",
+            "panelsrv",
+            "serve",
+            "--database-url",
+            self.database_url,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--set",
+            f"ops_port={self.ops_port}",
+        ]
         for name, value in self.settings.items():
             args += ["--set", f"{name}={value}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
@@ -93,21 +113,33 @@ def encode(fields: Mapping[str, object], encoding: str) -> tuple[bytes, bytes]:
     if encoding == "multipart":
         boundary = secrets.token_hex(8).encode()
         parts = b"".join(
-            b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
-            % (boundary, str(k).encode(), str(v).encode()) for k, v in fields.items())
+            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+            % (boundary, str(k).encode(), str(v).encode())
+            for k, v in fields.items()
+        )
         body = parts + b"--%s--\r\n" % boundary
         return b"Content-Type: multipart/form-data; boundary=%s\r\n" % boundary, body
-    return (b"Content-Type: application/x-www-form-urlencoded\r\n",
-            urlencode({k: str(v) for k, v in fields.items()}).encode())
+    return (
+        b"Content-Type: application/x-www-form-urlencoded\r\n",
+        urlencode({k: str(v) for k, v in fields.items()}).encode(),
+    )
 
 
-async def call(port: int, fields: Mapping[str, object], *, host: str = "panel.test",
-               encoding: str = "form", headers: bytes = b"") -> Response:
+async def call(
+    port: int,
+    fields: Mapping[str, object],
+    *,
+    host: str = "panel.test",
+    encoding: str = "form",
+    headers: bytes = b"",
+) -> Response:
     ctype, body = encode(fields, encoding)
     client = await Client.connect(port)
     try:
-        await client.send(b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n"
-                          b"\r\n%s" % (host.encode(), ctype, headers, len(body), body))
+        await client.send(
+            b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n"
+            b"\r\n%s" % (host.encode(), ctype, headers, len(body), body)
+        )
         response = await client.final(timeout=30.0)
         assert response is not None, "connection closed without an answer"
         return response
@@ -121,8 +153,7 @@ class World:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
 
-    async def panel(self, settings: Mapping[str, str] | None = None,
-                    currency: str = "USD") -> str:
+    async def panel(self, settings: Mapping[str, str] | None = None, currency: str = "USD") -> str:
         domain = f"p{secrets.token_hex(5)}.test"
         conn = await db.connect(self.database_url)
         try:
@@ -133,39 +164,55 @@ class World:
             await conn.close()
         return domain
 
-    async def user(self, domain: str, balance: str = "100.00", discount: str = "0"
-                   ) -> tuple[int, str]:
+    async def user(
+        self, domain: str, balance: str = "100.00", discount: str = "0"
+    ) -> tuple[int, str]:
         """(user id, raw key)"""
         conn = await db.connect(self.database_url)
         try:
-            user, _ = await admin.add_user(conn, f"u{secrets.token_hex(5)}@example.test",
-                                           domain, balance, discount)
+            user, _ = await admin.add_user(
+                conn, f"u{secrets.token_hex(5)}@example.test", domain, balance, discount
+            )
             return user.id, (await keys.create(conn, user.id)).raw
         finally:
             await conn.close()
 
     async def service(self, domain: str | None = None, **spec: object) -> int:
-        fields: dict[str, object] = {"name": f"svc {secrets.token_hex(3)}", "type": "default",
-                                     "rate": "1.00", "min": 10, "max": 100_000}
+        fields: dict[str, object] = {
+            "name": f"svc {secrets.token_hex(3)}",
+            "type": "default",
+            "rate": "1.00",
+            "min": 10,
+            "max": 100_000,
+        }
         fields.update(spec)
         conn = await db.connect(self.database_url)
         try:
             service_id, _ = await admin.add_service(
-                conn, admin.ServiceSpec(domain=domain, **fields))  # type: ignore[arg-type]
+                conn, admin.ServiceSpec(domain=domain, **fields)
+            )  # type: ignore[arg-type]
             return service_id
         finally:
             await conn.close()
 
 
-async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> None:
-    """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload).
+async def visible(
+    port: int, domain: str, key: str, timeout: float = 5.0, service: int | None = None
+) -> None:
+    """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload),
+    and `service` (its id as the panel's customers see it) when given.
 
     Polls every worker process: each answers on its own once its catalog has the panel."""
     deadline = time.monotonic() + timeout
     streak = 0
     while streak < 10:
-        r = await call(port, {"key": key, "action": "balance"}, host=domain)
-        streak = streak + 1 if r.status == 200 else 0
+        if service is None:
+            r = await call(port, {"key": key, "action": "balance"}, host=domain)
+            ok = r.status == 200
+        else:
+            r = await call(port, {"key": key, "action": "services"}, host=domain)
+            ok = r.status == 200 and any(s["service"] == service for s in r.json())
+        streak = streak + 1 if ok else 0
         if time.monotonic() > deadline:
             raise AssertionError(f"panel {domain} not visible: {r.status} {r.body!r}")
         if streak == 0:
@@ -178,5 +225,3 @@ async def wait_until(predicate, timeout: float = 5.0, step: float = 0.05) -> Non
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(step)
-
-

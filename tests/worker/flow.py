@@ -16,19 +16,37 @@ from tests.store.helpers import new_panel, new_user, unique
 FINAL = ("Completed", "Partial", "Canceled", "Refunded", "Error")
 
 
-async def provider_service(conn: asyncpg.Connection, url: str, key: str,
-                           upstream_service: str = "1", rate: str = "1.00") -> tuple[int, int]:
+async def provider_service(
+    conn: asyncpg.Connection, url: str, key: str, upstream_service: str = "1", rate: str = "1.00"
+) -> tuple[int, int]:
     """(provider id, service id) of a default service sold through the provider at `url`."""
     provider_id = await admin.add_provider(conn, unique("sim"), url, key)
-    service_id, _ = await admin.add_service(conn, admin.ServiceSpec(
-        name=unique("svc"), type="default", rate=rate, min=10, max=10_000, cancel=True,
-        refill=True, provider=str(provider_id), provider_service=upstream_service))
+    service_id, _ = await admin.add_service(
+        conn,
+        admin.ServiceSpec(
+            name=unique("svc"),
+            type="default",
+            rate=rate,
+            min=10,
+            max=10_000,
+            cancel=True,
+            refill=True,
+            provider=str(provider_id),
+            provider_service=upstream_service,
+        ),
+    )
     return provider_id, service_id
 
 
-async def place_many(pool: asyncpg.Pool, conn: asyncpg.Connection, provider_id: int,
-                     service_id: int, count: int, users: int = 10,
-                     quantity: int = 1000) -> list[int]:
+async def place_many(
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
+    provider_id: int,
+    service_id: int,
+    count: int,
+    users: int = 10,
+    quantity: int = 1000,
+) -> list[int]:
     """`count` orders spread over `users` new users, each with a unique link."""
     panel_id, domain = await new_panel(conn)
     owners = [await new_user(conn, domain, balance="100000") for _ in range(users)]
@@ -36,11 +54,20 @@ async def place_many(pool: asyncpg.Pool, conn: asyncpg.Connection, provider_id: 
 
     async def place(n: int) -> int:
         async with pool.acquire() as c:
-            placed = await ledger.place_order(c, ledger.NewOrder(
-                user_id=owners[n % users].id, panel_id=panel_id, service_id=service_id,
-                provider_id=provider_id, charge=money.charge(money.parse("1.00"), quantity),
-                link=f"https://example.test/{tag}/{n}", quantity=quantity,
-                order_limit=10**6), b"{}")
+            placed = await ledger.place_order(
+                c,
+                ledger.NewOrder(
+                    user_id=owners[n % users].id,
+                    panel_id=panel_id,
+                    service_id=service_id,
+                    provider_id=provider_id,
+                    charge=money.charge(money.parse("1.00"), quantity),
+                    link=f"https://example.test/{tag}/{n}",
+                    quantity=quantity,
+                    order_limit=10**6,
+                ),
+                b"{}",
+            )
         assert placed.order_id is not None, placed
         return placed.order_id
 
@@ -48,15 +75,20 @@ async def place_many(pool: asyncpg.Pool, conn: asyncpg.Connection, provider_id: 
 
 
 def fast_settings(timeout: float = 2.0) -> WorkerSettings:
-    return WorkerSettings(sync_interval=0.2, idle=0.05, webhook_allow_http=True,
-                          webhook_allow_private=True,
-                          providers=ProviderSettings(timeout=timeout, connect_timeout=timeout,
-                                                     max_concurrency=32,
-                                                     breaker_threshold=1000))
+    return WorkerSettings(
+        sync_interval=0.2,
+        idle=0.05,
+        webhook_allow_http=True,
+        webhook_allow_private=True,
+        providers=ProviderSettings(
+            timeout=timeout, connect_timeout=timeout, max_concurrency=32, breaker_threshold=1000
+        ),
+    )
 
 
-async def wait_final(conn: asyncpg.Connection, order_ids: list[int], timeout: float,
-                     hurry: bool = False) -> None:
+async def wait_final(
+    conn: asyncpg.Connection, order_ids: list[int], timeout: float, hurry: bool = False
+) -> None:
     """Wait until every order is final. `hurry`: bring retry times forward each round (the
     backoff after many failed attempts reaches minutes, which tests cannot wait for)."""
     deadline = time.monotonic() + timeout
@@ -66,7 +98,8 @@ async def wait_final(conn: asyncpg.Connection, order_ids: list[int], timeout: fl
         left = await conn.fetchval(
             "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
             " AND status NOT IN ('Completed', 'Partial', 'Canceled', 'Refunded', 'Error')",
-            order_ids)
+            order_ids,
+        )
         if left == 0:
             return
         if time.monotonic() > deadline:
@@ -85,7 +118,9 @@ async def check_refunds(conn: asyncpg.Connection, order_ids: list[int]) -> None:
                   coalesce(sum(e.amount) FILTER (WHERE e.kind = 'refund'), 0) AS refunded,
                   count(e.id) FILTER (WHERE e.kind = 'refund') AS refunds
              FROM orders o LEFT JOIN ledger_entries e ON e.order_id = o.id
-            WHERE o.id = ANY($1::bigint[]) GROUP BY o.id""", order_ids)
+            WHERE o.id = ANY($1::bigint[]) GROUP BY o.id""",
+        order_ids,
+    )
     for r in rows:
         if r["status"] == "Partial":
             expected = money.partial_refund(r["charge"], r["remains"], r["total"])

@@ -13,16 +13,32 @@ from panelsrv.worker.sim import Faults, Simulator
 from tests.store.helpers import connect
 from tests.worker.flow import check_refunds, place_many, provider_service, wait_final
 
-WORKER_ARGS = ("--set", "sync_interval=0.3", "--set", "provider_timeout=1",
-               "--set", "provider_max_concurrency=32", "--set", "log_level=error")
+WORKER_ARGS = (
+    "--set",
+    "sync_interval=0.3",
+    "--set",
+    "provider_timeout=1",
+    "--set",
+    "provider_max_concurrency=32",
+    "--set",
+    "log_level=error",
+)
 
 
 async def start_worker(database_url: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "panelsrv", "worker", "--database-url", database_url,
-        *WORKER_ARGS, env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "panelsrv",
+        "worker",
+        "--database-url",
+        database_url,
+        *WORKER_ARGS,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 async def test_killed_workers_lose_nothing_and_send_nothing_twice(database_url: str) -> None:

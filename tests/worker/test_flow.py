@@ -32,9 +32,13 @@ async def test_thousand_orders_complete_with_the_right_refunds(database_url: str
             finally:
                 worker.stop()
                 await task
-            statuses = dict(await conn.fetch(
-                "SELECT status, count(*) FROM orders WHERE id = ANY($1::bigint[])"
-                " GROUP BY status", orders))
+            statuses = dict(
+                await conn.fetch(
+                    "SELECT status, count(*) FROM orders WHERE id = ANY($1::bigint[])"
+                    " GROUP BY status",
+                    orders,
+                )
+            )
             assert set(statuses) <= {"Completed", "Partial"} and statuses.get("Partial", 0) > 100
             assert sim.counters["orders_created"] == 1000
             assert set(sim.book.creations_by_link().values()) == {1}
@@ -48,13 +52,16 @@ async def test_thousand_orders_complete_with_the_right_refunds(database_url: str
 async def test_failing_provider_holds_or_fails_and_others_keep_moving(database_url: str) -> None:
     conn = await connect(database_url)
     pool = await db.create_pool(database_url, 8)
-    async with Simulator(complete_after=0.3, partial_ratio=0, seed=1) as good, \
-            Simulator(complete_after=0.3, partial_ratio=0, seed=2) as bad:
+    async with (
+        Simulator(complete_after=0.3, partial_ratio=0, seed=1) as good,
+        Simulator(complete_after=0.3, partial_ratio=0, seed=2) as bad,
+    ):
         try:
             good_provider, good_service = await provider_service(conn, good.url, good.key)
             bad_provider, bad_service = await provider_service(conn, bad.url, bad.key)
-            _, unknown_service = await provider_service(conn, bad.url, bad.key,
-                                                        upstream_service="9999")
+            _, unknown_service = await provider_service(
+                conn, bad.url, bad.key, upstream_service="9999"
+            )
             worker = Worker(pool, fast_settings(timeout=0.5))
             task = await running(worker)
             try:
@@ -62,30 +69,34 @@ async def test_failing_provider_holds_or_fails_and_others_keep_moving(database_u
                 held: list[int] = []
                 for fault in ("timeout", "html", "5xx", "funds", "garbage", "drop"):
                     bad.faults = Faults(force=fault)  # type: ignore[arg-type]
-                    good_orders = await place_many(pool, conn, good_provider, good_service, 5,
-                                                   users=1)
-                    bad_orders = await place_many(pool, conn, bad_provider, bad_service, 3,
-                                                  users=1)
+                    good_orders = await place_many(
+                        pool, conn, good_provider, good_service, 5, users=1
+                    )
+                    bad_orders = await place_many(pool, conn, bad_provider, bad_service, 3, users=1)
                     await wait_final(conn, good_orders, timeout=20)
                     await asyncio.sleep(1.0)
                     outcomes[fault] = await conn.fetch(
                         "SELECT o.status, x.last_error, x.attempts FROM orders o"
                         " JOIN outbox x ON x.order_id = o.id WHERE o.id = ANY($1::bigint[])",
-                        bad_orders)
+                        bad_orders,
+                    )
                     assert len(outcomes[fault]) == 3, (fault, outcomes[fault])
                     held += bad_orders
-                    assert all(r["status"] == "Pending" and r["attempts"] >= 1
-                               for r in outcomes[fault]), (fault, outcomes[fault])
-                assert all("Not enough funds" in (r["last_error"] or "")
-                           for r in outcomes["funds"])
+                    assert all(
+                        r["status"] == "Pending" and r["attempts"] >= 1 for r in outcomes[fault]
+                    ), (fault, outcomes[fault])
+                assert all("Not enough funds" in (r["last_error"] or "") for r in outcomes["funds"])
                 # A permanent refusal cancels and refunds; the provider recovering lets the
                 # held orders through (their retry time is brought forward for the test).
                 bad.faults = Faults()
                 refused = await place_many(pool, conn, bad_provider, unknown_service, 2, users=1)
                 await wait_final(conn, refused, timeout=20)
-                assert {r[0] for r in await conn.fetch(
-                    "SELECT status FROM orders WHERE id = ANY($1::bigint[])", refused)} == {
-                    "Canceled"}
+                assert {
+                    r[0]
+                    for r in await conn.fetch(
+                        "SELECT status FROM orders WHERE id = ANY($1::bigint[])", refused
+                    )
+                } == {"Canceled"}
                 await wait_final(conn, held, timeout=60, hurry=True)
             finally:
                 worker.stop()
