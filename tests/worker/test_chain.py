@@ -78,12 +78,13 @@ async def test_order_on_b_completes_on_a_and_status_comes_back(database_url: str
             task = await running(worker)
             try:
                 await wait_final(conn, orders, timeout=60)
-                upstream = [
-                    int(r[0])
+                upstream_of = {
+                    r[0]: int(r[1])
                     for r in await conn.fetch(
-                        "SELECT upstream_id FROM orders WHERE id = ANY($1::bigint[])", orders
+                        "SELECT id, upstream_id FROM orders WHERE id = ANY($1::bigint[])", orders
                     )
-                ]
+                }
+                upstream = [upstream_of[order] for order in orders]
                 await wait_final(conn, upstream, timeout=30)
             finally:
                 worker.stop()
