@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import asyncpg
 
@@ -45,37 +47,49 @@ class Syncer:
                 return total
 
     async def _orders(self, provider_id: int, client: Provider) -> int:
-        batch = await jobs.orders_to_sync(self._pool, provider_id, MAX_BATCH, self._interval)
-        if not batch:
-            return 0
-        local = {upstream: order_id for order_id, upstream in batch}
-        try:
-            answers = await client.multi_status(list(local))
-        except ProviderFailure as exc:
-            log.warning("provider %s: status poll failed (%s)", client.name, exc)
-            return 0
-        reports = [
-            (local[upstream], answer.status, answer.start_count, answer.remains)
-            for upstream, answer in answers.items()
-            if isinstance(answer, OrderStatus) and upstream in local
-        ]
-        await jobs.apply_order_statuses(self._pool, reports)
-        return len(batch)
+        return await self._poll(
+            await jobs.orders_to_sync(self._pool, provider_id, MAX_BATCH, self._interval),
+            client.multi_status,
+            lambda order_id, answer: (
+                (order_id, answer.status, answer.start_count, answer.remains)
+                if isinstance(answer, OrderStatus)
+                else None
+            ),
+            jobs.apply_order_statuses,
+            client.name,
+        )
 
     async def _refills(self, provider_id: int, client: Provider) -> int:
-        batch = await jobs.refills_to_sync(self._pool, provider_id, MAX_BATCH, self._interval)
+        return await self._poll(
+            await jobs.refills_to_sync(self._pool, provider_id, MAX_BATCH, self._interval),
+            client.refill_status,
+            lambda refill_id, answer: (refill_id, answer) if isinstance(answer, str) else None,
+            jobs.apply_refill_statuses,
+            client.name,
+        )
+
+    async def _poll(
+        self,
+        batch: list[tuple[int, str]],
+        ask: Callable[[list[str]], Awaitable[Mapping[str, Any]]],
+        report: Callable[[int, Any], Any],
+        apply: Callable[[asyncpg.Pool, list[Any]], Awaitable[object]],
+        provider: str,
+    ) -> int:
+        """Ask the provider about a claimed batch ((local id, upstream id) pairs) in one call and
+        apply the answers; an id it could not answer (ItemError) is left as it was."""
         if not batch:
             return 0
-        local = {upstream: refill_id for refill_id, upstream in batch}
+        local = {upstream: local_id for local_id, upstream in batch}
         try:
-            answers = await client.refill_status(list(local))
+            answers = await ask(list(local))
         except ProviderFailure as exc:
-            log.warning("provider %s: refill poll failed (%s)", client.name, exc)
+            log.warning("provider %s: poll failed (%s)", provider, exc)
             return 0
         reports = [
-            (local[upstream], answer)
+            report(local[upstream], answer)
             for upstream, answer in answers.items()
-            if isinstance(answer, str) and upstream in local
+            if upstream in local
         ]
-        await jobs.apply_refill_statuses(self._pool, reports)
+        await apply(self._pool, [r for r in reports if r is not None])
         return len(batch)
