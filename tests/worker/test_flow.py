@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from panelsrv.store import db, ledger
+import orjson
+
+from panelsrv.store import db, ledger, orders
 from panelsrv.worker.main import Worker
 from panelsrv.worker.sim import Faults, Simulator
 from tests.store.helpers import connect
@@ -103,6 +105,63 @@ async def test_failing_provider_holds_or_fails_and_others_keep_moving(database_u
                 await task
             assert set(bad.book.creations_by_link().values()) == {1}
             await check_refunds(conn, refused)
+            assert (await ledger.audit(conn)).ok
+        finally:
+            await pool.close()
+            await conn.close()
+
+
+async def test_cancels_and_refills_are_forwarded_and_synced(database_url: str) -> None:
+    conn = await connect(database_url)
+    pool = await db.create_pool(database_url, 8)
+    # Orders stay Pending upstream for 0.2 x 30 s: long enough to cancel them there.
+    async with (
+        Simulator(complete_after=30, partial_ratio=0, seed=9) as slow,
+        Simulator(complete_after=0.5, partial_ratio=0, seed=10) as fast,
+    ):
+        try:
+            slow_provider, slow_service = await provider_service(conn, slow.url, slow.key)
+            fast_provider, fast_service = await provider_service(conn, fast.url, fast.key)
+            to_cancel = await place_many(pool, conn, slow_provider, slow_service, 3, users=1)
+            to_refill = await place_many(pool, conn, fast_provider, fast_service, 2, users=1)
+            owner = await conn.fetchval("SELECT user_id FROM orders WHERE id = $1", to_cancel[0])
+            refiller = await conn.fetchval("SELECT user_id FROM orders WHERE id = $1", to_refill[0])
+            worker = Worker(pool, fast_settings())
+            task = await running(worker)
+            try:
+                await wait_final(conn, to_refill, timeout=30)
+                while await conn.fetchval(
+                    "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
+                    " AND upstream_id IS NULL",
+                    to_cancel,
+                ):
+                    await asyncio.sleep(0.1)
+                # Sent upstream already: the cancel is a request the worker forwards.
+                answer = await orders.cancel(pool, owner, to_cancel, single=False)
+                assert orjson.loads(answer.body or b"") == [
+                    {"order": o, "cancel": 1} for o in to_cancel
+                ]
+                await wait_final(conn, to_cancel, timeout=30)
+                refill = await orders.refill(pool, refiller, to_refill, False, 3, 24)
+                refill_ids = [item["refill"] for item in orjson.loads(refill.body or b"")]
+                deadline = asyncio.get_running_loop().time() + 30
+                while set((await orders.refills_status(pool, refiller, refill_ids)).values()) != {
+                    "Completed"
+                }:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.2)
+            finally:
+                worker.stop()
+                await task
+            statuses = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT status FROM orders WHERE id = ANY($1::bigint[])", to_cancel
+                )
+            }
+            assert statuses == {"Canceled"}
+            assert slow.counters["action.cancel"] >= 1 and fast.counters["action.refill"] >= 1
+            await check_refunds(conn, to_cancel + to_refill)
             assert (await ledger.audit(conn)).ok
         finally:
             await pool.close()
