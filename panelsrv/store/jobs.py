@@ -103,6 +103,18 @@ SELECT x.id, apply_refill_status(x.id, x.status)
 """
 PROVIDERS = "SELECT id, name, url, api_key, markup_bp, import_category FROM providers WHERE active"
 PRUNE_IDEMPOTENCY = "DELETE FROM idempotency WHERE created_at < now() - interval '24 hours'"
+# Deliveries done or abandoned a week ago, then events nothing refers to any more.
+PRUNE_WEBHOOKS = """
+WITH gone AS (
+    DELETE FROM webhook_deliveries d USING webhook_events e
+     WHERE e.id = d.event_id AND e.created_at < now() - interval '7 days'
+       AND (d.delivered_at IS NOT NULL OR d.run_after = 'infinity')
+)
+DELETE FROM webhook_events e
+ WHERE e.created_at < now() - interval '7 days'
+   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id
+                      AND d.delivered_at IS NULL AND d.run_after <> 'infinity')
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +204,4 @@ async def apply_refill_statuses(
 
 async def prune(pool: asyncpg.Pool) -> None:
     await pool.execute(PRUNE_IDEMPOTENCY)
+    await pool.execute(PRUNE_WEBHOOKS)
