@@ -1,8 +1,8 @@
 """Demo data for `panelsrv run`: a panel, a funded user, a simulated provider whose services are
 imported with a markup, and a fresh key on every run.
 
-Imports the store, the importer and the provider client. Seeding happens once, on a database
-with no panel; later runs point the demo provider at the new simulator and issue a new key
+Imports the store, the importer and the provider client. Seeding happens once (when the demo
+user does not exist); later runs point the demo provider at the new simulator and issue a new key
 (the raw key is shown once, so the only way to show one is to make one).
 """
 
@@ -31,8 +31,8 @@ class Demo:
 
 
 async def ensure(conn: asyncpg.Connection, provider_url: str, provider_key: str) -> Demo:
-    """Seed the demo data when the database has no panel yet; always issue a fresh demo key."""
-    seeded = await conn.fetchval("SELECT count(*) FROM panels") == 0
+    """Seed the demo data unless it is there; always issue a fresh demo key."""
+    seeded = await conn.fetchval("SELECT count(*) FROM users WHERE email = $1", DEMO_EMAIL) == 0
     if seeded:
         await admin.add_panel(conn, DEMO_DOMAIN, "USD")
         await admin.add_user(conn, DEMO_EMAIL, DEMO_DOMAIN, "100.00", "0")

@@ -328,25 +328,42 @@ class WorkerService:
 
 
 class DemoService:
-    """`run`'s simulated provider, and the demo data pointing at it; prints where to start."""
+    """`run`'s simulated provider and the demo data pointing at it. Listed first in `run`'s
+    group and last again as `announcer`, which prints where to start once everything listens."""
 
     def __init__(self, cfg: Config, url: str) -> None:
         self._cfg = cfg
         self._url = url
         self.sim = Simulator(host="127.0.0.1", port=0, complete_after=RUN_COMPLETE_AFTER)
+        self._demo: demo.Demo | None = None
 
     async def start(self) -> None:
         await self.sim.start()
         conn = await db.open_migrated(self._url)
         try:
-            found = await demo.ensure(conn, self.sim.url, self.sim.key)
+            self._demo = await demo.ensure(conn, self.sim.url, self.sim.key)
         finally:
             await conn.close()
-        api = f"http://127.0.0.1:{self._cfg.port}/api/v2"
-        print(demo.banner(found, api), flush=True)
 
     async def stop(self, grace: float) -> None:
         await self.sim.stop()
+
+    @property
+    def announcer(self) -> _Announcer:
+        return _Announcer(self)
+
+
+class _Announcer:
+    def __init__(self, service: DemoService) -> None:
+        self._service = service
+
+    async def start(self) -> None:
+        assert self._service._demo is not None
+        api = f"http://127.0.0.1:{self._service._cfg.port}/api/v2"
+        print(demo.banner(self._service._demo, api), flush=True)
+
+    async def stop(self, grace: float) -> None:
+        return None
 
 
 RUN_COMPLETE_AFTER = 30.0  # seconds a demo order takes at the simulated provider
@@ -362,8 +379,11 @@ def run_all(cfg: Config) -> int:
     )
     url = db.resolve_url(cfg.database_url, cfg.data_dir)
     slot = Slot(0, 1, None)
-    return run_service(
-        lambda slot: Group(DemoService(cfg, url), App(cfg, url, slot), WorkerService(cfg, url)),
-        slot,
-        grace=cfg.shutdown_grace,
-    )
+
+    def everything(slot: Slot) -> Group:
+        demo_service = DemoService(cfg, url)
+        return Group(
+            demo_service, App(cfg, url, slot), WorkerService(cfg, url), demo_service.announcer
+        )
+
+    return run_service(everything, slot, grace=cfg.shutdown_grace)
