@@ -1,0 +1,66 @@
+"""The layering the design promises, checked on the source: who may import whom.
+
+- `http` never imports `api`, `store`, `worker` or asyncpg: it receives its handler.
+- `api` never sees a transport (`http`, httptools).
+- `store` and `worker` never import `http` or `api`.
+- leaves import nothing from the package but `errors`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "panelsrv"
+
+RULES = {
+    "http": ("panelsrv.api", "panelsrv.store", "panelsrv.worker", "panelsrv.guard", "asyncpg"),
+    "api": ("panelsrv.http", "httptools", "panelsrv.worker"),
+    "store": ("panelsrv.http", "panelsrv.api", "panelsrv.worker", "panelsrv.guard"),
+    "worker": ("panelsrv.http", "panelsrv.api", "panelsrv.guard"),
+    "guard": ("panelsrv.http", "panelsrv.api", "panelsrv.store", "panelsrv.worker", "asyncpg"),
+}
+LEAVES = (
+    "errors.py",
+    "money.py",
+    "config.py",
+    "panelconf.py",
+    "servicetypes.py",
+    "netsafe.py",
+    "metrics.py",
+    "api/actions.py",
+)
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(RULES))
+def test_layers_import_only_downwards(layer: str) -> None:
+    for path in (PACKAGE / layer).glob("*.py"):
+        bad = {
+            name
+            for name in imports(path)
+            if any(name == f or name.startswith(f + ".") for f in RULES[layer])
+        }
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_leaves_import_nothing_from_the_package(leaf: str) -> None:
+    own = {
+        name
+        for name in imports(PACKAGE / leaf)
+        if name.startswith("panelsrv") and not name.startswith("panelsrv.errors")
+    }
+    assert not own, f"{leaf} imports {sorted(own)}"
