@@ -146,8 +146,8 @@ async def test_409_while_the_first_is_in_flight(server: Served, shop: Shop,
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended("
-                               "'idem:' || $1::bigint || ':' || $2::text, 0))", shop.alice.user_id, key)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('idem:' ||"
+                               " $1::bigint || ':' || $2::text, 0))", shop.alice.user_id, key)
             r = await ask(server, shop, shop.alice, header=key, **fields)
             assert (r.status, r.json()) == (409, {"error": "Duplicate request"})
             for action in ("cancel", "refill"):
