@@ -18,7 +18,7 @@ from typing import Any
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import sql
+from tests.e2e.kit import offered, sql
 from tests.e2e.served import World, call, visible
 
 # Panel-local ids.
@@ -95,7 +95,7 @@ class Shop:
                   carol.user_id, main_id, 30_000)
         shop = cls(url, token, domain, other, alice, bob, carol, stranger, main_id, global_id,
                    foreign_id, types)
-        await visible(port, other, stranger.key)
+        await offered(port, other, stranger.key, MAIN)
         await shop.settled(port)
         return shop
 

@@ -11,8 +11,8 @@ import pytest
 
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
-from tests.e2e.kit import served, sql, sql_value
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.kit import offered, served, sql, sql_value
+from tests.e2e.served import Served, World, call
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
 
@@ -285,7 +285,7 @@ async def test_balance_follows_every_charge(server: Served, database_url: str,
     shop_domain = await world.panel(currency="EUR")
     _, key = await world.user(shop_domain, balance="42.81")
     await world.service(shop_domain, local_id=5, rate="0.45", min=100, max=100_000)
-    await visible(server.port, shop_domain, key)
+    await offered(server.port, shop_domain, key, 5)
 
     async def balance() -> Response:
         return await call(server.port, {"key": key, "action": "balance"}, host=shop_domain,

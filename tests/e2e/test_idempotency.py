@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from panelsrv.store import ledger
-from tests.e2e.kit import served, sql, sql_value
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.kit import offered, served, sql, sql_value
+from tests.e2e.served import Served, World, call
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
 
@@ -166,7 +166,7 @@ async def test_a_429_is_not_stored(server: Served, database_url: str) -> None:
     domain = await world.panel({"sec_order_max_per_min": "1"})
     user, raw = await world.user(domain)
     await world.service(domain, local_id=1, rate="1.00", min=10, max=1000)
-    await visible(server.port, domain, raw)
+    await offered(server.port, domain, raw, 1)
     who = Account(user, raw)
     fields = {"action": "add", "service": 1, "link": LINK, "quantity": 100}
     r = await call(server.port, {"key": raw, **fields}, host=domain)
@@ -254,7 +254,7 @@ async def test_replay_survives_a_catalog_change(server: Served, shop: Shop,
     domain = await world.panel()
     user, raw = await world.user(domain)
     service = await world.service(domain, local_id=1, rate="1.00", min=10, max=1000)
-    await visible(server.port, domain, raw)
+    await offered(server.port, domain, raw, 1)
     who = Account(user, raw)
     fields = {"action": "add", "service": 1, "link": LINK, "quantity": 100}
     key = new_key()

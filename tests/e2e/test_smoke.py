@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.kit import offered
+from tests.e2e.served import Served, World, call
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ async def test_balance_services_add_status(server: Served, database_url: str,
     domain = await world.panel()
     _, key = await world.user(domain, balance="10.00")
     await world.service(domain, local_id=7, rate="0.45", min=100, max=100_000)
-    await visible(server.port, domain, key)
+    await offered(server.port, domain, key, 7)
     r = await call(server.port, {"key": key, "action": "balance"}, host=domain,
                    encoding=encoding)
     assert (r.status, r.json()) == (200, {"balance": "10.00", "currency": "USD"})
