@@ -161,13 +161,19 @@ BEGIN
         END IF;
     END IF;
 
-    IF p_link_guard AND EXISTS (
-            SELECT 1 FROM orders o
-             WHERE o.user_id = p_user AND o.service_id = p_service AND o.link = p_link
-               AND o.status IN ('Pending', 'In progress')) THEN
-        RETURN QUERY SELECT 'duplicate_link'::text, NULL::bigint, NULL::bigint, NULL::smallint,
-                            NULL::bytea, NULL::integer;
-        RETURN;
+    IF p_link_guard THEN
+        -- Take the wallet row lock (the debit below takes it anyway) before looking: a
+        -- concurrent add of the same user then waits here until it commits, and this check,
+        -- on a fresh snapshot, sees its order. Checked first, two adds could both find none.
+        PERFORM 1 FROM wallets w WHERE w.user_id = p_user FOR UPDATE;
+        IF EXISTS (
+                SELECT 1 FROM orders o
+                 WHERE o.user_id = p_user AND o.service_id = p_service AND o.link = p_link
+                   AND o.status IN ('Pending', 'In progress')) THEN
+            RETURN QUERY SELECT 'duplicate_link'::text, NULL::bigint, NULL::bigint,
+                                NULL::smallint, NULL::bytea, NULL::integer;
+            RETURN;
+        END IF;
     END IF;
 
     UPDATE wallets w
