@@ -43,6 +43,15 @@ async def sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]
         await conn.close()
 
 
+async def execute(database_url: str, script: str) -> None:
+    """Run SQL commands (several allowed, no parameters)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(script)
+    finally:
+        await conn.close()
+
+
 async def sql_value(database_url: str, query: str, *args: Any) -> Any:
     rows = await sql(database_url, query, *args)
     return rows[0][0] if rows else None
