@@ -85,7 +85,9 @@ class Entry:
     balance: int
 
 
-@dataclass(frozen=True, slots=True)
+# Built on every `add`: plain slotted dataclasses, since a frozen one's __init__ costs several
+# times as much (object.__setattr__ per field).
+@dataclass(slots=True)
 class Placement:
     """What `place_order` decided; `status`/`body` are set for ok, funds and replay."""
 
@@ -97,7 +99,7 @@ class Placement:
     retry_after: int | None = None  # seconds, for 'limit'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewOrder:
     user_id: int
     panel_id: int
