@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -298,3 +299,38 @@ async def test_balance_follows_every_charge(server: Served, database_url: str,
                                  "quantity": 1234}, host=shop_domain, encoding=encoding)
     assert r.status == 200
     expect(await balance(), 200, {"balance": "42.2547", "currency": "EUR"})
+
+
+async def test_a_local_id_never_turns_into_another_service(server: Served,
+                                                           database_url: str) -> None:
+    """A panel's local id that equals some global id: the listing shows one service under that
+    number, the one `add` places; deactivated, the number means no service at all, never the
+    global one (another service, at another price)."""
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    shadowed = await world.service(None, name=f"global {domain}", rate="5.00", min=10, max=1000)
+    local = await world.service(domain, local_id=shadowed, name=f"local {domain}", rate="0.45",
+                                min=100, max=100_000)
+    await offered(server.port, domain, key, shadowed)
+
+    async def listed() -> list[str]:
+        r = await call(server.port, {"key": key, "action": "services"}, host=domain)
+        return [s["name"] for s in r.json() if s["service"] == shadowed]
+
+    assert await listed() == [f"local {domain}"]
+    r = await call(server.port, {"key": key, "action": "add", "service": shadowed, "link": LINK,
+                                 "quantity": 1000}, host=domain)
+    r = await call(server.port, {"key": key, "action": "status", "order": r.json()["order"]},
+                   host=domain)
+    assert r.json()["charge"] == "0.45"
+    await sql(database_url, "UPDATE services SET active = false WHERE id = $1", local)
+    # quantity 0 places nothing; the local service answers with its own bounds until reloaded.
+    probe = {"key": key, "action": "add", "service": shadowed, "link": LINK, "quantity": 0}
+    for _ in range(100):
+        r = await call(server.port, probe, host=domain)
+        if r.json() != {"error": "quantity: must be between 100 and 100000"}:
+            break
+        await asyncio.sleep(0.02)
+    expect(r, 400, {"error": "Incorrect service ID"})
+    assert await listed() == []
