@@ -1,6 +1,7 @@
 """Money under concurrency, against `panelsrv serve --workers 2`: 30 concurrent adds (the per-user
-ceiling) from a user whose balance covers 17 of them, for one user and for 300 users at once;
-30 concurrent adds under one idempotency key; then `panelsrv audit`.
+ceiling) from a user whose balance covers 17 of them, for one user and for 300 users at once,
+then `panelsrv audit`; 30 concurrent adds under one idempotency key; concurrent cancels and
+refills of the same orders.
 
 The client keeps a bounded pool of keep-alive connections (`kit.Pool`); each user's requests
 are queued together, so its 30 adds are on the wire at the same time.
@@ -122,3 +123,51 @@ async def test_30_concurrent_adds_under_one_idempotency_key(server: Served,
     assert rows[0][1] == 1
     assert rows[0][0] == money.parse(BALANCE) - money.parse(CHARGE)
     print(f"\nsame key x {ADDS}: {len(placed)} x 200 (one order), {len(busy)} x 409")
+
+
+async def test_concurrent_cancels_refund_once(server: Served, database_url: str) -> None:
+    """Twenty cancels of the same orders at once, single and as lists in both id orders: each
+    order is canceled and refunded exactly once, and no two calls deadlock."""
+    domain, [(user, key)] = await new_panel(server, database_url, 1)
+    # cancel/refill read the service's flags in their statement, not from the catalog.
+    await sql(database_url, "UPDATE services SET cancel = true WHERE panel_id ="
+              " (SELECT id FROM panels WHERE domain = $1)", domain)
+    async with Pool(server.port, 20) as pool:
+        placed = [await pool.call(add_fields(key), host=domain) for _ in range(2)]
+        first, second = (r.json()["order"] for r in placed)
+        asks = ([{"key": key, "action": "cancel", "order": first}] * 8
+                + [{"key": key, "action": "cancel", "orders": f"{first},{second}"}] * 6
+                + [{"key": key, "action": "cancel", "orders": f"{second},{first}"}] * 6)
+        answers = await asyncio.gather(*(pool.call(fields, host=domain) for fields in asks))
+    assert all(r.status in (200, 400) for r in answers), [r.body for r in answers]
+    accepted: Counter[int] = Counter()
+    for fields, r in zip(asks, answers, strict=True):
+        if "order" in fields:
+            accepted[first] += r.json() == {"cancel": 1}
+        else:
+            for item in r.json():
+                accepted[item["order"]] += item["cancel"] == 1
+    assert accepted == {first: 1, second: 1}
+    rows = await sql(database_url, "SELECT o.status, (SELECT count(*) FROM ledger_entries e"
+                     " WHERE e.order_id = o.id AND e.kind = 'refund') FROM orders o"
+                     " WHERE o.id = ANY($1::bigint[])", [first, second])
+    assert sorted(tuple(r) for r in rows) == [("Canceled", 1), ("Canceled", 1)]
+    balance = await sql(database_url, "SELECT balance FROM wallets WHERE user_id = $1", user)
+    assert money.format(balance[0][0]) == BALANCE
+
+
+async def test_concurrent_refills_create_one(server: Served, database_url: str) -> None:
+    domain, [(_, key)] = await new_panel(server, database_url, 1)
+    await sql(database_url, "UPDATE services SET refill = true WHERE panel_id ="
+              " (SELECT id FROM panels WHERE domain = $1)", domain)
+    async with Pool(server.port, 20) as pool:
+        order = (await pool.call(add_fields(key), host=domain)).json()["order"]
+        await sql(database_url, "UPDATE orders SET status = 'Completed' WHERE id = $1", order)
+        answers = await asyncio.gather(*(
+            pool.call({"key": key, "action": "refill", "order": order}, host=domain)
+            for _ in range(20)))
+    assert sorted(r.status for r in answers) == [200] + [400] * 19
+    assert all(r.json() == {"error": "Refill is not available"} for r in answers
+               if r.status == 400)
+    rows = await sql(database_url, "SELECT count(*) FROM refills WHERE order_id = $1", order)
+    assert rows[0][0] == 1
