@@ -72,6 +72,8 @@ class Api:
         "_state",
         "_strike",
         "_user_wait",
+        "_webhook_allow_http",
+        "_webhook_allow_private",
     )
 
     def __init__(
@@ -85,6 +87,8 @@ class Api:
         strike: Callable[[str], None],
         user_wait: Callable[[int], float],
         clock: Callable[[], float] = time.time,
+        webhook_allow_http: bool = False,
+        webhook_allow_private: bool = False,
     ) -> None:
         self._pool = pool
         self._state = state
@@ -94,6 +98,9 @@ class Api:
         self._strike = strike
         self._user_wait = user_wait
         self._clock = clock
+        # The `webhook_allow_*` settings: `webhook_add` must accept what the worker delivers to.
+        self._webhook_allow_http = webhook_allow_http
+        self._webhook_allow_private = webhook_allow_private
 
     async def handle(self, req: Request) -> tuple[int, bytes, bytes]:
         catalog = self._state.catalog
@@ -124,7 +131,15 @@ class Api:
             wait = self._user_wait(principal.user_id)
             if wait > 0:
                 raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
-            ctx = respond.Context(self._pool, catalog, panel, principal, req.idempotency_key)
+            ctx = respond.Context(
+                self._pool,
+                catalog,
+                panel,
+                principal,
+                req.idempotency_key,
+                self._webhook_allow_http,
+                self._webhook_allow_private,
+            )
             status, body = await respond.respond(ctx, action)
         except ApiError as exc:
             status, body = exc.status, exc.body()
