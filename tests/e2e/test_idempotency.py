@@ -139,8 +139,9 @@ async def test_a_400_is_not_stored(server: Served, shop: Shop, bad: dict[str, An
     same(fixed, await ask(server, shop, shop.alice, header=key, **good))
 
 
-async def test_409_while_the_first_is_in_flight(server: Served, shop: Shop,
-                                                database_url: str) -> None:
+@pytest.mark.parametrize("encoding", ["form", "json"])
+async def test_409_while_the_first_is_in_flight(server: Served, shop: Shop, database_url: str,
+                                                encoding: str) -> None:
     """The claim is held by another transaction (as the first request's would be)."""
     key = new_key()
     fields = {"action": "add", "service": MAIN, "link": LINK, "quantity": 1000}
@@ -149,10 +150,11 @@ async def test_409_while_the_first_is_in_flight(server: Served, shop: Shop,
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('idem:' ||"
                                " $1::bigint || ':' || $2::text, 0))", shop.alice.user_id, key)
-            r = await ask(server, shop, shop.alice, header=key, **fields)
+            r = await ask(server, shop, shop.alice, encoding, header=key, **fields)
             assert (r.status, r.json()) == (409, {"error": "Duplicate request"})
             for action in ("cancel", "refill"):
-                r = await ask(server, shop, shop.alice, header=key, action=action, order=1)
+                r = await ask(server, shop, shop.alice, encoding, idempotency_key=key,
+                              action=action, order=1)
                 assert (r.status, r.json()) == (409, {"error": "Duplicate request"})
     finally:
         await conn.close()

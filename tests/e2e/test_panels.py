@@ -206,13 +206,17 @@ async def test_duplicate_link_guard_holds_under_concurrency(server: Served,
     assert count[0][0] == 1
 
 
-async def test_order_ceiling_429_with_retry_after(server: Served, database_url: str) -> None:
+@pytest.mark.parametrize("encoding", ["form", "json"])
+async def test_order_ceiling_429_with_retry_after(server: Served, database_url: str,
+                                                  encoding: str) -> None:
     domain, user, other = await panel_with(server, database_url, {"sec_order_max_per_min": "3"})
     for _ in range(3):
-        r = await ask(server, domain, user, action="add", service=MAIN, link=LINK, quantity=100)
+        r = await ask(server, domain, user, encoding, action="add", service=MAIN, link=LINK,
+                      quantity=100)
         assert r.status == 200
     for _ in range(2):
-        r = await ask(server, domain, user, action="add", service=MAIN, link=LINK, quantity=100)
+        r = await ask(server, domain, user, encoding, action="add", service=MAIN, link=LINK,
+                      quantity=100)
         assert (r.status, r.json()) == (429, {"error": "Too many requests"})
         assert 55 <= int(r.headers["retry-after"]) <= 60
     # Per user: the other customer is not limited; other actions are not limited.
