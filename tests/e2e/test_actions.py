@@ -334,3 +334,37 @@ async def test_a_local_id_never_turns_into_another_service(server: Served,
         await asyncio.sleep(0.02)
     expect(r, 400, {"error": "Incorrect service ID"})
     assert await listed() == []
+
+
+async def test_price_changes_reach_a_running_server(server: Served, database_url: str) -> None:
+    """A user's own rate and discount, and a service's base rate, changed while the server runs:
+    `services` shows the new price within moments and `add` charges exactly that."""
+    world = World(database_url)
+    domain = await world.panel()
+    user, key = await world.user(domain)
+    service = await world.service(domain, local_id=1, rate="1.00", min=100, max=100_000)
+    await offered(server.port, domain, key, 1)
+
+    async def shown(rate: str) -> None:
+        for _ in range(100):
+            r = await call(server.port, {"key": key, "action": "services"}, host=domain)
+            if [s["rate"] for s in r.json() if s["service"] == 1] == [rate]:
+                break
+            await asyncio.sleep(0.02)
+        assert [s["rate"] for s in r.json() if s["service"] == 1] == [rate]
+        r = await call(server.port, {"key": key, "action": "add", "service": 1, "link": LINK,
+                                     "quantity": 1000}, host=domain)
+        r = await call(server.port, {"key": key, "action": "status",
+                                     "order": r.json()["order"]}, host=domain)
+        assert r.json()["charge"] == rate
+
+    await shown("1.00")
+    await sql(database_url, "UPDATE services SET rate = 200000 WHERE id = $1", service)
+    await shown("2.00")
+    await sql(database_url, "UPDATE users SET discount_bp = 2500 WHERE id = $1", user)
+    await shown("1.50")
+    await sql(database_url, "INSERT INTO user_rates (user_id, service_id, rate)"
+              " VALUES ($1, $2, 12345)", user, service)
+    await shown("0.12345")
+    await sql(database_url, "DELETE FROM user_rates WHERE user_id = $1", user)
+    await shown("1.50")

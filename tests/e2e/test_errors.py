@@ -15,7 +15,7 @@ from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import keys
 from tests.e2e.kit import assert_no_leak, execute, offered, served, signed, sql
 from tests.e2e.served import Served, World, call
-from tests.e2e.shop import HIDDEN, INACTIVE, MAIN, TYPE_BASE, Account, Shop
+from tests.e2e.shop import HIDDEN, INACTIVE, MAIN, TYPE_BASE, Shop
 from tests.http.httpkit import Client, Response
 
 ENCODINGS = ["form", "json"]
@@ -311,21 +311,27 @@ async def test_an_unexpected_failure_is_a_bare_500(server: Served, database_url:
     assert r.json() == {"balance": "100.00", "currency": "USD"}  # nothing was charged
 
 
-async def test_failed_keys_from_one_ip_get_it_blocked(database_url: str, server: Served,
-                                                      shop: Shop) -> None:
-    """Brute-forcing keys: after strike_limit failures the address gets 429 + Retry-After
-    before its body is even read, valid key or not."""
-    with served(database_url, never_block="", strike_limit="3", block_seconds="60") as guarded:
-        who = Account(0, shop.alice.key)
-        r = await call(guarded.port, {"key": who.key, "action": "balance"}, host=shop.domain)
-        assert r.status == 200
+async def test_rate_limits_and_blocks(database_url: str, server: Served, shop: Shop) -> None:
+    """The per-user soft cap answers 429 + Retry-After to that user only; brute-forcing keys
+    gets the address blocked: 429 + Retry-After before its body is even read, valid key or
+    not, and the connection closed."""
+    with served(database_url, never_block="", strike_limit="3", block_seconds="60",
+                user_rate="0.1", user_burst="3") as guarded:
+        alice = {"key": shop.alice.key, "action": "balance"}
+        for _ in range(3):
+            r = await call(guarded.port, alice, host=shop.domain)
+            assert r.status == 200
+        r = await call(guarded.port, alice, host=shop.domain)
+        expect(r, 429, "Too many requests")
+        assert 1 <= int(r.headers["retry-after"]) <= 10
+        bob = {"key": shop.bob.key, "action": "balance"}
+        assert (await call(guarded.port, bob, host=shop.domain)).status == 200
         for _ in range(3):
             r = await call(guarded.port, {"key": keys.generate(), "action": "balance"},
                            host=shop.domain)
             expect(r, 401, "Invalid API key")
         for _ in range(20):  # the block reaches the process within a sync interval
-            r = await call(guarded.port, {"key": who.key, "action": "balance"},
-                           host=shop.domain)
+            r = await call(guarded.port, bob, host=shop.domain)
             if r.status == 429:
                 break
         expect(r, 429, "Too many requests")
