@@ -111,10 +111,13 @@ class Api:
             decoded = decode_request(req.body, req.content_type, req.query)
             tag = req.action = decoded.tag
             action = decoded.action
-            # A cache hit answers without I/O, so without an await either.
-            hit, principal = self._keys.cached(action.key)
-            if not hit:
-                principal = await self._keys.resolve(action.key)
+            # No panel: no key can be valid here, so no lookup either. A cache hit answers
+            # without I/O, so without an await.
+            principal = None
+            if panel is not None:
+                hit, principal = self._keys.cached(action.key)
+                if not hit:
+                    principal = await self._keys.resolve(action.key)
             if principal is None or panel is None or principal.panel_id != panel.id:
                 self._strike(req.client_ip)
                 raise ApiError(Code.INVALID_KEY)
