@@ -8,9 +8,9 @@ the base rate less the user's discount (money.user_rate), the same function `add
 
 Ids: a number is a panel's local id first, then a global id. A local id the panel has given out
 keeps meaning that service while it is inactive (then: no service), so deactivating it never
-turns the number into another service at another price; and the listing leaves out a global
-service whose id is one of the panel's local ids, since ordering by that number gives the local
-one. Every listed id therefore orders exactly the service listed under it.
+turns the number into another service at another price; and the listing leaves out a service
+shown by its global id when that id is one of the panel's local ids, since ordering by that
+number gives the local one. Every listed id therefore orders exactly the service listed under it.
 """
 
 from __future__ import annotations
@@ -115,10 +115,8 @@ class Catalog:
                     }
                     for s in self.services.values()
                     if not s.hidden
-                    and (
-                        s.panel_id == panel_id
-                        or (s.panel_id is None and (panel_id, s.id) not in self.local)
-                    )
+                    and (s.panel_id is None or s.panel_id == panel_id)
+                    and (s.local_id is not None or (panel_id, s.id) not in self.local)
                 ]
             )
             if len(self._listings) >= MAX_CACHED_LISTINGS:

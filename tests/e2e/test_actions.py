@@ -312,13 +312,18 @@ async def test_a_local_id_never_turns_into_another_service(server: Served,
     shadowed = await world.service(None, name=f"global {domain}", rate="5.00", min=10, max=1000)
     local = await world.service(domain, local_id=shadowed, name=f"local {domain}", rate="0.45",
                                 min=100, max=100_000)
-    await offered(server.port, domain, key, shadowed)
+    # The panel's own service without a local id is listed under its global id, unless taken.
+    own = await world.service(domain, name=f"own {domain}", rate="3.00", min=10, max=1000)
+    await world.service(domain, local_id=own, name=f"taker {domain}", rate="0.45", min=100,
+                        max=100_000)
+    await offered(server.port, domain, key, shadowed, own)
 
-    async def listed() -> list[str]:
+    async def listed(number: int = shadowed) -> list[str]:
         r = await call(server.port, {"key": key, "action": "services"}, host=domain)
-        return [s["name"] for s in r.json() if s["service"] == shadowed]
+        return [s["name"] for s in r.json() if s["service"] == number]
 
     assert await listed() == [f"local {domain}"]
+    assert await listed(own) == [f"taker {domain}"]
     r = await call(server.port, {"key": key, "action": "add", "service": shadowed, "link": LINK,
                                  "quantity": 1000}, host=domain)
     r = await call(server.port, {"key": key, "action": "status", "order": r.json()["order"]},
