@@ -23,8 +23,8 @@ from panelsrv.api import respond, sign
 from panelsrv.api.decode import decode_request
 from panelsrv.errors import ERROR_BODIES, ApiError, Code
 from panelsrv.guard import retry_after
-from panelsrv.store.catalog import Catalog, Panel
-from panelsrv.store.keycache import KeyCache, Principal
+from panelsrv.store.catalog import Catalog
+from panelsrv.store.keycache import KeyCache
 
 log = logging.getLogger("panelsrv.api")
 
@@ -72,7 +72,8 @@ class Api:
         "_state",
         "_strike",
         "_user_wait",
-        "_webhooks",
+        "_webhook_allow_http",
+        "_webhook_allow_private",
     )
 
     def __init__(
@@ -83,21 +84,23 @@ class Api:
         keys: KeyCache,
         default_panel: str,
         sign_max_skew: int,
-        webhook_allow_http: bool = False,
-        webhook_allow_private: bool = False,
         strike: Callable[[str], None],
         user_wait: Callable[[int], float],
         clock: Callable[[], float] = time.time,
+        webhook_allow_http: bool = False,
+        webhook_allow_private: bool = False,
     ) -> None:
         self._pool = pool
         self._state = state
         self._keys = keys
         self._default_panel = default_panel
         self._sign_max_skew = sign_max_skew
-        self._webhooks = (webhook_allow_http, webhook_allow_private)
         self._strike = strike
         self._user_wait = user_wait
         self._clock = clock
+        # The `webhook_allow_*` settings: `webhook_add` must accept what the worker delivers to.
+        self._webhook_allow_http = webhook_allow_http
+        self._webhook_allow_private = webhook_allow_private
 
     async def handle(self, req: Request) -> tuple[int, bytes, bytes]:
         catalog = self._state.catalog
@@ -107,9 +110,17 @@ class Api:
         try:
             decoded = decode_request(req.body, req.content_type, req.query)
             tag = req.action = decoded.tag
-            principal = await self._authenticate(decoded.action.key, panel, req.client_ip)
-            assert panel is not None  # _authenticate refuses a request with no panel
             action = decoded.action
+            # No panel: no key can be valid here, so no lookup either. A cache hit answers
+            # without I/O, so without an await.
+            principal = None
+            if panel is not None:
+                hit, principal = self._keys.cached(action.key)
+                if not hit:
+                    principal = await self._keys.resolve(action.key)
+            if principal is None or panel is None or principal.panel_id != panel.id:
+                self._strike(req.client_ip)
+                raise ApiError(Code.INVALID_KEY)
             if action.sign is not None and not sign.verify_request(
                 action.key,
                 decoded.fields,
@@ -124,7 +135,13 @@ class Api:
             if wait > 0:
                 raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
             ctx = respond.Context(
-                self._pool, catalog, panel, principal, req.idempotency_key, *self._webhooks
+                self._pool,
+                catalog,
+                panel,
+                principal,
+                req.idempotency_key,
+                self._webhook_allow_http,
+                self._webhook_allow_private,
             )
             status, body = await respond.respond(ctx, action)
         except ApiError as exc:
@@ -146,12 +163,3 @@ class Api:
         ):
             status = 200
         return status, body, extra
-
-    async def _authenticate(self, raw: str, panel: Panel | None, client_ip: str) -> Principal:
-        hit, principal = self._keys.cached(raw)
-        if not hit:
-            principal = await self._keys.resolve(raw)
-        if principal is None or panel is None or principal.panel_id != panel.id:
-            self._strike(client_ip)
-            raise ApiError(Code.INVALID_KEY)
-        return principal

@@ -5,6 +5,12 @@ Imports asyncpg, orjson, money and panelconf. A `Catalog` is an immutable snapsh
 one pass; a change anywhere (NOTIFY panelsrv_catalog) makes the server load a new one and swap
 it in, so readers never see a half-updated catalog. Prices: a user-specific rate wins, else
 the base rate less the user's discount (money.user_rate), the same function `add` charges with.
+
+Ids: a number is a panel's local id first, then a global id. A local id the panel has given out
+keeps meaning that service while it is inactive (then: no service), so deactivating it never
+turns the number into another service at another price; and the listing leaves out a service
+shown by its global id when that id is one of the panel's local ids, since ordering by that
+number gives the local one. Every listed id therefore orders exactly the service listed under it.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import orjson
 from panelsrv import money, panelconf
 
 LOAD_PANELS = "SELECT id, domain, currency, settings FROM panels"
+# Inactive services too, for the local ids they hold (the last column says which).
 LOAD_SERVICES = """
 SELECT id, panel_id, local_id, name, type, category, rate, min_qty, max_qty, dripfeed, refill,
-       cancel, avg_time, hidden, provider_id
-  FROM services WHERE active
+       cancel, avg_time, hidden, provider_id, active
+  FROM services
  ORDER BY coalesce(local_id, id), id
 """
 # Bound on cached `services` answers; users with their own rates each have one.
@@ -62,8 +69,8 @@ class Service:
 class Catalog:
     panels: dict[int, Panel]
     by_domain: dict[str, Panel]
-    services: dict[int, Service]
-    local: dict[tuple[int, int], Service]
+    services: dict[int, Service]  # active ones, by global id
+    local: dict[tuple[int, int], Service | None]  # (panel, local id) -> None when inactive
     _listings: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
 
     def panel_for_host(self, host: str, default_domain: str) -> Panel | None:
@@ -74,9 +81,9 @@ class Catalog:
 
     def resolve_service(self, panel_id: int, service: int) -> Service | None:
         """The panel's local id first, then the global id of a service the panel offers."""
-        found = self.local.get((panel_id, service))
-        if found is not None:
-            return found
+        mine = (panel_id, service)
+        if mine in self.local:
+            return self.local[mine]
         found = self.services.get(service)
         if found is None or (found.panel_id is not None and found.panel_id != panel_id):
             return None
@@ -107,7 +114,9 @@ class Catalog:
                         "avg_time": s.avg_time,
                     }
                     for s in self.services.values()
-                    if not s.hidden and (s.panel_id is None or s.panel_id == panel_id)
+                    if not s.hidden
+                    and (s.panel_id is None or s.panel_id == panel_id)
+                    and (s.local_id is not None or (panel_id, s.id) not in self.local)
                 ]
             )
             if len(self._listings) >= MAX_CACHED_LISTINGS:
@@ -125,10 +134,12 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Catalog:
         r[0]: Panel(r[0], r[1], r[2], panelconf.decode(r[3])) for r in await conn.fetch(LOAD_PANELS)
     }
     services: dict[int, Service] = {}
-    local: dict[tuple[int, int], Service] = {}
+    local: dict[tuple[int, int], Service | None] = {}
     for r in await conn.fetch(LOAD_SERVICES):
-        service = Service(*r)
-        services[service.id] = service
+        service = Service(*r[:-1])
+        active = r[-1]
+        if active:
+            services[service.id] = service
         if service.local_id is not None and service.panel_id is not None:
-            local[(service.panel_id, service.local_id)] = service
+            local[(service.panel_id, service.local_id)] = service if active else None
     return Catalog(panels, {p.domain: p for p in panels.values()}, services, local)

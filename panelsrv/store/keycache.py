@@ -4,6 +4,8 @@ Imports asyncpg and keys. A hit is one dict lookup; a miss costs one indexed loo
 misses for the same key share it); unknown keys are remembered as unknown briefly. Entries are
 dropped the moment a revocation NOTIFY arrives (see listen.py); while that channel is down the
 cache is bypassed, so a revocation can never be missed, and `ttl` bounds staleness regardless.
+A lookup that was in flight when a revocation or a price change arrived answers its request but
+is not remembered: its row may predate the change, whose NOTIFY can overtake the lookup's answer.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class KeyCache:
         "_clock",
         "_enabled",
         "_entries",
+        "_generation",
         "_inflight",
         "_negative_ttl",
         "_pool",
@@ -65,6 +68,7 @@ class KeyCache:
         self._by_digest: dict[str, str] = {}
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
         self._enabled = False  # until the invalidation channel is listening
+        self._generation = 0  # bumped by every invalidation
 
     def cached(self, raw: str) -> tuple[bool, Principal | None]:
         """(hit, principal) without I/O: the hot path's fast answer."""
@@ -84,6 +88,7 @@ class KeyCache:
             return await asyncio.shield(pending)
         future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._inflight[raw] = future
+        generation = self._generation
         try:
             principal = await self._load(raw)
         except BaseException as exc:
@@ -92,7 +97,8 @@ class KeyCache:
             raise
         else:
             future.set_result(principal)
-            self._remember(raw, principal)
+            if generation == self._generation:
+                self._remember(raw, principal)
             return principal
         finally:
             del self._inflight[raw]
@@ -116,11 +122,13 @@ class KeyCache:
             self._by_digest[principal.digest_hex] = raw
 
     def revoke(self, digest_hex: str) -> None:
+        self._generation += 1
         raw = self._by_digest.pop(digest_hex, None)
         if raw is not None:
             self._entries.pop(raw, None)
 
     def clear(self) -> None:
+        self._generation += 1
         self._entries.clear()
         self._by_digest.clear()
 

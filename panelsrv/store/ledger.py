@@ -40,6 +40,12 @@ SELECT outcome, order_id, balance, status, body, retry_after
   FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
+# $1 user, $2 idempotency key, $3 fingerprint -> (status, body) of a live record, or no row.
+STORED_ANSWER = """
+SELECT status, body FROM idempotency
+ WHERE user_id = $1 AND key = $2 AND fingerprint = $3 AND created_at > now() - interval '24 hours'
+"""
+
 BALANCE = "SELECT balance FROM wallets WHERE user_id = $1"
 
 AUDIT_COUNTS = "SELECT (SELECT count(*) FROM wallets), (SELECT count(*) FROM ledger_entries)"
@@ -79,7 +85,9 @@ class Entry:
     balance: int
 
 
-@dataclass(frozen=True, slots=True)
+# Built on every `add`: plain slotted dataclasses, since a frozen one's __init__ costs several
+# times as much (object.__setattr__ per field).
+@dataclass(slots=True)
 class Placement:
     """What `place_order` decided; `status`/`body` are set for ok, funds and replay."""
 
@@ -91,7 +99,7 @@ class Placement:
     retry_after: int | None = None  # seconds, for 'limit'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewOrder:
     user_id: int
     panel_id: int
@@ -155,6 +163,14 @@ async def place_order(conn: asyncpg.Connection, order: NewOrder, funds_body: byt
     )
     assert row is not None
     return Placement(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+async def stored_answer(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, key: str, fingerprint: bytes
+) -> tuple[int, bytes] | None:
+    """The answer recorded for this key and these parameters within 24 h, if any (no claim)."""
+    row = await conn.fetchrow(STORED_ANSWER, user_id, key, fingerprint)
+    return None if row is None else (row[0], row[1])
 
 
 async def refund(

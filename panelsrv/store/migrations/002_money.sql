@@ -161,13 +161,19 @@ BEGIN
         END IF;
     END IF;
 
-    IF p_link_guard AND EXISTS (
-            SELECT 1 FROM orders o
-             WHERE o.user_id = p_user AND o.service_id = p_service AND o.link = p_link
-               AND o.status IN ('Pending', 'In progress')) THEN
-        RETURN QUERY SELECT 'duplicate_link'::text, NULL::bigint, NULL::bigint, NULL::smallint,
-                            NULL::bytea, NULL::integer;
-        RETURN;
+    IF p_link_guard THEN
+        -- Take the wallet row lock (the debit below takes it anyway) before looking: a
+        -- concurrent add of the same user then waits here until it commits, and this check,
+        -- on a fresh snapshot, sees its order. Checked first, two adds could both find none.
+        PERFORM 1 FROM wallets w WHERE w.user_id = p_user FOR UPDATE;
+        IF EXISTS (
+                SELECT 1 FROM orders o
+                 WHERE o.user_id = p_user AND o.service_id = p_service AND o.link = p_link
+                   AND o.status IN ('Pending', 'In progress')) THEN
+            RETURN QUERY SELECT 'duplicate_link'::text, NULL::bigint, NULL::bigint,
+                                NULL::smallint, NULL::bytea, NULL::integer;
+            RETURN;
+        END IF;
     END IF;
 
     UPDATE wallets w
@@ -228,7 +234,9 @@ END $$;
 -- accepted upstream: canceled now with a full refund. Otherwise (sent, or maybe sent): a cancel
 -- request for the worker to forward upstream; the order becomes Canceled when it confirms.
 -- Answers are built here, byte-compatible with the API's JSON, so idempotent replays are exact:
--- p_single -> {"cancel":1} / {"error":...} (status 400); else a list of {"order":N,"cancel":...}.
+-- p_single -> {"cancel":1} / {"error":...} (status 400, not stored); else a list of
+-- {"order":N,"cancel":...} (status 200, stored even when some orders were refused: others
+-- may have changed).
 CREATE FUNCTION cancel_orders(p_user bigint, p_ids bigint[], p_single boolean,
                               p_idem_key text, p_fingerprint bytea,
                               OUT outcome text, OUT status smallint, OUT body bytea)
@@ -300,7 +308,9 @@ BEGIN
         body := convert_to('[' || array_to_string(v_items, ',') || ']', 'UTF8');
     END IF;
     outcome := 'ok';
-    IF p_idem_key IS NOT NULL THEN
+    -- A refused single order (400) changed nothing and is not stored, as API.md says of every
+    -- 400: the client may fix the request, or wait until the order qualifies, and retry.
+    IF p_idem_key IS NOT NULL AND status = 200 THEN
         PERFORM idem_store(p_user, p_idem_key, p_fingerprint, status, body);
     END IF;
 END $$;
@@ -372,7 +382,9 @@ BEGIN
         body := convert_to('[' || array_to_string(v_items, ',') || ']', 'UTF8');
     END IF;
     outcome := 'ok';
-    IF p_idem_key IS NOT NULL THEN
+    -- A refused single order (400) changed nothing and is not stored, as API.md says of every
+    -- 400: the client may fix the request, or wait until the order qualifies, and retry.
+    IF p_idem_key IS NOT NULL AND status = 200 THEN
         PERFORM idem_store(p_user, p_idem_key, p_fingerprint, status, body);
     END IF;
 END $$;

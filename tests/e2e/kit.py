@@ -1,0 +1,138 @@
+"""Helpers the end-to-end tests share on top of `served.py`: a module's server, direct SQL,
+signed fields, the CLI as a subprocess, and a bounded keep-alive connection pool for load.
+
+Every server here exempts loopback from the invalid-key auto-block (`never_block`): the tests
+send bad keys on purpose, and `visible()` polls with keys a process does not know yet; a test
+about blocking starts its own server without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+
+from tests.e2e.served import Served, call, encode, visible
+from tests.http.httpkit import Client, Response
+
+QUIET = {"never_block": "127.0.0.1,::1"}
+LEAK_MARKERS = ("Traceback", "asyncpg", "SELECT", "INSERT", "UPDATE", "plpgsql", "SQLSTATE",
+                "panelsrv/", ".py", "Exception", "psk_")
+
+
+@contextmanager
+def served(database_url: str, workers: int = 1, **settings: str) -> Iterator[Served]:
+    with Served(database_url, workers=workers, settings={**QUIET, **settings}) as server:
+        yield server
+
+
+async def sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def execute(database_url: str, script: str) -> None:
+    """Run SQL commands (several allowed, no parameters)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(script)
+    finally:
+        await conn.close()
+
+
+async def sql_value(database_url: str, query: str, *args: Any) -> Any:
+    rows = await sql(database_url, query, *args)
+    return rows[0][0] if rows else None
+
+
+def signed(fields: Mapping[str, object], key: str) -> dict[str, object]:
+    """The fields plus `sign`, computed exactly as the seed's Python snippet does."""
+    canonical = "&".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    sign = hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+    return {**fields, "sign": sign}
+
+
+def cli(database_url: str, *args: str) -> Any:
+    """`panelsrv <args> --json --database-url URL` as a subprocess; its JSON document."""
+    done = subprocess.run(
+        [sys.executable, "-m", "panelsrv", *args, "--json", "--database-url", database_url],
+        capture_output=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+def assert_no_leak(response: Response) -> None:
+    text = response.body.decode("utf-8", "replace")
+    for marker in LEAK_MARKERS:
+        assert marker not in text, (marker, text)
+
+
+async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
+    """Wait until every process knows the panel and offers these (local or global) service ids
+    (a catalog reload after NOTIFY): ten answers in a row say so."""
+    await visible(port, domain, key, timeout)
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while streak < 10:
+        known = True
+        for service in services:
+            # quantity 0 is below every minimum: a known service answers with its bounds.
+            r = await call(port, {"key": key, "action": "add", "service": service, "quantity": 0,
+                                  "link": "https://example.com/"}, host=domain)
+            known = known and r.json() != {"error": "Incorrect service ID"}
+        streak = streak + 1 if known else 0
+        assert time.monotonic() < deadline, f"services {services} not offered on {domain}"
+        if not known:
+            await asyncio.sleep(0.05)
+
+
+class Pool:
+    """`size` keep-alive connections to one server; `call` borrows one for one request.
+
+    Bounds the client's sockets and file descriptors however many requests are in flight: the
+    tasks beyond `size` wait in line (FIFO), so the first `size` requests are on the wire
+    together.
+    """
+
+    def __init__(self, port: int, size: int) -> None:
+        self.port = port
+        self.size = size
+        self._idle: asyncio.Queue[Client] = asyncio.Queue()
+        self._all: list[Client] = []
+
+    async def __aenter__(self) -> Pool:
+        self._all = list(await asyncio.gather(*(Client.connect(self.port)
+                                                for _ in range(self.size))))
+        for client in self._all:
+            self._idle.put_nowait(client)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(client.close() for client in self._all))
+
+    async def call(self, fields: Mapping[str, object], *, host: str, encoding: str = "form",
+                   headers: bytes = b"") -> Response:
+        ctype, body = encode(fields, encoding)
+        request = (b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n%s"
+                   % (host.encode(), ctype, headers, len(body), body))
+        client = await self._idle.get()
+        try:
+            await client.send(request)
+            response = await client.final(timeout=60.0)
+            assert response is not None, "connection closed without an answer"
+            assert response.headers.get("connection") != "close", response
+        finally:
+            self._idle.put_nowait(client)
+        return response

@@ -1,0 +1,78 @@
+"""The key cache against real PostgreSQL: hits, revocation, and what a lookup that was in flight
+when a revocation (or a price change) arrived may keep."""
+
+from __future__ import annotations
+
+import asyncio
+
+from panelsrv.store import db, keys
+from panelsrv.store.keycache import KeyCache
+from tests.store.helpers import connect, new_panel, new_user
+
+
+async def _user_key(url: str) -> tuple[int, str]:
+    conn = await connect(url)
+    try:
+        _, domain = await new_panel(conn)
+        user = await new_user(conn, domain)
+        return user.id, (await keys.create(conn, user.id)).raw
+    finally:
+        await conn.close()
+
+
+async def test_hits_and_revocation(database_url: str) -> None:
+    user, raw = await _user_key(database_url)
+    pool = await db.create_pool(database_url, 2)
+    try:
+        cache = KeyCache(pool, ttl=60, negative_ttl=5)
+        cache.set_enabled(True)
+        assert cache.cached(raw) == (False, None)
+        principal = await cache.resolve(raw)
+        assert principal is not None and principal.user_id == user
+        assert cache.cached(raw) == (True, principal)
+        cache.revoke(principal.digest_hex)
+        assert cache.cached(raw) == (False, None)
+        assert await cache.resolve("psk_" + "x" * 47) is None  # malformed: no lookup
+    finally:
+        await pool.close()
+
+
+async def _blocked_lookup(database_url: str, invalidate: str) -> tuple[bool, object]:
+    """Resolve a key while its lookup is held up (a table lock in another transaction), let
+    `invalidate` happen meanwhile - as a NOTIFY can overtake the lookup's answer - then report
+    what the cache kept."""
+    _, raw = await _user_key(database_url)
+    pool = await db.create_pool(database_url, 1)
+    locker = await connect(database_url)
+    try:
+        cache = KeyCache(pool, ttl=60, negative_ttl=5)
+        cache.set_enabled(True)
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE user_rates IN ACCESS EXCLUSIVE MODE")
+            task = asyncio.get_running_loop().create_task(cache.resolve(raw))
+            for _ in range(200):  # until the lookup waits for the lock
+                waiting = await locker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND pid <> pg_backend_pid()")
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting
+            if invalidate == "revoke":
+                cache.revoke(keys.digest(raw).hex())
+            else:
+                cache.clear()
+        principal = await task
+        assert principal is not None  # the request in flight completes normally
+        return cache.cached(raw)
+    finally:
+        await locker.close()
+        await pool.close()
+
+
+async def test_a_lookup_overtaken_by_a_revocation_is_not_cached(database_url: str) -> None:
+    assert await _blocked_lookup(database_url, "revoke") == (False, None)
+
+
+async def test_a_lookup_overtaken_by_a_price_change_is_not_cached(database_url: str) -> None:
+    assert await _blocked_lookup(database_url, "clear") == (False, None)
