@@ -4,7 +4,7 @@
   handler was called (an exception nobody awaited, a callback that raised).
 - `database_url`: a database created for this test run (unique name) on the server named by
   PANELSRV_TEST_DATABASE_URL, or on the embedded PostgreSQL when that is unset; migrated, and
-  dropped at the end of the run.
+  dropped at the end of the run. `own_database_url`: the same, for one test alone.
 - `redis_url`: PANELSRV_TEST_REDIS_URL, else redis on 127.0.0.1:6379; tests needing it skip
   when neither answers.
 """
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import secrets
@@ -72,8 +73,9 @@ def server_url() -> str:
     return db.embedded_url(data_dir, "postgres")
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, migrated database on the test server; dropped afterwards."""
     base = server_url()
     name = f"panelsrv_test_{os.getpid()}_{secrets.token_hex(3)}"
     url = _with_database(base, name)
@@ -98,6 +100,21 @@ def database_url() -> Iterator[str]:
         yield url
     finally:
         run_async(drop())
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The run's shared database: tests scope their assertions to the rows they made."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_database_url() -> Iterator[str]:
+    """A database of this test's own, for tests that run a `panelsrv worker`: a worker takes
+    every job in its database, including the leftovers of other tests."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ from tests.e2e.served import call, free_port
 from tests.store.helpers import unique
 
 
-async def test_run_serves_the_demo_and_stops_cleanly(database_url: str) -> None:
+async def test_run_serves_the_demo_and_stops_cleanly(own_database_url: str) -> None:
+    database_url = own_database_url
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
     proc = subprocess.Popen(

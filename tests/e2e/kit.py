@@ -25,8 +25,19 @@ from tests.e2e.served import Served, call, encode, visible
 from tests.http.httpkit import Client, Response
 
 QUIET = {"never_block": "127.0.0.1,::1"}
-LEAK_MARKERS = ("Traceback", "asyncpg", "SELECT", "INSERT", "UPDATE", "plpgsql", "SQLSTATE",
-                "panelsrv/", ".py", "Exception", "psk_")
+LEAK_MARKERS = (
+    "Traceback",
+    "asyncpg",
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "plpgsql",
+    "SQLSTATE",
+    "panelsrv/",
+    ".py",
+    "Exception",
+    "psk_",
+)
 
 
 @contextmanager
@@ -89,8 +100,17 @@ async def offered(port: int, domain: str, key: str, *services: int, timeout: flo
         known = True
         for service in services:
             # quantity 0 is below every minimum: a known service answers with its bounds.
-            r = await call(port, {"key": key, "action": "add", "service": service, "quantity": 0,
-                                  "link": "https://example.com/"}, host=domain)
+            r = await call(
+                port,
+                {
+                    "key": key,
+                    "action": "add",
+                    "service": service,
+                    "quantity": 0,
+                    "link": "https://example.com/",
+                },
+                host=domain,
+            )
             known = known and r.json() != {"error": "Incorrect service ID"}
         streak = streak + 1 if known else 0
         assert time.monotonic() < deadline, f"services {services} not offered on {domain}"
@@ -113,8 +133,9 @@ class Pool:
         self._all: list[Client] = []
 
     async def __aenter__(self) -> Pool:
-        self._all = list(await asyncio.gather(*(Client.connect(self.port)
-                                                for _ in range(self.size))))
+        self._all = list(
+            await asyncio.gather(*(Client.connect(self.port) for _ in range(self.size)))
+        )
         for client in self._all:
             self._idle.put_nowait(client)
         return self
@@ -122,11 +143,22 @@ class Pool:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.gather(*(client.close() for client in self._all))
 
-    async def call(self, fields: Mapping[str, object], *, host: str, encoding: str = "form",
-                   headers: bytes = b"") -> Response:
+    async def call(
+        self,
+        fields: Mapping[str, object],
+        *,
+        host: str,
+        encoding: str = "form",
+        headers: bytes = b"",
+    ) -> Response:
         ctype, body = encode(fields, encoding)
-        request = (b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n%s"
-                   % (host.encode(), ctype, headers, len(body), body))
+        request = b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
+            host.encode(),
+            ctype,
+            headers,
+            len(body),
+            body,
+        )
         client = await self._idle.get()
         try:
             await client.send(request)

@@ -69,9 +69,19 @@ class Shop:
         async def service(panel: str | None, name: str, **spec: Any) -> int:
             return await world.service(panel, name=f"{name} {token}", **spec)
 
-        main_id = await service(domain, "Main", local_id=MAIN, rate="0.45", min=100,
-                                max=100_000, cancel=True, refill=True, dripfeed=True,
-                                category="Instagram", avg_time=3600)
+        main_id = await service(
+            domain,
+            "Main",
+            local_id=MAIN,
+            rate="0.45",
+            min=100,
+            max=100_000,
+            cancel=True,
+            refill=True,
+            dripfeed=True,
+            category="Instagram",
+            avg_time=3600,
+        )
         await service(domain, "Plain", local_id=PLAIN, rate="1.00", min=10, max=1000)
         inactive = await service(domain, "Gone", local_id=INACTIVE)
         hidden = await service(domain, "Hidden", local_id=HIDDEN)
@@ -82,19 +92,53 @@ class Shop:
             provider = await admin.add_provider(conn, f"up-{token}", "http://127.0.0.1:9/", "k")
         finally:
             await conn.close()
-        await service(domain, "Upstream", local_id=UPSTREAM, rate="1.00", min=10, max=10_000,
-                      cancel=True, refill=True, provider=str(provider), provider_service="1")
+        await service(
+            domain,
+            "Upstream",
+            local_id=UPSTREAM,
+            rate="1.00",
+            min=10,
+            max=10_000,
+            cancel=True,
+            refill=True,
+            provider=str(provider),
+            provider_service="1",
+        )
         global_id = await service(None, "Everywhere", rate="2.00", min=10, max=1000)
         foreign_id = await service(other, "Theirs", local_id=MAIN, rate="9.00")
         types = {}
         for i, kind in enumerate(SERVICE_TYPES):
-            await service(domain, kind, local_id=TYPE_BASE + i, type=kind, rate="1.00",
-                          min=10 if kind == "Subscriptions" else 1, max=10_000)
+            await service(
+                domain,
+                kind,
+                local_id=TYPE_BASE + i,
+                type=kind,
+                rate="1.00",
+                min=10 if kind == "Subscriptions" else 1,
+                max=10_000,
+            )
             types[kind] = TYPE_BASE + i
-        await sql(url, "INSERT INTO user_rates (user_id, service_id, rate) VALUES ($1, $2, $3)",
-                  carol.user_id, main_id, 30_000)
-        shop = cls(url, token, domain, other, alice, bob, carol, stranger, main_id, global_id,
-                   foreign_id, types)
+        await sql(
+            url,
+            "INSERT INTO user_rates (user_id, service_id, rate) VALUES ($1, $2, $3)",
+            carol.user_id,
+            main_id,
+            30_000,
+        )
+        shop = cls(
+            url,
+            token,
+            domain,
+            other,
+            alice,
+            bob,
+            carol,
+            stranger,
+            main_id,
+            global_id,
+            foreign_id,
+            types,
+        )
         await offered(port, other, stranger.key, MAIN)
         await shop.settled(port)
         return shop
@@ -113,8 +157,7 @@ class Shop:
         while streak < 10:
             r = await call(port, {"key": self.carol.key, "action": "services"}, host=self.domain)
             ours = self.listing(r.json())
-            done = (len(ours) == len(SERVICE_TYPES) + 4
-                    and ours["Main"]["rate"] == CAROL_MAIN_RATE)
+            done = len(ours) == len(SERVICE_TYPES) + 4 and ours["Main"]["rate"] == CAROL_MAIN_RATE
             streak = streak + 1 if done else 0
             assert time.monotonic() < deadline, ours
             if not done:

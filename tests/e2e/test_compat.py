@@ -54,8 +54,9 @@ def raw(server: Served, shop: Shop, fields: dict[str, Any]) -> tuple[int, Any]:
 
 
 def with_urllib(server: Served, shop: Shop, fields: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(url(server), data=urlencode(fields).encode(),
-                                 headers={"Host": shop.domain})
+    req = urllib.request.Request(
+        url(server), data=urlencode(fields).encode(), headers={"Host": shop.domain}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -64,35 +65,43 @@ def with_urllib(server: Served, shop: Shop, fields: dict[str, Any]) -> tuple[int
         return exc.code, json.loads(exc.read())
 
 
-def with_requests(session: requests.Session, server: Served, shop: Shop, fields: dict[str, Any],
-                  how: str) -> tuple[int, Any]:
+def with_requests(
+    session: requests.Session, server: Served, shop: Shop, fields: dict[str, Any], how: str
+) -> tuple[int, Any]:
     headers = {"Host": shop.domain}
     if how == "data":
         r = session.post(url(server), data=fields, headers=headers, timeout=10)
     elif how == "json":
         r = session.post(url(server), json=fields, headers=headers, timeout=10)
     elif how == "files":  # multipart, plain parts (no filename)
-        r = session.post(url(server), files={k: (None, str(v)) for k, v in fields.items()},
-                         headers=headers, timeout=10)
+        r = session.post(
+            url(server),
+            files={k: (None, str(v)) for k, v in fields.items()},
+            headers=headers,
+            timeout=10,
+        )
     else:  # multipart, each part sent as a "file"
-        r = session.post(url(server), files={k: str(v) for k, v in fields.items()},
-                         headers=headers, timeout=10)
+        r = session.post(
+            url(server), files={k: str(v) for k, v in fields.items()}, headers=headers, timeout=10
+        )
     return r.status_code, r.json()
 
 
 CLIENTS = ["urllib", "data", "json", "files", "files-named"]
 
 
-def ask(session: requests.Session, server: Served, shop: Shop, fields: dict[str, Any],
-        client: str) -> tuple[int, Any]:
+def ask(
+    session: requests.Session, server: Served, shop: Shop, fields: dict[str, Any], client: str
+) -> tuple[int, Any]:
     if client == "urllib":
         return with_urllib(server, shop, fields)
     return with_requests(session, server, shop, fields, client)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_reads_and_errors_match_the_raw_client(session: requests.Session, server: Served,
-                                               shop: Shop, client: str) -> None:
+def test_reads_and_errors_match_the_raw_client(
+    session: requests.Session, server: Served, shop: Shop, client: str
+) -> None:
     key = shop.alice.key
     for fields in (
         {"key": key, "action": "balance"},
@@ -109,26 +118,42 @@ def test_reads_and_errors_match_the_raw_client(session: requests.Session, server
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_an_order_round_trip(session: requests.Session, server: Served, shop: Shop,
-                             client: str) -> None:
+def test_an_order_round_trip(
+    session: requests.Session, server: Served, shop: Shop, client: str
+) -> None:
     key = shop.bob.key
-    status, body = ask(session, server, shop, {"key": key, "action": "add", "service": MAIN,
-                                               "link": LINK, "quantity": 1000}, client)
+    status, body = ask(
+        session,
+        server,
+        shop,
+        {"key": key, "action": "add", "service": MAIN, "link": LINK, "quantity": 1000},
+        client,
+    )
     assert status == 200 and list(body) == ["order"]
     order = body["order"]
     fields = {"key": key, "action": "status", "order": order}
     answer = ask(session, server, shop, fields, client)
     assert answer == raw(server, shop, fields)
-    assert answer == (200, {"charge": "0.45", "start_count": "0", "status": "Pending",
-                            "remains": "1000", "currency": "USD"})
-    status, body = ask(session, server, shop, {"key": key, "action": "cancel", "order": order},
-                       client)
+    assert answer == (
+        200,
+        {
+            "charge": "0.45",
+            "start_count": "0",
+            "status": "Pending",
+            "remains": "1000",
+            "currency": "USD",
+        },
+    )
+    status, body = ask(
+        session, server, shop, {"key": key, "action": "cancel", "order": order}, client
+    )
     assert (status, body) == (200, {"cancel": 1})
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_the_seeds_signing_snippet(session: requests.Session, server: Served, shop: Shop,
-                                   client: str) -> None:
+def test_the_seeds_signing_snippet(
+    session: requests.Session, server: Served, shop: Shop, client: str
+) -> None:
     api_key = shop.alice.key
     payload: dict[str, Any] = {"key": api_key, "action": "balance"}
     canonical = "&".join(f"{k}={v}" for k, v in sorted(payload.items()))
@@ -139,10 +164,12 @@ def test_the_seeds_signing_snippet(session: requests.Session, server: Served, sh
     assert ask(session, server, shop, payload, client) == (401, {"error": "Invalid signature"})
 
 
-def test_raise_for_status_sdks_on_a_legacy_panel(session: requests.Session, server: Served,
-                                                 shop: Shop, database_url: str) -> None:
+def test_raise_for_status_sdks_on_a_legacy_panel(
+    session: requests.Session, server: Served, shop: Shop, database_url: str
+) -> None:
     """An old SDK calls raise_for_status() first: on a `legacy_errors` panel it reads the
     error body instead of crashing."""
+
     async def legacy() -> None:
         conn = await db.connect(database_url)
         try:
@@ -153,8 +180,12 @@ def test_raise_for_status_sdks_on_a_legacy_panel(session: requests.Session, serv
     run_async(legacy())
     headers = {"Host": shop.other}
     for _ in range(100):
-        r = session.post(url(server), data={"key": shop.stranger.key, "action": "status",
-                                            "order": 10**15}, headers=headers, timeout=10)
+        r = session.post(
+            url(server),
+            data={"key": shop.stranger.key, "action": "status", "order": 10**15},
+            headers=headers,
+            timeout=10,
+        )
         if r.status_code == 200:
             break
         time.sleep(0.02)

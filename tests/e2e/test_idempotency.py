@@ -38,13 +38,20 @@ def new_key() -> str:
     return "idem-" + secrets.token_hex(8)
 
 
-async def ask(server: Served, shop: Shop | str, who: Account, encoding: str = "form",
-              header: str | None = None, **fields: Any) -> Response:
+async def ask(
+    server: Served,
+    shop: Shop | str,
+    who: Account,
+    encoding: str = "form",
+    header: str | None = None,
+    **fields: Any,
+) -> Response:
     """One request to `shop`'s panel (or the panel of that domain)."""
     headers = b"Idempotency-Key: %s\r\n" % header.encode() if header is not None else b""
     host = shop if isinstance(shop, str) else shop.domain
-    return await call(server.port, {"key": who.key, **fields}, host=host, encoding=encoding,
-                      headers=headers)
+    return await call(
+        server.port, {"key": who.key, **fields}, host=host, encoding=encoding, headers=headers
+    )
 
 
 def same(a: Response, b: Response) -> None:
@@ -52,39 +59,71 @@ def same(a: Response, b: Response) -> None:
 
 
 async def orders_with_link(database_url: str, who: Account, link: str) -> int:
-    return int(await sql_value(database_url, "SELECT count(*) FROM orders WHERE user_id = $1"
-                               " AND link = $2", who.user_id, link))
+    return int(
+        await sql_value(
+            database_url,
+            "SELECT count(*) FROM orders WHERE user_id = $1 AND link = $2",
+            who.user_id,
+            link,
+        )
+    )
 
 
-async def test_header_and_field_replay_byte_for_byte(server: Served, shop: Shop,
-                                                     database_url: str) -> None:
+async def test_header_and_field_replay_byte_for_byte(
+    server: Served, shop: Shop, database_url: str
+) -> None:
     link = f"{LINK}/{secrets.token_hex(4)}"
     key = new_key()
-    first = await ask(server, shop, shop.alice, header=key, action="add", service=MAIN,
-                      link=link, quantity=1000)
+    first = await ask(
+        server, shop, shop.alice, header=key, action="add", service=MAIN, link=link, quantity=1000
+    )
     assert first.status == 200 and list(first.json()) == ["order"]
-    balance = await sql_value(database_url, "SELECT balance FROM wallets WHERE user_id = $1",
-                              shop.alice.user_id)
+    balance = await sql_value(
+        database_url, "SELECT balance FROM wallets WHERE user_id = $1", shop.alice.user_id
+    )
     # The same request again, by header, by field, by both, in JSON: the stored answer.
-    for encoding, header, field in (("form", key, None), ("form", None, key),
-                                    ("json", key, key), ("json", None, key)):
+    for encoding, header, field in (
+        ("form", key, None),
+        ("form", None, key),
+        ("json", key, key),
+        ("json", None, key),
+    ):
         extra = {"idempotency_key": field} if field else {}
-        again = await ask(server, shop, shop.alice, encoding, header=header, action="add",
-                          service=MAIN, link=link, quantity=1000, **extra)
+        again = await ask(
+            server,
+            shop,
+            shop.alice,
+            encoding,
+            header=header,
+            action="add",
+            service=MAIN,
+            link=link,
+            quantity=1000,
+            **extra,
+        )
         same(first, again)
     assert await orders_with_link(database_url, shop.alice, link) == 1
-    assert await sql_value(database_url, "SELECT balance FROM wallets WHERE user_id = $1",
-                           shop.alice.user_id) == balance
+    assert (
+        await sql_value(
+            database_url, "SELECT balance FROM wallets WHERE user_id = $1", shop.alice.user_id
+        )
+        == balance
+    )
     # Different parameters under the same key: refused, and nothing placed.
     for change in ({"quantity": 1001}, {"link": link + "x"}, {"runs": 2, "interval": 5}):
-        r = await ask(server, shop, shop.alice, header=key,
-                      **{"action": "add", "service": MAIN, "link": link, "quantity": 1000,
-                         **change})
+        r = await ask(
+            server,
+            shop,
+            shop.alice,
+            header=key,
+            **{"action": "add", "service": MAIN, "link": link, "quantity": 1000, **change},
+        )
         assert (r.status, r.json()) == (400, MISMATCH)
     assert await orders_with_link(database_url, shop.alice, link) == 1
     # Keys are the user's own: Bob's identical key is a new request.
-    r = await ask(server, shop, shop.bob, header=key, action="add", service=MAIN, link=link,
-                  quantity=1000)
+    r = await ask(
+        server, shop, shop.bob, header=key, action="add", service=MAIN, link=link, quantity=1000
+    )
     assert r.status == 200 and r.json() != first.json()
 
 
@@ -94,42 +133,57 @@ async def test_key_rules(server: Served, shop: Shop) -> None:
     assert r.status == 200
     r = await ask(server, shop, shop.alice, idempotency_key="k" * 129, **fields)
     assert (r.status, r.json()) == (
-        400, {"error": "idempotency_key: must be 1 to 128 printable characters"})
+        400,
+        {"error": "idempotency_key: must be 1 to 128 printable characters"},
+    )
     r = await ask(server, shop, shop.alice, header="k" * 129, **fields)
     assert (r.status, r.json()) == (
-        400, {"error": "Idempotency-Key: must be 1 to 128 printable characters"})
+        400,
+        {"error": "Idempotency-Key: must be 1 to 128 printable characters"},
+    )
     r = await ask(server, shop, shop.alice, header="one", idempotency_key="two", **fields)
     assert (r.status, r.json()) == (
-        400, {"error": "idempotency_key: differs from the Idempotency-Key header"})
+        400,
+        {"error": "idempotency_key: differs from the Idempotency-Key header"},
+    )
 
 
-async def test_a_402_is_stored_and_replayed(server: Served, shop: Shop,
-                                            database_url: str) -> None:
+async def test_a_402_is_stored_and_replayed(server: Served, shop: Shop, database_url: str) -> None:
     user, raw = await World(database_url).user(shop.domain, balance="0.10")
     poor = Account(user, raw)
     key = new_key()
-    first = await ask(server, shop, poor, header=key, action="add", service=MAIN, link=LINK,
-                      quantity=1000)
+    first = await ask(
+        server, shop, poor, header=key, action="add", service=MAIN, link=LINK, quantity=1000
+    )
     assert (first.status, first.json()) == (402, {"error": "Not enough funds on balance"})
     conn = await asyncpg.connect(database_url)
     try:
         assert await ledger.move_funds(conn, user, 1_000_000, "top-up") is not None
     finally:
         await conn.close()
-    same(first, await ask(server, shop, poor, header=key, action="add", service=MAIN,
-                          link=LINK, quantity=1000))
-    r = await ask(server, shop, poor, header=new_key(), action="add", service=MAIN, link=LINK,
-                  quantity=1000)
+    same(
+        first,
+        await ask(
+            server, shop, poor, header=key, action="add", service=MAIN, link=LINK, quantity=1000
+        ),
+    )
+    r = await ask(
+        server, shop, poor, header=new_key(), action="add", service=MAIN, link=LINK, quantity=1000
+    )
     assert r.status == 200
 
 
-@pytest.mark.parametrize(("bad", "error"), [
-    ({"quantity": 10}, "quantity: must be between 100 and 100000"),
-    ({"service": 10**15}, "Incorrect service ID"),
-    ({"link": "javascript:x"}, "link: must be an http or https URL"),
-])
-async def test_a_400_is_not_stored(server: Served, shop: Shop, bad: dict[str, Any],
-                                   error: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"quantity": 10}, "quantity: must be between 100 and 100000"),
+        ({"service": 10**15}, "Incorrect service ID"),
+        ({"link": "javascript:x"}, "link: must be an http or https URL"),
+    ],
+)
+async def test_a_400_is_not_stored(
+    server: Served, shop: Shop, bad: dict[str, Any], error: str
+) -> None:
     key = new_key()
     good = {"action": "add", "service": MAIN, "link": LINK, "quantity": 1000}
     r = await ask(server, shop, shop.alice, header=key, **{**good, **bad})
@@ -140,21 +194,27 @@ async def test_a_400_is_not_stored(server: Served, shop: Shop, bad: dict[str, An
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])
-async def test_409_while_the_first_is_in_flight(server: Served, shop: Shop, database_url: str,
-                                                encoding: str) -> None:
+async def test_409_while_the_first_is_in_flight(
+    server: Served, shop: Shop, database_url: str, encoding: str
+) -> None:
     """The claim is held by another transaction (as the first request's would be)."""
     key = new_key()
     fields = {"action": "add", "service": MAIN, "link": LINK, "quantity": 1000}
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('idem:' ||"
-                               " $1::bigint || ':' || $2::text, 0))", shop.alice.user_id, key)
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('idem:' ||"
+                " $1::bigint || ':' || $2::text, 0))",
+                shop.alice.user_id,
+                key,
+            )
             r = await ask(server, shop, shop.alice, encoding, header=key, **fields)
             assert (r.status, r.json()) == (409, {"error": "Duplicate request"})
             for action in ("cancel", "refill"):
-                r = await ask(server, shop, shop.alice, encoding, idempotency_key=key,
-                              action=action, order=1)
+                r = await ask(
+                    server, shop, shop.alice, encoding, idempotency_key=key, action=action, order=1
+                )
                 assert (r.status, r.json()) == (409, {"error": "Duplicate request"})
     finally:
         await conn.close()
@@ -188,15 +248,15 @@ async def test_a_429_is_not_stored(server: Served, database_url: str) -> None:
 async def test_cancel_is_idempotent(server: Served, shop: Shop, database_url: str) -> None:
     orders = []
     for _ in range(3):
-        r = await ask(server, shop, shop.alice, action="add", service=MAIN, link=LINK,
-                      quantity=1000)
+        r = await ask(
+            server, shop, shop.alice, action="add", service=MAIN, link=LINK, quantity=1000
+        )
         orders.append(r.json()["order"])
     key = new_key()
     first = await ask(server, shop, shop.alice, header=key, action="cancel", order=orders[0])
     assert (first.status, first.json()) == (200, {"cancel": 1})
     # Canceled now, yet the replay is the stored answer, not "Cancel is not available".
-    same(first, await ask(server, shop, shop.alice, header=key, action="cancel",
-                          order=orders[0]))
+    same(first, await ask(server, shop, shop.alice, header=key, action="cancel", order=orders[0]))
     r = await ask(server, shop, shop.alice, header=key, action="cancel", order=orders[1])
     assert (r.status, r.json()) == (400, MISMATCH)
     key = new_key()
@@ -204,13 +264,18 @@ async def test_cancel_is_idempotent(server: Served, shop: Shop, database_url: st
     first = await ask(server, shop, shop.alice, "json", header=key, action="cancel", orders=ids)
     assert first.json() == [{"order": orders[1], "cancel": 1}, {"order": orders[2], "cancel": 1}]
     same(first, await ask(server, shop, shop.alice, header=key, action="cancel", orders=ids))
-    refunds = await sql_value(database_url, "SELECT count(*) FROM ledger_entries WHERE"
-                              " order_id = ANY($1::bigint[]) AND kind = 'refund'", orders)
+    refunds = await sql_value(
+        database_url,
+        "SELECT count(*) FROM ledger_entries WHERE"
+        " order_id = ANY($1::bigint[]) AND kind = 'refund'",
+        orders,
+    )
     assert refunds == 3
 
 
-async def test_a_refused_single_cancel_or_refill_is_not_stored(server: Served, shop: Shop,
-                                                               database_url: str) -> None:
+async def test_a_refused_single_cancel_or_refill_is_not_stored(
+    server: Served, shop: Shop, database_url: str
+) -> None:
     """`Incorrect order ID` / `... is not available` are 400s: the client may fix and retry."""
     r = await ask(server, shop, shop.alice, action="add", service=MAIN, link=LINK, quantity=1000)
     order = r.json()["order"]
@@ -221,8 +286,10 @@ async def test_a_refused_single_cancel_or_refill_is_not_stored(server: Served, s
     first = await ask(server, shop, shop.alice, header=key, action="refill", order=order)
     assert first.status == 200 and list(first.json()) == ["refill"], first.body
     same(first, await ask(server, shop, shop.alice, header=key, action="refill", order=order))
-    assert await sql_value(database_url, "SELECT count(*) FROM refills WHERE order_id = $1",
-                           order) == 1
+    assert (
+        await sql_value(database_url, "SELECT count(*) FROM refills WHERE order_id = $1", order)
+        == 1
+    )
 
     r = await ask(server, shop, shop.alice, action="add", service=MAIN, link=LINK, quantity=1000)
     order = r.json()["order"]
@@ -242,14 +309,19 @@ async def test_refill_list_is_idempotent(server: Served, shop: Shop, database_ur
     key = new_key()
     first = await ask(server, shop, shop.alice, header=key, action="refill", orders=str(order))
     assert first.status == 200 and isinstance(first.json()[0]["refill"], int)
-    same(first, await ask(server, shop, shop.alice, "json", header=key, action="refill",
-                          orders=str(order)))
-    assert await sql_value(database_url, "SELECT count(*) FROM refills WHERE order_id = $1",
-                           order) == 1
+    same(
+        first,
+        await ask(server, shop, shop.alice, "json", header=key, action="refill", orders=str(order)),
+    )
+    assert (
+        await sql_value(database_url, "SELECT count(*) FROM refills WHERE order_id = $1", order)
+        == 1
+    )
 
 
-async def test_replay_survives_a_catalog_change(server: Served, shop: Shop,
-                                                database_url: str) -> None:
+async def test_replay_survives_a_catalog_change(
+    server: Served, shop: Shop, database_url: str
+) -> None:
     """The answer a client retries for is the stored one, even when the same request would no
     longer pass (the service's bounds changed since): else a placed, charged order would look
     refused to a client retrying after a timeout."""

@@ -35,15 +35,15 @@ def shop(server: Served, database_url: str) -> Shop:
     return Shop.open(database_url, server.port)
 
 
-async def ask(server: Served, host: str, who: Account | str, encoding: str = "form",
-              **fields: Any) -> Response:
+async def ask(
+    server: Served, host: str, who: Account | str, encoding: str = "form", **fields: Any
+) -> Response:
     key = who if isinstance(who, str) else who.key
     return await call(server.port, {"key": key, **fields}, host=host, encoding=encoding)
 
 
 async def add(server: Served, shop: Shop, who: Account, link: str = LINK) -> Response:
-    return await ask(server, shop.domain, who, action="add", service=MAIN, link=link,
-                     quantity=1000)
+    return await ask(server, shop.domain, who, action="add", service=MAIN, link=link, quantity=1000)
 
 
 # -- isolation ---------------------------------------------------------------------------------
@@ -51,11 +51,13 @@ async def add(server: Served, shop: Shop, who: Account, link: str = LINK) -> Res
 
 @pytest.mark.parametrize("encoding", ["form", "json"])
 async def test_another_users_order_or_refill_is_a_nonexistent_one(
-        server: Served, shop: Shop, database_url: str, encoding: str) -> None:
+    server: Served, shop: Shop, database_url: str, encoding: str
+) -> None:
     order = (await add(server, shop, shop.alice)).json()["order"]
     await sql(database_url, "UPDATE orders SET status = 'Completed' WHERE id = $1", order)
-    refill = (await ask(server, shop.domain, shop.alice, action="refill",
-                        order=order)).json()["refill"]
+    refill = (await ask(server, shop.domain, shop.alice, action="refill", order=order)).json()[
+        "refill"
+    ]
     # Same number of digits as the real ids, so that even the lengths agree.
     nowhere_order, nowhere_refill = 10 ** len(str(order)) - 1, 10 ** len(str(refill)) - 1
     requests = [
@@ -74,8 +76,9 @@ async def test_another_users_order_or_refill_is_a_nonexistent_one(
             missing = await ask(server, host, who, encoding, action=action, **{field: nowhere})
             assert foreign.status == missing.status
             assert foreign.status in (200, 400)
-            assert (foreign.body.replace(str(theirs).encode(), b"ID")
-                    == missing.body.replace(str(nowhere).encode(), b"ID")), (action, field)
+            assert foreign.body.replace(str(theirs).encode(), b"ID") == missing.body.replace(
+                str(nowhere).encode(), b"ID"
+            ), (action, field)
             del foreign.headers["date"], missing.headers["date"]
             assert foreign.headers == missing.headers
     # ... and none of it touched Alice's order.
@@ -92,19 +95,37 @@ async def test_a_key_works_only_on_its_panels_host(server: Served, shop: Shop) -
         r = await ask(server, shop.domain, shop.stranger, encoding, action="balance")
         assert (r.status, r.json()) == (401, {"error": "Invalid API key"})
         # The other panel's own services by global id do not exist here either.
-        r = await ask(server, shop.domain, shop.alice, encoding, action="add",
-                      service=shop.foreign_id, link=LINK, quantity=1000)
+        r = await ask(
+            server,
+            shop.domain,
+            shop.alice,
+            encoding,
+            action="add",
+            service=shop.foreign_id,
+            link=LINK,
+            quantity=1000,
+        )
         assert (r.status, r.json()) == (400, {"error": "Incorrect service ID"})
         # The same local id means each panel's own service.
-        r = await ask(server, shop.other, shop.stranger, encoding, action="add", service=MAIN,
-                      link=LINK, quantity=1000)
-        status = await ask(server, shop.other, shop.stranger, encoding, action="status",
-                           order=r.json()["order"])
+        r = await ask(
+            server,
+            shop.other,
+            shop.stranger,
+            encoding,
+            action="add",
+            service=MAIN,
+            link=LINK,
+            quantity=1000,
+        )
+        status = await ask(
+            server, shop.other, shop.stranger, encoding, action="status", order=r.json()["order"]
+        )
         assert status.json()["charge"] == "9.00"
 
 
-async def test_the_default_panel_serves_unknown_hosts(server: Served, shop: Shop,
-                                                      database_url: str) -> None:
+async def test_the_default_panel_serves_unknown_hosts(
+    server: Served, shop: Shop, database_url: str
+) -> None:
     conn = await db.connect(database_url)
     try:
         await admin.add_panel(conn, DEFAULT_DOMAIN, "EUR")
@@ -125,8 +146,9 @@ async def test_the_default_panel_serves_unknown_hosts(server: Served, shop: Shop
 # -- panel settings ----------------------------------------------------------------------------
 
 
-async def panel_with(server: Served, database_url: str, settings: dict[str, str],
-                     balance: str = "100.00") -> tuple[str, Account, Account]:
+async def panel_with(
+    server: Served, database_url: str, settings: dict[str, str], balance: str = "100.00"
+) -> tuple[str, Account, Account]:
     world = World(database_url)
     domain = await world.panel(settings)
     first = Account(*await world.user(domain, balance=balance))
@@ -138,44 +160,63 @@ async def panel_with(server: Served, database_url: str, settings: dict[str, str]
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])
-async def test_legacy_errors_answer_200_except_429_and_5xx(server: Served, database_url: str,
-                                                            encoding: str) -> None:
-    domain, user, _ = await panel_with(server, database_url,
-                                       {"legacy_errors": "true", "sec_order_max_per_min": "1"},
-                                       balance="0.50")
+async def test_legacy_errors_answer_200_except_429_and_5xx(
+    server: Served, database_url: str, encoding: str
+) -> None:
+    domain, user, _ = await panel_with(
+        server,
+        database_url,
+        {"legacy_errors": "true", "sec_order_max_per_min": "1"},
+        balance="0.50",
+    )
     cases: list[tuple[dict[str, Any], dict[str, str]]] = [
         ({"key": user.key, "action": "nope"}, {"error": "Incorrect action"}),
         ({"key": user.key + "x", "action": "balance"}, {"error": "Invalid API key"}),
         ({"action": "balance"}, {"error": "key: required"}),
         ({"key": user.key, "action": "status", "order": NOWHERE}, {"error": "Incorrect order ID"}),
-        ({"key": user.key, "action": "add", "service": NOWHERE, "link": LINK, "quantity": 1000},
-         {"error": "Incorrect service ID"}),
-        ({"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 10},
-         {"error": "quantity: must be between 100 and 100000"}),
-        ({"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 100000},
-         {"error": "Not enough funds on balance"}),
+        (
+            {"key": user.key, "action": "add", "service": NOWHERE, "link": LINK, "quantity": 1000},
+            {"error": "Incorrect service ID"},
+        ),
+        (
+            {"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 10},
+            {"error": "quantity: must be between 100 and 100000"},
+        ),
+        (
+            {"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 100000},
+            {"error": "Not enough funds on balance"},
+        ),
     ]
     for fields, body in cases:
         r = await call(server.port, fields, host=domain, encoding=encoding)
         assert (r.status, r.json()) == (200, body)
-    r = await call(server.port, {"key": user.key, "action": "add", "service": MAIN,
-                                 "link": LINK, "quantity": 100}, host=domain, encoding=encoding)
+    r = await call(
+        server.port,
+        {"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 100},
+        host=domain,
+        encoding=encoding,
+    )
     assert (r.status, list(r.json())) == (200, ["order"])
-    r = await call(server.port, {"key": user.key, "action": "add", "service": MAIN,
-                                 "link": LINK, "quantity": 100}, host=domain, encoding=encoding)
+    r = await call(
+        server.port,
+        {"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 100},
+        host=domain,
+        encoding=encoding,
+    )
     assert (r.status, r.json()) == (429, {"error": "Too many requests"})
     assert 1 <= int(r.headers["retry-after"]) <= 60
 
 
 async def test_duplicate_link_guard(server: Served, database_url: str) -> None:
-    domain, user, other = await panel_with(server, database_url,
-                                           {"duplicate_link_guard": "true"})
-    refused = {"error": "You have active order with this link. Please wait until order being"
-                        " completed."}
+    domain, user, other = await panel_with(server, database_url, {"duplicate_link_guard": "true"})
+    refused = {
+        "error": "You have active order with this link. Please wait until order being completed."
+    }
 
     async def place(who: Account, link: str, service: int = MAIN) -> Response:
-        return await ask(server, domain, who, action="add", service=service, link=link,
-                         quantity=100)
+        return await ask(
+            server, domain, who, action="add", service=service, link=link, quantity=100
+        )
 
     first = await place(user, "https://instagram.com/guarded")
     assert first.status == 200
@@ -184,8 +225,9 @@ async def test_duplicate_link_guard(server: Served, database_url: str) -> None:
         assert (r.status, r.json()) == (400, refused)
     assert (await place(user, "https://instagram.com/guarded", MAIN + 1)).status == 200
     assert (await place(other, "https://instagram.com/guarded")).status == 200
-    await sql(database_url, "UPDATE orders SET status = 'Completed' WHERE id = $1",
-              first.json()["order"])
+    await sql(
+        database_url, "UPDATE orders SET status = 'Completed' WHERE id = $1", first.json()["order"]
+    )
     assert (await place(user, "https://instagram.com/guarded")).status == 200
     # Without the setting, the same link may be ordered again at once.
     plain, user, _ = await panel_with(server, database_url, {})
@@ -194,29 +236,32 @@ async def test_duplicate_link_guard(server: Served, database_url: str) -> None:
         assert r.status == 200
 
 
-async def test_duplicate_link_guard_holds_under_concurrency(server: Served,
-                                                            database_url: str) -> None:
+async def test_duplicate_link_guard_holds_under_concurrency(
+    server: Served, database_url: str
+) -> None:
     domain, user, _ = await panel_with(server, database_url, {"duplicate_link_guard": "true"})
     fields = {"key": user.key, "action": "add", "service": MAIN, "link": LINK, "quantity": 100}
     async with Pool(server.port, 20) as pool:
         answers = await asyncio.gather(*(pool.call(fields, host=domain) for _ in range(20)))
     assert sorted(r.status for r in answers) == [200] + [400] * 19
-    count = await sql(database_url, "SELECT count(*) FROM orders WHERE user_id = $1",
-                      user.user_id)
+    count = await sql(database_url, "SELECT count(*) FROM orders WHERE user_id = $1", user.user_id)
     assert count[0][0] == 1
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])
-async def test_order_ceiling_429_with_retry_after(server: Served, database_url: str,
-                                                  encoding: str) -> None:
+async def test_order_ceiling_429_with_retry_after(
+    server: Served, database_url: str, encoding: str
+) -> None:
     domain, user, other = await panel_with(server, database_url, {"sec_order_max_per_min": "3"})
     for _ in range(3):
-        r = await ask(server, domain, user, encoding, action="add", service=MAIN, link=LINK,
-                      quantity=100)
+        r = await ask(
+            server, domain, user, encoding, action="add", service=MAIN, link=LINK, quantity=100
+        )
         assert r.status == 200
     for _ in range(2):
-        r = await ask(server, domain, user, encoding, action="add", service=MAIN, link=LINK,
-                      quantity=100)
+        r = await ask(
+            server, domain, user, encoding, action="add", service=MAIN, link=LINK, quantity=100
+        )
         assert (r.status, r.json()) == (429, {"error": "Too many requests"})
         assert 55 <= int(r.headers["retry-after"]) <= 60
     # Per user: the other customer is not limited; other actions are not limited.
@@ -228,8 +273,10 @@ async def test_order_ceiling_429_with_retry_after(server: Served, database_url: 
 
 async def test_order_ceiling_is_never_raised_above_30(server: Served, database_url: str) -> None:
     domain, user, _ = await panel_with(server, database_url, {"sec_order_max_per_min": "1000"})
-    answers = [await ask(server, domain, user, action="add", service=MAIN, link=LINK,
-                         quantity=100) for _ in range(31)]
+    answers = [
+        await ask(server, domain, user, action="add", service=MAIN, link=LINK, quantity=100)
+        for _ in range(31)
+    ]
     assert [r.status for r in answers] == [200] * 30 + [429]
 
 

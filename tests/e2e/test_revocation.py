@@ -27,13 +27,15 @@ def server(database_url: str) -> Iterator[Served]:
 
 
 async def probe(server: Served, domain: str, key: str) -> list[int]:
-    answers = await asyncio.gather(*(call(server.port, {"key": key, "action": "balance"},
-                                          host=domain) for _ in range(PROBES)))
+    answers = await asyncio.gather(
+        *(call(server.port, {"key": key, "action": "balance"}, host=domain) for _ in range(PROBES))
+    )
     return [r.status for r in answers]
 
 
 async def test_a_key_revoked_with_the_cli_is_refused_everywhere_within_a_second(
-        server: Served, database_url: str) -> None:
+    server: Served, database_url: str
+) -> None:
     domain = await World(database_url).panel()
     email = f"rev-{secrets.token_hex(4)}@example.test"
     cli(database_url, "user", "add", "--email", email, "--domain", domain, "--balance", "5")

@@ -53,7 +53,8 @@ async def _blocked_lookup(database_url: str, invalidate: str) -> tuple[bool, obj
             for _ in range(200):  # until the lookup waits for the lock
                 waiting = await locker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database() AND pid <> pg_backend_pid()")
+                    " AND datname = current_database() AND pid <> pg_backend_pid()"
+                )
                 if waiting:
                     break
                 await asyncio.sleep(0.01)

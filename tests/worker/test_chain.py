@@ -12,7 +12,8 @@ from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final
 
 
-async def test_order_on_b_completes_on_a_and_status_comes_back(database_url: str) -> None:
+async def test_order_on_b_completes_on_a_and_status_comes_back(own_database_url: str) -> None:
+    database_url = own_database_url
     world = World(database_url)
     domain_a = await world.panel()
     reseller_id, reseller_key = await world.user(domain_a, balance="1000.00")

@@ -41,7 +41,8 @@ async def start_worker(database_url: str) -> asyncio.subprocess.Process:
     )
 
 
-async def test_killed_workers_lose_nothing_and_send_nothing_twice(database_url: str) -> None:
+async def test_killed_workers_lose_nothing_and_send_nothing_twice(own_database_url: str) -> None:
+    database_url = own_database_url
     rng = random.Random(42)
     conn = await connect(database_url)
     pool = await db.create_pool(database_url, 8)

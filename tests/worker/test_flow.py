@@ -20,7 +20,8 @@ from tests.worker.flow import (
 )
 
 
-async def test_thousand_orders_complete_with_the_right_refunds(database_url: str) -> None:
+async def test_thousand_orders_complete_with_the_right_refunds(own_database_url: str) -> None:
+    database_url = own_database_url
     conn = await connect(database_url)
     pool = await db.create_pool(database_url, 12)
     async with Simulator(complete_after=0.5, partial_ratio=0.3, seed=7) as sim:
@@ -51,7 +52,10 @@ async def test_thousand_orders_complete_with_the_right_refunds(database_url: str
             await conn.close()
 
 
-async def test_failing_provider_holds_or_fails_and_others_keep_moving(database_url: str) -> None:
+async def test_failing_provider_holds_or_fails_and_others_keep_moving(
+    own_database_url: str,
+) -> None:
+    database_url = own_database_url
     conn = await connect(database_url)
     pool = await db.create_pool(database_url, 8)
     async with (
@@ -111,7 +115,8 @@ async def test_failing_provider_holds_or_fails_and_others_keep_moving(database_u
             await conn.close()
 
 
-async def test_cancels_and_refills_are_forwarded_and_synced(database_url: str) -> None:
+async def test_cancels_and_refills_are_forwarded_and_synced(own_database_url: str) -> None:
+    database_url = own_database_url
     conn = await connect(database_url)
     pool = await db.create_pool(database_url, 8)
     # Orders stay Pending upstream for 0.2 x 30 s: long enough to cancel them there.

@@ -46,7 +46,8 @@ class Receiver:
         return web.Response(status=204)
 
 
-async def test_signed_events_retried_until_the_receiver_recovers(database_url: str) -> None:
+async def test_signed_events_retried_until_the_receiver_recovers(own_database_url: str) -> None:
+    database_url = own_database_url
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/hook", receiver.hook)
