@@ -25,8 +25,9 @@ SELECT id, charge, start_count, status, remains FROM orders
 REFILLS_STATUS = """
 SELECT id, status FROM refills WHERE id = ANY($1::bigint[]) AND user_id = $2
 """
-CANCEL = "SELECT outcome, status, body FROM cancel_orders($1, $2, $3, $4, $5)"
-REFILL = "SELECT outcome, status, body FROM refill_orders($1, $2, $3, $4, $5, $6, $7)"
+# $1 'cancel' | 'refill', $2 user, $3 order ids, $4 single form, $5/$6 refill limits,
+# $7 idempotency key, $8 fingerprint -> (outcome, status, body)
+ORDER_ACTION = "SELECT outcome, status, body FROM order_action($1, $2, $3, $4, $5, $6, $7, $8)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +65,9 @@ async def cancel(
     idempotency_key: str | None = None,
     fingerprint: bytes = b"",
 ) -> Answer:
-    row = await conn.fetchrow(CANCEL, user_id, order_ids, single, idempotency_key, fingerprint)
-    assert row is not None
-    return Answer(row[0], row[1], row[2])
+    return await _order_action(
+        conn, "cancel", user_id, order_ids, single, 0, 0, idempotency_key, fingerprint
+    )
 
 
 async def refill(
@@ -79,15 +80,26 @@ async def refill(
     idempotency_key: str | None = None,
     fingerprint: bytes = b"",
 ) -> Answer:
+    return await _order_action(
+        conn, "refill", user_id, order_ids, single, max_per_order, cooldown_hours,
+        idempotency_key, fingerprint,
+    )  # fmt: skip
+
+
+async def _order_action(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    action: str,
+    user_id: int,
+    order_ids: list[int],
+    single: bool,
+    max_per_order: int,
+    cooldown_hours: int,
+    idempotency_key: str | None,
+    fingerprint: bytes,
+) -> Answer:
     row = await conn.fetchrow(
-        REFILL,
-        user_id,
-        order_ids,
-        single,
-        max_per_order,
-        cooldown_hours,
-        idempotency_key,
-        fingerprint,
-    )
+        ORDER_ACTION, action, user_id, order_ids, single, max_per_order, cooldown_hours,
+        idempotency_key, fingerprint,
+    )  # fmt: skip
     assert row is not None
     return Answer(row[0], row[1], row[2])

@@ -229,108 +229,93 @@ BEGIN
     RETURN QUERY SELECT 'ok'::text, v_order, v_after, 200::smallint, v_body, NULL::integer;
 END $$;
 
--- Cancel orders of p_user, in the given order. Not yours / not found: "Incorrect order ID".
--- Service without cancel, or the order has started: "Cancel is not available". Certainly never
--- accepted upstream: canceled now with a full refund. Otherwise (sent, or maybe sent): a cancel
--- request for the worker to forward upstream; the order becomes Canceled when it confirms.
--- Answers are built here, byte-compatible with the API's JSON, so idempotent replays are exact:
--- p_single -> {"cancel":1} / {"error":...} (status 400, not stored); else a list of
--- {"order":N,"cancel":...} (status 200, stored even when some orders were refused: others
--- may have changed).
-CREATE FUNCTION cancel_orders(p_user bigint, p_ids bigint[], p_single boolean,
-                              p_idem_key text, p_fingerprint bytea,
-                              OUT outcome text, OUT status smallint, OUT body bytea)
+-- Cancel one order of p_user (locked by the caller). NULL when done, else the refusal:
+-- not yours / not found "Incorrect order ID"; service without cancel, or the order has started
+-- "Cancel is not available". Certainly never accepted upstream: canceled now with a full
+-- refund. Otherwise (sent, or maybe sent): a cancel request for the worker to forward upstream;
+-- the order becomes Canceled when the provider confirms.
+CREATE FUNCTION cancel_one(p_user bigint, p_id bigint) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id bigint;
-    v_error text;
-    v_items text[] := '{}';
     o record;
     job record;
-    claim record;
 BEGIN
-    IF p_idem_key IS NOT NULL THEN
-        SELECT * INTO claim FROM idem_claim(p_user, p_idem_key, p_fingerprint);
-        IF claim.outcome <> 'new' THEN
-            outcome := claim.outcome; status := claim.status; body := claim.body;
-            RETURN;
-        END IF;
+    SELECT ord.id, ord.status, ord.upstream_id, ord.cancel_requested, ord.charge, s.cancel
+      INTO o
+      FROM orders ord JOIN services s ON s.id = ord.service_id
+     WHERE ord.id = p_id AND ord.user_id = p_user;
+    IF NOT FOUND THEN
+        RETURN 'Incorrect order ID';
+    ELSIF NOT o.cancel OR o.status <> 'Pending' THEN
+        RETURN 'Cancel is not available';
+    ELSIF o.cancel_requested THEN
+        RETURN NULL;
     END IF;
-    -- Lock every order up front in ascending id order (the order every writer uses), so two
-    -- concurrent calls with the same ids in different orders cannot deadlock.
-    PERFORM 1 FROM orders WHERE id = ANY(p_ids) AND user_id = p_user ORDER BY id FOR UPDATE;
-    FOREACH v_id IN ARRAY p_ids LOOP
-        v_error := NULL;
-        SELECT ord.id, ord.status, ord.upstream_id, ord.cancel_requested, ord.charge, s.cancel
-          INTO o
-          FROM orders ord JOIN services s ON s.id = ord.service_id
-         WHERE ord.id = v_id AND ord.user_id = p_user
-           FOR UPDATE OF ord;
-        IF NOT FOUND THEN
-            v_error := 'Incorrect order ID';
-        ELSIF NOT o.cancel OR o.status <> 'Pending' THEN
-            v_error := 'Cancel is not available';
-        ELSIF NOT o.cancel_requested THEN
-            SELECT x.id, x.lease_until, x.ambiguous INTO job FROM outbox x
-             WHERE x.kind = 'dispatch' AND x.order_id = v_id FOR UPDATE;
-            -- Certainly never accepted upstream: no provider (no job), or a job that no worker
-            -- holds and whose attempts all ended in a definite refusal.
-            IF o.upstream_id IS NULL
-               AND (NOT FOUND OR (job.lease_until IS NULL AND NOT job.ambiguous)) THEN
-                DELETE FROM outbox WHERE kind = 'dispatch' AND order_id = v_id;
-                UPDATE orders SET status = 'Canceled', remains = quantity * runs,
-                                  updated_at = now()
-                 WHERE id = v_id;
-                IF o.charge > 0 THEN
-                    PERFORM refund_order(v_id, o.charge, 'canceled before dispatch');
-                END IF;
-                PERFORM order_event(v_id);
-            ELSE
-                UPDATE orders SET cancel_requested = true, updated_at = now() WHERE id = v_id;
-                INSERT INTO outbox (kind, order_id) VALUES ('cancel', v_id)
-                ON CONFLICT DO NOTHING;
-            END IF;
+    SELECT x.id, x.lease_until, x.ambiguous INTO job FROM outbox x
+     WHERE x.kind = 'dispatch' AND x.order_id = p_id FOR UPDATE;
+    -- Certainly never accepted upstream: no provider (no job), or a job that no worker holds
+    -- and whose attempts all ended in a definite refusal.
+    IF o.upstream_id IS NULL AND (NOT FOUND OR (job.lease_until IS NULL AND NOT job.ambiguous)) THEN
+        DELETE FROM outbox WHERE kind = 'dispatch' AND order_id = p_id;
+        UPDATE orders SET status = 'Canceled', remains = quantity * runs, updated_at = now()
+         WHERE id = p_id;
+        IF o.charge > 0 THEN
+            PERFORM refund_order(p_id, o.charge, 'canceled before dispatch');
         END IF;
-        IF p_single THEN
-            IF v_error IS NULL THEN
-                status := 200; body := convert_to('{"cancel":1}', 'UTF8');
-            ELSE
-                status := 400; body := convert_to('{"error":"' || v_error || '"}', 'UTF8');
-            END IF;
-        ELSE
-            v_items := v_items || ('{"order":' || v_id || ',"cancel":'
-                || CASE WHEN v_error IS NULL THEN '1' ELSE '{"error":"' || v_error || '"}' END
-                || '}');
-        END IF;
-    END LOOP;
-    IF NOT p_single THEN
-        status := 200;
-        body := convert_to('[' || array_to_string(v_items, ',') || ']', 'UTF8');
+        PERFORM order_event(p_id);
+    ELSE
+        UPDATE orders SET cancel_requested = true, updated_at = now() WHERE id = p_id;
+        INSERT INTO outbox (kind, order_id) VALUES ('cancel', p_id) ON CONFLICT DO NOTHING;
     END IF;
-    outcome := 'ok';
-    -- A refused single order (400) changed nothing and is not stored, as API.md says of every
-    -- 400: the client may fix the request, or wait until the order qualifies, and retry.
-    IF p_idem_key IS NOT NULL AND status = 200 THEN
-        PERFORM idem_store(p_user, p_idem_key, p_fingerprint, status, body);
-    END IF;
+    RETURN NULL;
 END $$;
 
--- Refill orders of p_user: only Completed/Partial orders of services with refill, no refill in
--- flight, none in the last p_cooldown_hours, fewer than p_max per order. Answers as cancel_orders:
--- p_single -> {"refill":N} / {"error":...}; else [{"order":N,"refill":M or {"error":...}}].
-CREATE FUNCTION refill_orders(p_user bigint, p_ids bigint[], p_single boolean,
-                              p_max integer, p_cooldown_hours integer,
-                              p_idem_key text, p_fingerprint bytea,
-                              OUT outcome text, OUT status smallint, OUT body bytea)
+-- Refill one order of p_user (locked by the caller): only Completed/Partial orders of services
+-- with refill, no refill in flight, none in the last p_cooldown_hours, fewer than p_max per
+-- order. (refill id, NULL) when created, else (NULL, the refusal).
+CREATE FUNCTION refill_one(p_user bigint, p_id bigint, p_max integer, p_cooldown_hours integer,
+                           OUT refill bigint, OUT error text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    o record;
+    r record;
+BEGIN
+    SELECT ord.status, s.refill AS allowed INTO o
+      FROM orders ord JOIN services s ON s.id = ord.service_id
+     WHERE ord.id = p_id AND ord.user_id = p_user;
+    IF NOT FOUND THEN
+        error := 'Incorrect order ID';
+        RETURN;
+    END IF;
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE f.status IN ('Pending', 'In progress')) AS open,
+           max(f.created_at) AS last
+      INTO r FROM refills f WHERE f.order_id = p_id;
+    IF NOT o.allowed OR o.status NOT IN ('Completed', 'Partial') OR r.open > 0
+       OR r.total >= p_max OR r.last > now() - make_interval(hours => p_cooldown_hours) THEN
+        error := 'Refill is not available';
+        RETURN;
+    END IF;
+    INSERT INTO refills (order_id, user_id) VALUES (p_id, p_user) RETURNING id INTO refill;
+    INSERT INTO outbox (kind, order_id, refill_id) VALUES ('refill', p_id, refill);
+END $$;
+
+-- `cancel` or `refill` (p_action) of p_user's orders, in the given order, under an optional
+-- idempotency key. The answer is built here, byte-compatible with the API's JSON, so an
+-- idempotent replay is exact: p_single -> {"<action>":value} or {"error":...} (status 400);
+-- else [{"order":N,"<action>":value or {"error":...}}, ...].
+CREATE FUNCTION order_action(p_action text, p_user bigint, p_ids bigint[], p_single boolean,
+                             p_max integer, p_cooldown_hours integer,
+                             p_idem_key text, p_fingerprint bytea,
+                             OUT outcome text, OUT status smallint, OUT body bytea)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id bigint;
-    v_refill bigint;
+    v_value text;
     v_error text;
     v_items text[] := '{}';
-    o record;
-    r record;
     claim record;
+    r record;
 BEGIN
     IF p_idem_key IS NOT NULL THEN
         SELECT * INTO claim FROM idem_claim(p_user, p_idem_key, p_fingerprint);
@@ -343,38 +328,25 @@ BEGIN
     -- concurrent calls with the same ids in different orders cannot deadlock.
     PERFORM 1 FROM orders WHERE id = ANY(p_ids) AND user_id = p_user ORDER BY id FOR UPDATE;
     FOREACH v_id IN ARRAY p_ids LOOP
-        v_error := NULL;
-        v_refill := NULL;
-        SELECT ord.id, ord.status, s.refill INTO o
-          FROM orders ord JOIN services s ON s.id = ord.service_id
-         WHERE ord.id = v_id AND ord.user_id = p_user
-           FOR UPDATE OF ord;
-        IF NOT FOUND THEN
-            v_error := 'Incorrect order ID';
+        IF p_action = 'cancel' THEN
+            v_error := cancel_one(p_user, v_id);
+            v_value := '1';
         ELSE
-            SELECT count(*) AS total,
-                   count(*) FILTER (WHERE f.status IN ('Pending', 'In progress')) AS open,
-                   max(f.created_at) AS last
-              INTO r FROM refills f WHERE f.order_id = v_id;
-            IF NOT o.refill OR o.status NOT IN ('Completed', 'Partial') OR r.open > 0
-               OR r.total >= p_max
-               OR r.last > now() - make_interval(hours => p_cooldown_hours) THEN
-                v_error := 'Refill is not available';
-            ELSE
-                INSERT INTO refills (order_id, user_id) VALUES (v_id, p_user)
-                RETURNING id INTO v_refill;
-                INSERT INTO outbox (kind, order_id, refill_id) VALUES ('refill', v_id, v_refill);
-            END IF;
+            SELECT * INTO r FROM refill_one(p_user, v_id, p_max, p_cooldown_hours);
+            v_error := r.error;
+            v_value := r.refill::text;
         END IF;
         IF p_single THEN
             IF v_error IS NULL THEN
-                status := 200; body := convert_to('{"refill":' || v_refill || '}', 'UTF8');
+                status := 200;
+                body := convert_to('{"' || p_action || '":' || v_value || '}', 'UTF8');
             ELSE
                 status := 400; body := convert_to('{"error":"' || v_error || '"}', 'UTF8');
             END IF;
         ELSE
-            v_items := v_items || ('{"order":' || v_id || ',"refill":'
-                || coalesce(v_refill::text, '{"error":"' || v_error || '"}') || '}');
+            v_items := v_items || ('{"order":' || v_id || ',"' || p_action || '":'
+                || CASE WHEN v_error IS NULL THEN v_value
+                        ELSE '{"error":"' || v_error || '"}' END || '}');
         END IF;
     END LOOP;
     IF NOT p_single THEN
