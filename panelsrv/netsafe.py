@@ -56,6 +56,8 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise UnsafeUrl("host does not resolve") from None
+    except UnicodeError:  # a label IDNA cannot encode (over 63 characters, empty)
+        raise UnsafeUrl("is not a valid URL") from None
     addresses = sorted({str(info[4][0]) for info in infos})
     if not addresses:
         raise UnsafeUrl("host does not resolve")

@@ -233,8 +233,6 @@ async def webhook_add(ctx: Context, action: a.WebhookAdd) -> tuple[int, bytes]:
         await netsafe.resolve(host, port, ctx.webhook_allow_private)
     except netsafe.UnsafeUrl as exc:
         raise bad_request("url", str(exc)) from None
-    except UnicodeError:  # getaddrinfo's IDNA encoding: a label over 63 characters, and such
-        raise bad_request("url", "is not a valid URL") from None
     try:
         webhook_id, secret = await webhooks.add(ctx.pool, ctx.principal.user_id, action.url, events)
     except webhooks.TooManyWebhooks:
