@@ -1,0 +1,61 @@
+"""PostgreSQL going away under a running server: 503 with Retry-After (never a 500, nothing
+internal), /readyz says so, and the server recovers on its own when the database is back."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.e2e.served import Served, World, call, visible
+from tests.guard.guardnet import Proxy
+from tests.http.httpkit import Client
+
+
+async def readyz(port: int) -> int:
+    client = await Client.connect(port)
+    try:
+        await client.send(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await client.final(timeout=10)
+        assert response is not None
+        return response.status
+    finally:
+        await client.close()
+
+
+async def test_database_outage_is_503_then_recovers(database_url: str) -> None:
+    parts = urlsplit(database_url)
+    if not parts.hostname or parts.hostname.startswith("/"):
+        pytest.skip("needs PostgreSQL over TCP to put a proxy in between")
+    proxy = Proxy(parts.hostname, parts.port or 5432)
+    await proxy.start()
+    netloc = parts.netloc.rsplit("@", 1)
+    through = (
+        f"{netloc[0]}@127.0.0.1:{proxy.port}" if len(netloc) == 2 else f"127.0.0.1:{proxy.port}"
+    )
+    proxied = urlunsplit((parts.scheme, through, parts.path, parts.query, parts.fragment))
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain, balance="3.00")
+    served = Served(proxied, settings={"pool_size": "2"})
+    await asyncio.to_thread(served.start)  # the proxy answers on this loop meanwhile
+    try:
+        await visible(served.port, domain, key)
+        await proxy.cut()
+        r = await call(served.port, {"key": key, "action": "balance"}, host=domain)
+        assert (r.status, r.json()) == (503, {"error": "Service unavailable"})
+        assert int(r.headers["retry-after"]) >= 1
+        assert await readyz(served.ops_port) == 503
+        await proxy.start()
+        for _ in range(100):
+            r = await call(served.port, {"key": key, "action": "balance"}, host=domain)
+            if r.status == 200:
+                break
+            assert r.status == 503
+            await asyncio.sleep(0.1)
+        assert r.json() == {"balance": "3.00", "currency": "USD"}
+        assert await readyz(served.ops_port) == 200
+    finally:
+        await asyncio.to_thread(served.stop)
+        await proxy.cut()
