@@ -45,6 +45,16 @@ log = logging.getLogger("panelsrv.server")
 WORKER_POOL_SIZE = 4
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
 TOO_MANY_BODY = ERROR_BODIES[Code.TOO_MANY_REQUESTS]
+# The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
+GUARD_GAUGES = {
+    "guard_shared_up": "Processes whose limits are shared through Redis or the host's hub"
+    " (below the process count: those processes enforce every limit alone)",
+    "guard_processes": "Processes each process believes share its limits, summed",
+    "guard_ip_keys": "Per-IP buckets held (not full)",
+    "guard_ip_leases": "Per-IP keys spending tokens leased from the shared bucket",
+    "guard_user_keys": "Per-user buckets held (not full)",
+    "guard_blocked_ips": "Addresses blocked for failed authentications, summed over processes",
+}
 # Tables whose change alters what a cached principal says (discount, own rates).
 PRICING_TABLES = frozenset({"users", "user_rates"})
 
@@ -143,9 +153,7 @@ class App:
             fn=pool.get_idle_size,
         )
         for name in guard.metrics():
-            registry.gauge(
-                f"panelsrv_guard_{name}", f"Limits engine: {name}", fn=_guard_reading(guard, name)
-            )
+            registry.gauge(f"panelsrv_{name}", GUARD_GAUGES[name], fn=_guard_reading(guard, name))
         self.http = HttpServer(
             api_routes(api.handle),
             limits=http_limits(cfg),
