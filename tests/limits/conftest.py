@@ -1,8 +1,9 @@
 """One `panelsrv serve --workers 2` (limits shared through the host's hub) for the limits tests.
 
-Real limits (100 req/s, burst 100 per IP), a short block, and the harness's own address on the
-allow-list so set-up traffic and refused keys from 127.0.0.1 never block the tests themselves.
-Each test uses its own client address (127.0.0.x) and its own panel, users and keys.
+Real limits (100 req/s, burst 100 per IP), a short block, and on the allow-list: the harness's
+own address (127.0.0.1), the allow-list test's (127.0.0.9) and the revocation tests' (127.0.0.20,
+whose refused keys must not block it). Each test sends its main traffic from its own address and
+uses its own panel, users and keys.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def hub_server(database_url: str) -> Iterator[HubServer]:
         "ip_rate": "100",
         "ip_burst": "100",
         "block_seconds": str(BLOCK_SECONDS),
-        "never_block": "127.0.0.1,127.0.0.9",
+        "never_block": "127.0.0.1,127.0.0.9,127.0.0.20",
         "limit_sync_interval": str(SYNC_INTERVAL),
     }
     served = Served(

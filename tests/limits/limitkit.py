@@ -12,6 +12,7 @@ import collections
 import contextlib
 import glob
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,30 @@ async def refused_on_connect(port: int, source: str, wait: float = 0.2) -> bool:
     finally:
         await client.close()
     return response is not None and not refusal_problems(response, pre_body=True)
+
+
+async def offered(port: int, domain: str, key: str, service: int, timeout: float = 5.0) -> None:
+    """Wait until every worker process lists `service` (its catalog reloaded after NOTIFY)."""
+    request = post(domain, {"key": key, "action": "services"})
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while streak < 10:
+        r = await ask(port, request)
+        listed = r.status == 200 and any(s["service"] == service for s in r.json())
+        streak = streak + 1 if listed else 0
+        assert time.monotonic() < deadline, f"service {service} not offered: {r.status}"
+        if not listed:
+            await asyncio.sleep(0.05)
+
+
+async def place(port: int, domain: str, key: str, service: int, source: str) -> tuple[int, object]:
+    link = f"https://instagram.com/{secrets.token_hex(6)}"
+    fields = {"key": key, "action": "add", "service": service, "link": link, "quantity": 100}
+    r = await ask(port, post(domain, fields), source)
+    if r.status == 429:
+        assert not refusal_problems(r, pre_body=False), r
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+    return r.status, r.json()
 
 
 def refusal_problems(response: Response, *, pre_body: bool) -> list[str]:

@@ -17,10 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from panelsrv.guard.coord import excess_bound
-from tests.e2e.served import Served, World, visible
+from tests.e2e.served import Served, World
 from tests.guard.guardnet import Proxy
-from tests.limits.limitkit import flood, post, scrape, shared, until
-from tests.limits.test_user_limits import place
+from tests.limits.limitkit import flood, offered, place, post, scrape, shared, until
 
 RATE = BURST = 100
 INTERVAL = 0.1
@@ -69,7 +68,7 @@ async def test_two_hosts_share_the_ip_limit_survive_a_redis_outage_and_recover(
             _, key = await world.user(domain, balance="100.00")
             await world.service(domain, local_id=5, rate="1.00", min=10, max=1000)
             for port in ports:
-                await visible(port, domain, key)
+                await offered(port, domain, key, 5)
 
             async def pair_shared() -> bool:
                 return all([await shared(host.ops_port, 1, 2) for host in hosts])
@@ -98,10 +97,10 @@ async def test_two_hosts_share_the_ip_limit_survive_a_redis_outage_and_recover(
             assert tally.statuses[200] <= 2 * (RATE * tally.elapsed + BURST)
             # The order ceiling lives in PostgreSQL: exact across the hosts, Redis or not.
             for n in range(30):
-                status, body = await place(ports[n % 2], domain, key, 5)
+                status, body = await place(ports[n % 2], domain, key, 5, "127.0.0.7")
                 assert status == 200, (n, body)
-            assert (await place(ports[1], domain, key, 5))[0] == 429
-            assert (await place(ports[0], domain, key, 5))[0] == 429
+            assert (await place(ports[1], domain, key, 5, "127.0.0.7"))[0] == 429
+            assert (await place(ports[0], domain, key, 5, "127.0.0.7"))[0] == 429
             log = capfd.readouterr().err
             assert log.count("limits backend unreachable") == 2, log  # once per process
 

@@ -7,18 +7,19 @@ ceiling lives in the statement that debits the wallet, so it is exact whatever t
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from panelsrv.guard.coord import excess_bound
 from tests.conftest import run_async
-from tests.e2e.served import Served, World, visible
+from tests.e2e.served import Served, World
 from tests.limits.conftest import SYNC_INTERVAL, HubServer
 from tests.limits.limitkit import (
     ask,
     execute,
+    offered,
+    place,
     post,
     refusal_problems,
     served_by_each,
@@ -29,31 +30,24 @@ from tests.limits.limitkit import (
 COUNT_ORDERS = "SELECT count(*) FROM orders WHERE user_id = $1"
 
 
-async def place(port: int, domain: str, key: str, service: int) -> tuple[int, object]:
-    link = f"https://instagram.com/{secrets.token_hex(6)}"
-    fields = {"key": key, "action": "add", "service": service, "link": link, "quantity": 100}
-    r = await ask(port, post(domain, fields))
-    if r.status == 429:
-        assert not refusal_problems(r, pre_body=False), r
-        assert 1 <= int(r.headers["retry-after"]) <= 60
-    return r.status, r.json()
-
-
-@pytest.mark.parametrize(("setting", "allowed"), [(None, 30), (5, 5), (50, 30)])
+@pytest.mark.parametrize(
+    ("setting", "allowed", "source"),
+    [(None, 30, "127.0.0.10"), (5, 5, "127.0.0.11"), (50, 30, "127.0.0.12")],
+)
 async def test_the_order_after_the_ceiling_is_refused_across_processes(
-    hub_server: HubServer, database_url: str, setting: int | None, allowed: int
+    hub_server: HubServer, database_url: str, setting: int | None, allowed: int, source: str
 ) -> None:
     world = World(database_url)
     settings = {} if setting is None else {"sec_order_max_per_min": str(setting)}
     domain = await world.panel(settings)
     user, key = await world.user(domain, balance="100.00")
     await world.service(domain, local_id=3, rate="1.00", min=10, max=1000)
-    await visible(hub_server.port, domain, key)
+    await offered(hub_server.port, domain, key, 3)
     before = served_by_each(hub_server.run_dir, "add")
     for n in range(1, allowed + 1):
-        status, body = await place(hub_server.port, domain, key, 3)
+        status, body = await place(hub_server.port, domain, key, 3, source)
         assert status == 200, (n, body)
-    status, body = await place(hub_server.port, domain, key, 3)
+    status, body = await place(hub_server.port, domain, key, 3, source)
     assert (status, body) == (429, {"error": "Too many requests"})
     (count,) = (await execute(database_url, COUNT_ORDERS, user))[0]
     assert count == allowed
@@ -70,8 +64,11 @@ async def test_concurrent_adds_stop_exactly_at_the_ceiling(
     domain = await world.panel()
     user, key = await world.user(domain, balance="100.00")
     await world.service(domain, local_id=4, rate="1.00", min=10, max=1000)
-    await visible(hub_server.port, domain, key)
-    results = await asyncio.gather(*(place(hub_server.port, domain, key, 4) for _ in range(40)))
+    await offered(hub_server.port, domain, key, 4)
+    source = "127.0.0.13"
+    results = await asyncio.gather(
+        *(place(hub_server.port, domain, key, 4, source) for _ in range(40))
+    )
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 30 + [429] * 10
     assert (await execute(database_url, COUNT_ORDERS, user))[0][0] == 30
