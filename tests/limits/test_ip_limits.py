@@ -100,11 +100,14 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
         await asyncio.sleep(0.02)
 
     await asyncio.sleep(max(0.0, blocked_at + BLOCK_SECONDS - time.monotonic()))
-    deadline = time.monotonic() + 1.0  # the expiry, seen through each process's clock offset
-    while (r := await ask(hub_server.port, good, source)).status != 200:
-        assert r.status == 429 and time.monotonic() < deadline, r
-    for _ in range(6):
-        assert (await ask(hub_server.port, good, source)).status == 200
+    # The other process's copy of the block came through the hub: it may end up to a sync
+    # interval and a round trip later.
+    deadline = time.monotonic() + 2 * SYNC_INTERVAL + LOADED_SLACK
+    streak = 0
+    while streak < 6:
+        r = await ask(hub_server.port, good, source)
+        assert r.status in (200, 429) and time.monotonic() < deadline, r
+        streak = streak + 1 if r.status == 200 else 0
 
 
 async def test_strikes_on_both_processes_add_up_to_a_block(
