@@ -15,10 +15,15 @@ Two servers run side by side on the same core, against the same database:
 
 Scenarios: `nope` (an unknown action: the cheapest request, answered 400 before any key lookup;
 only the per-IP check runs, so it is the largest share the limiter can take) and `balance` (a
-valid key: per-IP and per-user checks, one database read). Rounds alternate the order of the
-arms (on/off, then off/on) so drift on a shared machine hits both alike; the ratio is taken per
-round and the median reported. Server and wrk are pinned to different cores with taskset.
-Processes are ours and stopped by pid. The database is created for the run and dropped after.
+valid key: per-IP and per-user checks, one database read).
+
+The two arms run at the same time, pinned to the same core, one wrk each (both wrk pinned to
+another core): the scheduler gives each server half the core, so the ratio of their requests/s
+is the ratio of their CPU cost per request, and whatever else the (shared) machine does at that
+moment slows both alike. Running the arms one after the other instead was tried first: on a
+machine other jobs share, the per-round ratio swung from 0.5 to 1.5. Each round runs both
+scenarios; the per-round ratio's median is reported with its range. Processes are ours and
+stopped by pid. The database is created for the run and dropped after.
 """
 
 from __future__ import annotations
@@ -242,40 +247,58 @@ class Run:
     user_keys: int
 
 
-def wrk(arm: Arm, scenario: str, seconds: int, cpu: str, lua: Path, keys: Path) -> Run:
-    out = Path(tempfile.mkstemp(prefix="limiter-cost-", suffix=".json")[1])
-    env = {
-        **os.environ, "LC_SCENARIO": scenario, "LC_HOST": "limits.bench",
-        "LC_XFF_POOL": str(XFF_POOL), "LC_KEYS": str(keys), "LC_OUT": str(out),
-    }  # fmt: skip
-    cpu_before = arm.cpu_seconds()
+def load(arms: list[Arm], scenario: str, seconds: int, cpu: str, lua: Path, keys: Path
+         ) -> tuple[list[Run], float]:  # fmt: skip
+    """One wrk per arm, all at once; the runs and the server core's busy share meanwhile."""
+    outs = [Path(tempfile.mkstemp(prefix="limiter-cost-", suffix=".json")[1]) for _ in arms]
+    procs = []
+    cpu_before = [arm.cpu_seconds() for arm in arms]
+    started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            ["taskset", "-c", cpu, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
-             "--timeout", "5s", "-s", str(lua), f"http://127.0.0.1:{arm.port}/api/v2"],
-            env=env, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        for arm, out in zip(arms, outs, strict=True):
+            env = {
+                **os.environ, "LC_SCENARIO": scenario, "LC_HOST": "limits.bench",
+                "LC_XFF_POOL": str(XFF_POOL), "LC_KEYS": str(keys), "LC_OUT": str(out),
+            }  # fmt: skip
+            procs.append(subprocess.Popen(
+                ["taskset", "-c", cpu, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
+                 "--timeout", "5s", "-s", str(lua), f"http://127.0.0.1:{arm.port}/api/v2"],
+                env=env, stdout=subprocess.DEVNULL,
+            ))  # fmt: skip
         time.sleep(seconds / 2)
-        held = arm.metrics()  # mid-run: what the guard holds under this load
-        if proc.wait(seconds + 30) != 0:
-            raise RuntimeError(f"wrk exited with {proc.returncode}")
-        result = json.loads(out.read_text())
+        held = [arm.metrics() for arm in arms]  # mid-run: what the guard holds under load
+        for proc in procs:
+            if proc.wait(seconds + 30) != 0:
+                raise RuntimeError(f"wrk exited with {proc.returncode}")
+        elapsed = time.monotonic() - started
+        results = [json.loads(out.read_text()) for out in outs]
     finally:
-        out.unlink(missing_ok=True)
-    requests = result["requests"]
-    return Run(
-        arm=arm.name,
-        scenario=scenario,
-        round=0,
-        rps=requests / (result["duration_us"] / 1e6),
-        cpu_us=(arm.cpu_seconds() - cpu_before) / max(1, requests) * 1e6,
-        p50_us=result["p50_us"],
-        p99_us=result["p99_us"],
-        statuses=result["statuses"],
-        socket_errors=result["socket_errors"],
-        ip_keys=int(held.get("panelsrv_guard_ip_keys", 0)),
-        user_keys=int(held.get("panelsrv_guard_user_keys", 0)),
-    )
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for out in outs:
+            out.unlink(missing_ok=True)
+    runs = []
+    busy = 0.0
+    for arm, result, before, metrics in zip(arms, results, cpu_before, held, strict=True):
+        spent = arm.cpu_seconds() - before
+        busy += spent
+        requests = result["requests"]
+        runs.append(Run(
+            arm=arm.name,
+            scenario=scenario,
+            round=0,
+            rps=requests / (result["duration_us"] / 1e6),
+            cpu_us=spent / max(1, requests) * 1e6,
+            p50_us=result["p50_us"],
+            p99_us=result["p99_us"],
+            statuses=result["statuses"],
+            socket_errors=result["socket_errors"],
+            ip_keys=int(metrics.get("panelsrv_guard_ip_keys", 0)),
+            user_keys=int(metrics.get("panelsrv_guard_user_keys", 0)),
+        ))  # fmt: skip
+    return runs, busy / elapsed
 
 
 EXPECTED = {"nope": "400", "balance": "200"}
@@ -312,8 +335,9 @@ def report(runs: list[Run], args: argparse.Namespace, layout: tuple[str, str], n
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit {commit()} "
         f"by `python -m bench.limiter_cost --rounds {args.rounds} --seconds {args.seconds}`.",
         f"Machine: {machine()}.",
-        f"Server pinned to CPU {layout[0]}, wrk (1 thread, {CONNECTIONS} keep-alive "
-        f"connections) to CPU {layout[1]}; PostgreSQL unpinned on the same machine.",
+        f"Both servers pinned to CPU {layout[0]} and loaded at the same time; each by its own "
+        f"wrk (1 thread, {CONNECTIONS} keep-alive connections), both on CPU {layout[1]}; "
+        "PostgreSQL unpinned on the same machine.",
         "Method, arms and scenarios: see the docstring of bench/limiter_cost.py. `on` runs the "
         "default limits with X-Forwarded-For spread over "
         f"{XFF_POOL:,} addresses and `balance` over {USERS:,} users (nothing refused); `off` "
@@ -339,7 +363,7 @@ def report(runs: list[Run], args: argparse.Namespace, layout: tuple[str, str], n
         )
     lines += [
         "",
-        "## Every run, in the order they ran",
+        "## Every run (`on` and `off` of a round ran at the same time)",
         "",
         "| round | scenario | arm | req/s | server CPU µs/req | p50 µs | p99 µs | statuses "
         "| socket errors |",
@@ -398,21 +422,29 @@ def main() -> None:
     try:
         for arm in arms:
             arm.start()
-        for arm in arms:  # warm both: key caches, catalog, allocator, branch predictors
-            for scenario in EXPECTED:
-                wrk(arm, scenario, WARMUP_SECONDS, wrk_cpu, lua, keys)
+        for scenario in EXPECTED:  # warm both: key caches, catalog, allocator
+            load(arms, scenario, WARMUP_SECONDS, wrk_cpu, lua, keys)
+        busy: list[float] = []
         for n in range(1, args.rounds + 1):
-            order = arms if n % 2 else arms[::-1]
             for scenario in EXPECTED:
-                for arm in order:
-                    run = wrk(arm, scenario, args.seconds, wrk_cpu, lua, keys)
+                pair, share = load(arms, scenario, args.seconds, wrk_cpu, lua, keys)
+                busy.append(share)
+                for run in pair:
                     run.round = n
                     runs.append(run)
-                    print(
-                        f"round {n} {scenario:8} {arm.name:3} {run.rps:9,.0f} req/s "
-                        f"{run.cpu_us:6.1f} µs/req {run.statuses}",
-                        flush=True,
-                    )
+                on, off = pair
+                print(
+                    f"round {n} {scenario:8} on {on.rps:8,.0f} off {off.rps:8,.0f} req/s "
+                    f"ratio {on.rps / off.rps:.3f}, server core busy {share:.0%}",
+                    flush=True,
+                )
+        notes.append(
+            f"The server core was busy {min(busy):.0%}–{max(busy):.0%} of each run (both "
+            "servers together): the servers, not wrk, were the bottleneck."
+            if min(busy) >= 0.9
+            else f"The server core was busy only {min(busy):.0%}–{max(busy):.0%} of some runs: "
+            "wrk (or the machine) may have limited them; read the ratios with care."
+        )
         held = [r for r in runs if r.arm == "on"]
         notes.append(
             "Mid-run, the `on` server's guard held "
