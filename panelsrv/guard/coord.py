@@ -255,6 +255,7 @@ class Coordinator:
         "limiters",
         "live_ttl",
         "pid",
+        "sharing",
         "user",
     )
 
@@ -268,7 +269,8 @@ class Coordinator:
         self.blocks = blocks
         self.live_ttl = max(1.0, 5 * sync_interval)
         self.hot_ttl = max(1.0, 10 * sync_interval)
-        self._strikes: dict[str, int] = {}
+        self._strikes: dict[str, int] = {}  # strikes not yet reported to the backend
+        self.sharing = True  # False: no backend will ever collect, so queue nothing for it
         self._block_cursor = ""
         self._hot_cursor = ""
 
@@ -276,6 +278,8 @@ class Coordinator:
         if self.blocks.allowed(ip):
             return
         self.blocks.strike(ip, now)
+        if not self.sharing:
+            return
         # Bounded: beyond the cap strikes still block locally, only their sharing is lost.
         if ip in self._strikes or len(self._strikes) < self.blocks.max_keys:
             self._strikes[ip] = self._strikes.get(ip, 0) + 1
