@@ -107,7 +107,7 @@ async def test_two_hosts_share_the_ip_limit_survive_a_redis_outage_and_recover(
             await proxy.start()  # Redis back: both hosts rejoin by themselves
             await until(pair_shared, BACKOFF_CAP + 3.0)
             log = capfd.readouterr().err
-            assert log.count("limits shared through the backend (2 processes)") >= 1, log
+            assert log.count("limits shared through the backend (2 processes) again") >= 1, log
             tally = await flood(ports, balance, 500, 0.5, source="127.0.0.6")
             ok = tally.statuses[200]
             assert ok <= RATE * tally.elapsed + BURST + excess_bound(2, RATE, BURST, INTERVAL)
