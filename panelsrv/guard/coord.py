@@ -47,7 +47,7 @@ first grant arrives (at most D plus a round trip), only its share burst b/P and 
 there. An instant burst of the whole allowance that lands on one process (one keep-alive
 connection) is therefore cut to about b/P + g, and the rest is refused with Retry-After: 1
 although tokens come back within D. Waiting for the backend instead would put it on the
-request path; the e2e tests (tests/limits) measure the limit with paced floods for this reason.
+request path.
 
 When the backend is unreachable (`fail`) every process enforces the whole limit by itself (share
 = the full bucket, leased keys start from an empty bucket): requests keep being answered and the
