@@ -7,6 +7,7 @@ put in the database URL (its pools set their own).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from panelsrv.store import db, keys
@@ -21,11 +22,22 @@ UPDATE api_keys SET revoked_at = now() WHERE prefix = $1
 """
 SPREAD = 12  # fresh connections per check: every worker process answers some of them
 SOURCE = "127.0.0.20"  # allow-listed: the refused key's strikes must not block it
+PACE = 0.15  # seconds between checks: SPREAD requests per PACE stays under 100 req/s
 
 
 async def statuses(port: int, domain: str, key: str) -> set[int]:
     request = post(domain, {"key": key, "action": "balance"})
     return {(await ask(port, request, SOURCE)).status for _ in range(SPREAD)}
+
+
+async def refused_everywhere(port: int, domain: str, key: str, within: float) -> None:
+    """Every process refuses the key (401) within `within` seconds. Checks are paced below
+    the address's own rate limit, so a 429 never hides the answer."""
+    started = time.monotonic()
+    while (seen := await statuses(port, domain, key)) != {401}:
+        assert 429 not in seen, seen
+        assert time.monotonic() - started < within, f"still {seen} after {within} s"
+        await asyncio.sleep(PACE)
 
 
 async def listeners(database_url: str, app_name: str) -> list[int]:
@@ -54,9 +66,7 @@ async def test_a_revocation_reaches_every_process_at_once(
     await visible(hub_server.port, domain, key)
     assert await statuses(hub_server.port, domain, key) == {200}  # cached everywhere
     await revoke(database_url, key)
-    revoked = time.monotonic()
-    while await statuses(hub_server.port, domain, key) != {401}:
-        assert time.monotonic() - revoked < 0.5, "revocation not heard by every process"
+    await refused_everywhere(hub_server.port, domain, key, 0.5)
 
 
 async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
@@ -78,10 +88,8 @@ async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
         database_url, "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", before
     )
     assert [row[0] for row in rows] == [True, True]
-    killed = time.monotonic()
     # Every process dropped its whole cache: the key is looked up again, and refused.
-    while await statuses(hub_server.port, domain, key) != {401}:
-        assert time.monotonic() - killed < 2.0, "cache not dropped on a lost listener"
+    await refused_everywhere(hub_server.port, domain, key, 1.0)
     assert await statuses(hub_server.port, domain, other) == {200}  # still answering
 
     async def reconnected() -> bool:
@@ -92,6 +100,4 @@ async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
     # Listening again: a revocation through the ordinary path reaches every process.
     await visible(hub_server.port, domain, other)
     await revoke(database_url, other)
-    revoked = time.monotonic()
-    while await statuses(hub_server.port, domain, other) != {401}:
-        assert time.monotonic() - revoked < 0.5, "revocation not heard after the reconnect"
+    await refused_everywhere(hub_server.port, domain, other, 0.5)
