@@ -45,6 +45,16 @@ log = logging.getLogger("panelsrv.server")
 WORKER_POOL_SIZE = 4
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
 TOO_MANY_BODY = ERROR_BODIES[Code.TOO_MANY_REQUESTS]
+# The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
+GUARD_GAUGES = {
+    "guard_shared_up": "Processes whose limits are shared through Redis or the host's hub"
+    " (below the process count: those processes enforce every limit alone)",
+    "guard_processes": "Processes each process believes share its limits, summed",
+    "guard_ip_keys": "Per-IP buckets held (not full)",
+    "guard_ip_leases": "Per-IP keys spending tokens leased from the shared bucket",
+    "guard_user_keys": "Per-user buckets held (not full)",
+    "guard_blocked_ips": "Addresses blocked for failed authentications, summed over processes",
+}
 # Tables whose change alters what a cached principal says (discount, own rates).
 PRICING_TABLES = frozenset({"users", "user_rates"})
 
@@ -92,6 +102,15 @@ def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
     return lambda: guard.metrics()[name]
 
 
+def _no_strike(ip: str) -> None:
+    """`limits=False`: failed authentications are not counted."""
+
+
+def _no_wait(user_id: int) -> float:
+    """`limits=False`: no per-user cap."""
+    return 0.0
+
+
 def hub_path(run_dir: str) -> str:
     return os.path.join(run_dir, "guard.sock")
 
@@ -99,10 +118,11 @@ def hub_path(run_dir: str) -> str:
 class App:
     """One API process: pool, catalog, key cache, notifications, limits, API and ops listeners."""
 
-    def __init__(self, cfg: Config, url: str, slot: Slot) -> None:
+    def __init__(self, cfg: Config, url: str, slot: Slot, *, limits: bool = True) -> None:
         self.cfg = cfg
         self.url = url
         self.slot = slot
+        self.limits = limits
         self.catalog: catalog.Catalog
         self.pool: asyncpg.Pool | None = None
         self.http: HttpServer | None = None
@@ -123,20 +143,19 @@ class App:
             self.url, keys.revoke, self._catalog_changed, self._listener_reset(keys)
         )
         self._listener.start()
-        self._guard = guard = Guard(guard_settings(cfg), render_429)
-        guard.start(self._guard_backend())
+        registry = metrics.Registry()
+        guard = self._start_guard(registry) if self.limits else None
         api = Api(
             pool=pool,
             state=self,
             keys=keys,
             default_panel=cfg.default_panel,
             sign_max_skew=cfg.sign_max_skew,
-            strike=guard.strike,
-            user_wait=guard.check_user,
+            strike=guard.strike if guard else _no_strike,
+            user_wait=guard.check_user if guard else _no_wait,
             webhook_allow_http=cfg.webhook_allow_http,
             webhook_allow_private=cfg.webhook_allow_private,
         )
-        registry = metrics.Registry()
         registry.gauge(
             "panelsrv_db_pool_size", "Connections in this process's pool", fn=pool.get_size
         )
@@ -145,15 +164,11 @@ class App:
             "Idle connections in this process's pool",
             fn=pool.get_idle_size,
         )
-        for name in guard.metrics():
-            registry.gauge(
-                f"panelsrv_guard_{name}", f"Limits engine: {name}", fn=_guard_reading(guard, name)
-            )
         self.http = HttpServer(
             api_routes(api.handle),
             limits=http_limits(cfg),
-            precheck=guard.check_ip,
-            connect_check=guard.check_block,
+            precheck=guard.check_ip if guard else None,
+            connect_check=guard.check_block if guard else None,
             trusted_proxies=cfg.trusted_proxies,
             registry=registry,
             access_log=cfg.access_log,
@@ -164,6 +179,13 @@ class App:
         if cfg.ops_port:
             self.ops = HttpServer(ops_routes(self.ready, self._share.collect))
             await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
+
+    def _start_guard(self, registry: metrics.Registry) -> Guard:
+        self._guard = guard = Guard(guard_settings(self.cfg), render_429)
+        guard.start(self._guard_backend())
+        for name in guard.metrics():
+            registry.gauge(f"panelsrv_{name}", GUARD_GAUGES[name], fn=_guard_reading(guard, name))
+        return guard
 
     def _guard_backend(self) -> RedisBackend | HubBackend | None:
         if self.cfg.redis_url:
@@ -246,21 +268,24 @@ def _run_hub(path: str) -> None:
     uvloop.run(main())
 
 
-def run_serve(cfg: Config) -> int:
-    """`panelsrv serve`: N API processes on one port; the parent supervises (procs.supervise)."""
+def run_serve(cfg: Config, *, limits: bool = True) -> int:
+    """`panelsrv serve`: N API processes on one port; the parent supervises (procs.supervise).
+
+    `limits=False` builds no guard at all (no per-IP, per-user or block checks, no hub): only
+    for measuring what the limits cost (bench/limiter_cost.py); no setting reaches it."""
     url = db.resolve_url(cfg.database_url, cfg.data_dir)
     uvloop.run(_migrate(url))  # the loop is closed again before anything forks
     own_dir = not os.environ.get("RUNTIME_DIRECTORY")
     run_dir = os.environ.get("RUNTIME_DIRECTORY") or tempfile.mkdtemp(prefix="panelsrv-")
     hub = None
-    if not cfg.redis_url and worker_count(cfg) > 1:
+    if limits and not cfg.redis_url and worker_count(cfg) > 1:
         hub = multiprocessing.get_context("fork").Process(
             target=_run_hub, args=(hub_path(run_dir),), name="panelsrv-limits-hub", daemon=True
         )
         hub.start()
     try:
         return supervise(
-            lambda slot: App(cfg, url, slot),
+            lambda slot: App(cfg, url, slot, limits=limits),
             workers=cfg.workers,
             grace=cfg.shutdown_grace,
             run_dir=run_dir,

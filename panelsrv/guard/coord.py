@@ -42,6 +42,13 @@ r = b = 100, D = 0.1 s: any one-second window of a flood admits at most 200 with
 (bound 350 and 390) and at most about 290 with P = 16 (bound 630), where the P*g grace of a cold
 start dominates.
 
+The other way (refusing early): a key that escalates on a process has, until that process's
+first grant arrives (at most D plus a round trip), only its share burst b/P and the grace g
+there. An instant burst of the whole allowance that lands on one process (one keep-alive
+connection) is therefore cut to about b/P + g, and the rest is refused with Retry-After: 1
+although tokens come back within D. Waiting for the backend instead would put it on the
+request path.
+
 When the backend is unreachable (`fail`) every process enforces the whole limit by itself (share
 = the full bucket, leased keys start from an empty bucket): requests keep being answered and the
 host-wide limit is at most P times the limit until the backend returns. IP blocks already known
@@ -255,6 +262,7 @@ class Coordinator:
         "limiters",
         "live_ttl",
         "pid",
+        "sharing",
         "user",
     )
 
@@ -268,7 +276,8 @@ class Coordinator:
         self.blocks = blocks
         self.live_ttl = max(1.0, 5 * sync_interval)
         self.hot_ttl = max(1.0, 10 * sync_interval)
-        self._strikes: dict[str, int] = {}
+        self._strikes: dict[str, int] = {}  # strikes not yet reported to the backend
+        self.sharing = True  # False: no backend will ever collect, so queue nothing for it
         self._block_cursor = ""
         self._hot_cursor = ""
 
@@ -276,6 +285,8 @@ class Coordinator:
         if self.blocks.allowed(ip):
             return
         self.blocks.strike(ip, now)
+        if not self.sharing:
+            return
         # Bounded: beyond the cap strikes still block locally, only their sharing is lost.
         if ip in self._strikes or len(self._strikes) < self.blocks.max_keys:
             self._strikes[ip] = self._strikes.get(ip, 0) + 1

@@ -126,6 +126,7 @@ class Guard:
     def start(self, backend: Backend | None = None) -> None:
         """Start the background task (sync with `backend`, or only sweeping). In the loop."""
         self._syncer.backend = backend
+        self.coord.sharing = backend is not None
         self._syncer.start()
 
     async def close(self) -> None:

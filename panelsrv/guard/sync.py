@@ -12,7 +12,8 @@ Invariants:
 - Any backend failure puts the coordinator in local mode (each process enforces every limit by
   itself) and is logged once, on the transition; `up` turns False (the /metrics gauge).
   Attempts continue with exponential backoff (interval * 2^n, at most `max_backoff`); the
-  first success logs once, re-shares the limits and resets the backoff.
+  first success logs once (a warning after an outage, an info line at start), re-shares the
+  limits and resets the backoff.
 - An unexpected exception (a bug, not an outage) is logged with its traceback and handled like
   an outage: the server keeps answering with local limits instead of losing its sync task.
 """
@@ -114,7 +115,7 @@ class Syncer:
         else:
             self.coord.apply(reply, self._clock())
             if not self.up:
-                log.warning("guard: limits shared through the backend (%d processes)", reply.procs)
+                _log_shared(reply.procs, recovered=self._failures > 0)
             self.up = True
             self._failures = 0
             return self.interval
@@ -123,14 +124,25 @@ class Syncer:
 
     def _fail(self, exc: BaseException, *, bug: bool) -> None:
         self.coord.fail(self._clock())
-        if not (self.up or self._failures == 0):
-            pass  # already logged for this outage
-        elif bug:
-            log.error("guard: sync failed unexpectedly; enforcing limits per process", exc_info=exc)
-        else:
-            log.warning(
-                "guard: limits backend unreachable (%s); enforcing limits per process until it"
-                " returns",
-                exc or type(exc).__name__,
-            )
+        if self.up or self._failures == 0:  # the first failure of this outage: say it once
+            if bug:
+                log.error(
+                    "limits sync failed unexpectedly; enforcing limits per process", exc_info=exc
+                )
+            else:
+                log.warning(
+                    "limits backend unreachable (%s); enforcing limits per process until it"
+                    " returns",
+                    str(exc) or type(exc).__name__,
+                )
         self.up = False
+
+
+def _log_shared(procs: int, *, recovered: bool) -> None:
+    how = log.warning if recovered else log.info  # a recovery closes a logged outage
+    how(
+        "limits shared through the backend (%d %s)%s",
+        procs,
+        "process" if procs == 1 else "processes",
+        " again" if recovered else "",
+    )

@@ -98,3 +98,15 @@ async def test_start_without_backend_sweeps_and_closes() -> None:
     await asyncio.sleep(0)
     await guard.close()
     assert guard.metrics()["guard_shared_up"] == 0.0
+
+
+async def test_without_a_backend_strikes_are_not_queued_for_sharing() -> None:
+    guard = Guard(GuardSettings(), render)
+    guard.start()
+    try:
+        for i in range(2500):  # ten strikes for each of 250 addresses
+            guard.strike(f"192.0.2.{i % 250}")
+        assert guard.coord.collect().strike_ips == []  # nothing will ever collect them
+        assert guard.check_ip("192.0.2.1") is not None  # the local blocks still work
+    finally:
+        await guard.close()

@@ -1,0 +1,238 @@
+"""Helpers for the limits tests: clients from chosen loopback addresses, paced floods, metrics.
+
+A test that needs "one client address" connects from its own 127.0.0.x (Linux routes the whole
+127/8 to loopback). Only 127.0.0.1 is a trusted proxy by default, so any other source is an
+ordinary client: refused at connection time while blocked, counted by its socket address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import glob
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from panelsrv.store import db
+from tests.e2e.served import encode
+from tests.http.httpkit import Client, Response
+
+HARNESS_SOURCE = "127.0.0.1"  # the tests' own set-up traffic; kept on the allow-list
+
+
+def post(domain: str, fields: Mapping[str, object], headers: bytes = b"") -> bytes:
+    """A complete form POST to /api/v2."""
+    ctype, body = encode(fields, "form")
+    return b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
+        domain.encode(),
+        ctype,
+        headers,
+        len(body),
+        body,
+    )
+
+
+async def connect(port: int, source: str = HARNESS_SOURCE) -> Client:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    return Client(reader, writer)
+
+
+async def ask(
+    port: int, request: bytes, source: str = HARNESS_SOURCE, timeout: float = 5.0
+) -> Response:
+    """One request on a fresh connection (so successive calls spread over the workers)."""
+    client = await connect(port, source)
+    try:
+        await client.send(request)
+        response = await client.final(timeout)
+        assert response is not None, "connection closed without an answer"
+        return response
+    finally:
+        await client.close()
+
+
+async def refused_on_connect(port: int, source: str, wait: float = 0.2) -> bool:
+    """True when the server answers 429 to a connection that has sent nothing."""
+    client = await connect(port, source)
+    try:
+        response = await client.final(wait)
+    except TimeoutError:
+        return False
+    finally:
+        await client.close()
+    return response is not None and not refusal_problems(response, pre_body=True)
+
+
+async def offered(port: int, domain: str, key: str, service: int, timeout: float = 5.0) -> None:
+    """Wait until every worker process lists `service` (its catalog reloaded after NOTIFY)."""
+    request = post(domain, {"key": key, "action": "services"})
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while streak < 10:
+        r = await ask(port, request)
+        listed = r.status == 200 and any(s["service"] == service for s in r.json())
+        streak = streak + 1 if listed else 0
+        assert time.monotonic() < deadline, f"service {service} not offered: {r.status}"
+        if not listed:
+            await asyncio.sleep(0.05)
+
+
+async def place(port: int, domain: str, key: str, service: int, source: str) -> tuple[int, object]:
+    link = f"https://instagram.com/{secrets.token_hex(6)}"
+    fields = {"key": key, "action": "add", "service": service, "link": link, "quantity": 100}
+    r = await ask(port, post(domain, fields), source)
+    if r.status == 429:
+        assert not refusal_problems(r, pre_body=False), r
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+    return r.status, r.json()
+
+
+def refusal_problems(response: Response, *, pre_body: bool) -> list[str]:
+    """What is wrong with a 429 (empty when it is right)."""
+    problems = []
+    if response.status != 429:
+        problems.append(f"status {response.status}")
+    if (
+        not response.headers.get("retry-after", "").isdigit()
+        or int(response.headers["retry-after"]) < 1
+    ):
+        problems.append(f"Retry-After {response.headers.get('retry-after')!r}")
+    if pre_body and response.headers.get("connection") != "close":
+        problems.append("no Connection: close")
+    if orjson.loads(response.body) != {"error": "Too many requests"}:
+        problems.append(f"body {response.body!r}")
+    return problems
+
+
+@dataclass
+class Tally:
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    problems: list[str] = field(default_factory=list)
+    lost: int = 0  # requests the server closed on without an answer
+    elapsed: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return sum(self.statuses.values())
+
+
+async def flood(
+    targets: list[int],
+    request: bytes,
+    total: int,
+    seconds: float,
+    *,
+    lanes: int = 8,
+    source: str = HARNESS_SOURCE,
+) -> Tally:
+    """`total` requests paced evenly over `seconds`, over `lanes` keep-alive connections
+    (a refused connection is replaced), round-robin over the `targets` ports. Every 429 must be
+    a pre-body refusal (the only limit a flood of one valid request can hit here is the IP's).
+    """
+    loop = asyncio.get_running_loop()
+    tally = Tally()
+    issued = 0
+    started = loop.time()
+
+    async def lane(index: int) -> None:
+        nonlocal issued
+        port = targets[index % len(targets)]
+        client: Client | None = None
+        try:
+            while issued < total:
+                n = issued
+                issued += 1
+                delay = started + n * seconds / total - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if client is None:
+                    client = await connect(port, source)
+                response = None
+                with contextlib.suppress(ConnectionError):
+                    await client.send(request)
+                    response = await client.final(5.0)
+                if response is None:
+                    tally.lost += 1
+                else:
+                    tally.statuses[response.status] += 1
+                    if response.status != 200:
+                        tally.problems += refusal_problems(response, pre_body=True)
+                if response is None or response.headers.get("connection") == "close":
+                    await client.close()
+                    client = None
+        finally:
+            if client is not None:
+                await client.close()
+
+    await asyncio.gather(*(lane(i) for i in range(lanes)))
+    tally.elapsed = loop.time() - started
+    return tally
+
+
+async def scrape(ops_port: int) -> dict[str, float]:
+    """The ops listener's /metrics: unlabelled samples by name (labelled ones summed)."""
+    client = await connect(ops_port)
+    try:
+        await client.send(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
+        response = await client.final(5.0)
+    finally:
+        await client.close()
+    assert response is not None and response.status == 200
+    values: dict[str, float] = collections.defaultdict(float)
+    for line in response.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            sample, value = line.rsplit(" ", 1)
+            values[sample.split("{", 1)[0]] += float(value)
+            values[sample] = float(value)
+    return values
+
+
+def slot_metrics(run_dir: str) -> list[dict]:  # type: ignore[type-arg]
+    """Each worker process's own metrics snapshot (the files the ops listener merges)."""
+    snapshots = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.json"))):
+        with open(path, "rb") as f:
+            snapshots.append(orjson.loads(f.read()))
+    return snapshots
+
+
+def served_by_each(run_dir: str, action: str) -> list[float]:
+    """How many `action` requests each worker process answered (flushed about once a second)."""
+    counts = []
+    for snap in slot_metrics(run_dir):
+        samples = snap.get("panelsrv_http_requests_total", {}).get("samples", [])
+        counts.append(sum(value for labels, value in samples if labels[0] == action))
+    return counts
+
+
+async def until(predicate, timeout: float, step: float = 0.02) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until the async `predicate` held; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not await predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+async def shared(ops_port: int, local: int, total: int) -> bool:
+    """All `local` worker processes behind `ops_port` share their limits with `total` in all."""
+    m = await scrape(ops_port)
+    return (
+        m.get("panelsrv_guard_shared_up") == local
+        and m.get("panelsrv_guard_processes") == local * total
+    )
+
+
+async def execute(database_url: str, sql: str, *args: object) -> list:  # type: ignore[type-arg]
+    conn = await db.connect(database_url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()

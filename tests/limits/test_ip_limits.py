@@ -1,0 +1,152 @@
+"""Per-IP limits of a real `serve --workers 2`: the token bucket and the invalid-key block.
+
+The tolerance asserted is the engine's own (panelsrv/guard/coord.py, `excess_bound`): across P
+processes syncing every D seconds, a window of W seconds admits at most r*W + b + E requests of
+one address, E <= g + 2*P*g + max(b, P), g = min(b, ceil(r*D)). Defaults (r = b = 100, D = 0.1,
+P = 2): E = 150, so one second of flood admits at most 350 (the engine's simulator sees 200).
+Blocks: the process that counts the limit-th strike blocks at once; the others learn it at
+their next syncs (two sync intervals plus the round trips).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from panelsrv.guard.coord import excess_bound
+from tests.e2e.served import World, visible
+from tests.limits.conftest import BLOCK_SECONDS, SYNC_INTERVAL, HubServer
+from tests.limits.limitkit import (
+    ask,
+    connect,
+    flood,
+    post,
+    refusal_problems,
+    refused_on_connect,
+    served_by_each,
+    shared,
+    until,
+)
+
+RATE = BURST = 100
+LOADED_SLACK = 0.3  # seconds a loaded 2-core test machine may add to a propagation
+
+
+async def test_1000_requests_in_one_second_admit_rate_plus_burst_within_the_tolerance(
+    hub_server: HubServer, database_url: str
+) -> None:
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(hub_server.port, domain, key)
+    await until(lambda: shared(hub_server.ops_port, 2, 2), 3.0)
+    before = served_by_each(hub_server.run_dir, "balance")
+    tally = await flood(
+        [hub_server.port],
+        post(domain, {"key": key, "action": "balance"}),
+        1000,
+        1.0,
+        lanes=8,
+        source="127.0.0.2",
+    )
+    ok, refused = tally.statuses[200], tally.statuses[429]
+    bound = RATE * tally.elapsed + BURST + excess_bound(2, RATE, BURST, SYNC_INTERVAL)
+    assert tally.lost == 0 and ok + refused == 1000, tally
+    assert not tally.problems, tally.problems[:5]  # Retry-After, Connection: close, the body
+    assert RATE <= ok <= bound, (ok, bound, tally.elapsed)
+    print(f"flood: {ok} of 1000 admitted in {tally.elapsed:.3f} s (bound {bound:.0f})")
+    await asyncio.sleep(1.1)  # each worker publishes its metrics about once a second
+    after = served_by_each(hub_server.run_dir, "balance")
+    assert len(after) == 2 and all(a > b for a, b in zip(after, before, strict=False)), (
+        before,
+        after,
+    )  # both workers answered part of the flood
+
+
+async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_expires(
+    hub_server: HubServer, database_url: str
+) -> None:
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(hub_server.port, domain, key)
+    source = "127.0.0.3"
+    bad = post(domain, {"key": "not-a-key", "action": "balance"})
+    client = await connect(hub_server.port, source)
+    try:
+        for _ in range(10):  # one connection: one process counts every strike
+            await client.send(bad)
+            response = await client.final()
+            assert response is not None and response.status == 401
+        # The good key's request promises 10,000 body bytes and sends 10: the refusal must not
+        # wait for the rest (body_timeout is 30 s; the read below allows 2).
+        good = post(domain, {"key": key, "action": "balance"})
+        head = good.split(b"Content-Length:")[0]
+        await client.send(head + b"Content-Length: 10000\r\n\r\nkey=" + key[:6].encode())
+        started = time.monotonic()
+        response = await client.final(2.0)
+        assert response is not None
+        assert not refusal_problems(response, pre_body=True), response
+        assert time.monotonic() - started < 1.0
+        assert int(response.headers["retry-after"]) <= BLOCK_SECONDS
+        assert await client.closed()
+    finally:
+        await client.close()
+    blocked_at = time.monotonic()
+
+    # Every process refuses the address as soon as it connects, before it sends a byte.
+    while not all([await refused_on_connect(hub_server.port, source) for _ in range(6)]):
+        assert time.monotonic() - blocked_at < 2 * SYNC_INTERVAL + LOADED_SLACK
+        await asyncio.sleep(0.02)
+
+    await asyncio.sleep(max(0.0, blocked_at + BLOCK_SECONDS - time.monotonic()))
+    # The other process's copy of the block came through the hub: it may end up to a sync
+    # interval and a round trip later.
+    deadline = time.monotonic() + 2 * SYNC_INTERVAL + LOADED_SLACK
+    streak = 0
+    while streak < 6:
+        r = await ask(hub_server.port, good, source)
+        assert r.status in (200, 429) and time.monotonic() < deadline, r
+        streak = streak + 1 if r.status == 200 else 0
+
+
+async def test_strikes_on_both_processes_add_up_to_a_block(
+    hub_server: HubServer, database_url: str
+) -> None:
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(hub_server.port, domain, key)
+    source = "127.0.0.4"
+    for _ in range(10):  # a fresh connection each: the strikes land on both processes
+        r = await ask(hub_server.port, post(domain, {"key": "nope", "action": "balance"}), source)
+        assert r.status in (401, 429), r  # 429 once the 10th strike's process blocked it
+    struck = time.monotonic()
+    good = post(domain, {"key": key, "action": "balance"})
+    streak = 0
+    while streak < 6:
+        r = await ask(hub_server.port, good, source)
+        streak = streak + 1 if r.status == 429 else 0
+        assert time.monotonic() - struck < 2 * SYNC_INTERVAL + LOADED_SLACK, "block not shared"
+
+
+async def test_an_allow_listed_address_is_never_blocked(
+    hub_server: HubServer, database_url: str
+) -> None:
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(hub_server.port, domain, key)
+    source = "127.0.0.9"  # never_block
+    client = await connect(hub_server.port, source)
+    try:
+        for _ in range(25):
+            await client.send(post(domain, {"key": "nope", "action": "balance"}))
+            response = await client.final()
+            assert response is not None and response.status == 401
+    finally:
+        await client.close()
+    await asyncio.sleep(3 * SYNC_INTERVAL)  # had the strikes been shared, the block would be
+    for _ in range(6):
+        r = await ask(hub_server.port, post(domain, {"key": key, "action": "balance"}), source)
+        assert r.status == 200, r

@@ -1,0 +1,103 @@
+"""Key revocation reaches every worker process's key cache, and a lost listener drops it whole.
+
+Each worker process caches keys and listens on PostgreSQL (LISTEN panelsrv_keys) for
+revocations. The server's listener connections are found by the application_name the fixture
+put in the database URL (its pools set their own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from panelsrv.store import db, keys
+from tests.e2e.served import World, visible
+from tests.limits.conftest import HubServer
+from tests.limits.limitkit import ask, execute, post, until
+
+LISTENERS = "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid"
+# Revoke without the trigger's NOTIFY: what a notification lost in transit would look like.
+REVOKE_SILENTLY = """
+UPDATE api_keys SET revoked_at = now() WHERE prefix = $1
+"""
+SPREAD = 12  # fresh connections per check: every worker process answers some of them
+SOURCE = "127.0.0.20"  # allow-listed: the refused key's strikes must not block it
+PACE = 0.15  # seconds between checks: SPREAD requests per PACE stays under 100 req/s
+
+
+async def statuses(port: int, domain: str, key: str) -> set[int]:
+    request = post(domain, {"key": key, "action": "balance"})
+    return {(await ask(port, request, SOURCE)).status for _ in range(SPREAD)}
+
+
+async def refused_everywhere(port: int, domain: str, key: str, within: float) -> None:
+    """Every process refuses the key (401) within `within` seconds. Checks are paced below
+    the address's own rate limit, so a 429 never hides the answer."""
+    started = time.monotonic()
+    while (seen := await statuses(port, domain, key)) != {401}:
+        assert 429 not in seen, seen
+        assert time.monotonic() - started < within, f"still {seen} after {within} s"
+        await asyncio.sleep(PACE)
+
+
+async def listeners(database_url: str, app_name: str) -> list[int]:
+    return [row[0] for row in await execute(database_url, LISTENERS, app_name)]
+
+
+async def revoke(database_url: str, key: str, *, silently: bool = False) -> None:
+    conn = await db.connect(database_url)
+    try:
+        if silently:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL session_replication_role = replica")  # no triggers
+                await conn.execute(REVOKE_SILENTLY, key[: keys.DISPLAY_PREFIX_LENGTH])
+        else:
+            await keys.revoke(conn, key[: keys.DISPLAY_PREFIX_LENGTH])
+    finally:
+        await conn.close()
+
+
+async def test_a_revocation_reaches_every_process_at_once(
+    hub_server: HubServer, database_url: str
+) -> None:
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(hub_server.port, domain, key)
+    assert await statuses(hub_server.port, domain, key) == {200}  # cached everywhere
+    await revoke(database_url, key)
+    await refused_everywhere(hub_server.port, domain, key, 0.5)
+
+
+async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
+    hub_server: HubServer, database_url: str
+) -> None:
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    _, other = await world.user(domain)
+    await visible(hub_server.port, domain, key)
+    before = await listeners(database_url, hub_server.app_name)
+    assert len(before) == 2  # one per worker process
+    assert await statuses(hub_server.port, domain, key) == {200}
+    await revoke(database_url, key, silently=True)
+    # Nothing told the processes: their caches still hold the key (within key_cache_ttl).
+    assert await statuses(hub_server.port, domain, key) == {200}
+
+    rows = await execute(
+        database_url, "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", before
+    )
+    assert [row[0] for row in rows] == [True, True]
+    # Every process dropped its whole cache: the key is looked up again, and refused.
+    await refused_everywhere(hub_server.port, domain, key, 1.0)
+    assert await statuses(hub_server.port, domain, other) == {200}  # still answering
+
+    async def reconnected() -> bool:
+        now = await listeners(database_url, hub_server.app_name)
+        return len(now) == 2 and not set(now) & set(before)
+
+    await until(reconnected, 5.0)
+    # Listening again: a revocation through the ordinary path reaches every process.
+    await visible(hub_server.port, domain, other)
+    await revoke(database_url, other)
+    await refused_everywhere(hub_server.port, domain, other, 0.5)
