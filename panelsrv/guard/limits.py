@@ -21,6 +21,8 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import math
 import os
 import secrets
@@ -53,6 +55,22 @@ class GuardSettings(msgspec.Struct, frozen=True, kw_only=True):
     sync_interval: float = 0.1  # seconds between reconciliations with the backend
     sync_timeout: float = 0.5  # a sync slower than this counts as the backend being down
     max_keys: int = 65_536  # cap per table (IP buckets, user buckets, strikes, blocks)
+
+
+@functools.lru_cache(maxsize=65_536)
+def client_key(ip: str) -> str:
+    """What a client's limits and blocks are kept under: an IPv4 address as it is, an IPv6
+    address by its /64 (one subscriber's usual allocation), so rotating addresses inside one's
+    own prefix dodges neither the bucket nor a block."""
+    if ":" not in ip:
+        return ip
+    try:
+        addr = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((addr, 64), strict=False))
 
 
 def retry_after(wait: float) -> int:
@@ -92,21 +110,23 @@ class Guard:
     def check_block(self, ip: str) -> bytes | None:
         """At connection time: the 429 for a blocked address, else None. Takes no token."""
         now = self._clock()
-        until = self._blocks.blocked_until(ip, now)
-        return self._reject(until - now) if until else None
+        until = self._blocks.blocked_until(client_key(ip), now)
+        return self._reject(until - now) if until and not self._blocks.allowed(ip) else None
 
     def check_ip(self, ip: str) -> bytes | None:
         """When the headers are complete, before the body: the 429 to send and close, or None."""
         now = self._clock()
-        until = self._blocks.blocked_until(ip, now)
-        if until:
+        key = client_key(ip)
+        until = self._blocks.blocked_until(key, now)
+        if until and not self._blocks.allowed(ip):  # an allowed address inside a blocked /64
             return self._reject(until - now)
-        wait = self._ip.take(ip, now)
+        wait = self._ip.take(key, now)
         return self._reject(wait) if wait else None
 
     def strike(self, ip: str) -> None:
         """A failed authentication (bad key or bad signature) from `ip`."""
-        self.coord.strike(ip, self._clock())
+        if not self._blocks.allowed(ip):  # by the address itself: the allow-list is exact
+            self.coord.strike(client_key(ip), self._clock())
 
     def check_user(self, user_id: int) -> float:
         """The per-user soft cap: 0.0 admitted, else seconds to wait (see `retry_after`)."""

@@ -110,3 +110,34 @@ async def test_without_a_backend_strikes_are_not_queued_for_sharing() -> None:
         assert guard.check_ip("192.0.2.1") is not None  # the local blocks still work
     finally:
         await guard.close()
+
+
+def test_ipv6_clients_are_limited_and_blocked_by_their_64() -> None:
+    from panelsrv.guard.limits import client_key
+
+    assert client_key("203.0.113.7") == "203.0.113.7"
+    assert (
+        client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    )
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:198.51.100.4") == "198.51.100.4"
+    now = [0.0]
+    guard = Guard(
+        GuardSettings(ip_rate=1, ip_burst=2, strike_limit=2, never_block=("2001:db8:9::1",)),
+        lambda s: b"429 %d" % s,
+        clock=lambda: now[0],
+    )
+    assert guard.check_ip("2001:db8:1:2::1") is None
+    assert guard.check_ip("2001:db8:1:2::2") is None
+    assert guard.check_ip("2001:db8:1:2::3") is not None  # the same /64's bucket is empty
+    assert guard.check_ip("2001:db8:1:3::1") is None
+    guard.strike("2001:db8:5::1")
+    guard.strike("2001:db8:5::2")
+    assert guard.check_block("2001:db8:5::77") is not None  # blocked as a /64
+    for _ in range(5):
+        guard.strike("2001:db8:9::1")  # allow-listed by its exact address
+    assert guard.check_block("2001:db8:9::1") is None
+    guard.strike("2001:db8:9::2")
+    guard.strike("2001:db8:9::2")  # its neighbour blocks the /64 ...
+    assert guard.check_block("2001:db8:9::3") is not None
+    assert guard.check_block("2001:db8:9::1") is None  # ... but never the allowed address
