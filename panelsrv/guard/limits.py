@@ -110,13 +110,14 @@ class Guard:
     def check_block(self, ip: str) -> bytes | None:
         """At connection time: the 429 for a blocked address, else None. Takes no token."""
         now = self._clock()
-        until = self._blocks.blocked_until(client_key(ip), now)
+        key = client_key(ip) if ":" in ip else ip
+        until = self._blocks.blocked_until(key, now)
         return self._reject(until - now) if until and not self._blocks.allowed(ip) else None
 
     def check_ip(self, ip: str) -> bytes | None:
         """When the headers are complete, before the body: the 429 to send and close, or None."""
         now = self._clock()
-        key = client_key(ip)
+        key = client_key(ip) if ":" in ip else ip  # IPv4 skips the call
         until = self._blocks.blocked_until(key, now)
         if until and not self._blocks.allowed(ip):  # an allowed address inside a blocked /64
             return self._reject(until - now)
