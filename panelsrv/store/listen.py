@@ -53,7 +53,9 @@ class Listener:
         delay = 0.1
         while True:
             try:
-                conn = await asyncpg.connect(self._url)
+                conn = await asyncpg.connect(
+                    self._url, server_settings={"application_name": "panelsrv-listen"}
+                )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("notification listener cannot connect (%s); retrying", exc)
                 await asyncio.sleep(delay)

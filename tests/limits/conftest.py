@@ -8,7 +8,6 @@ uses its own panel, users and keys.
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ SYNC_INTERVAL = 0.1
 class HubServer:
     served: Served
     run_dir: str  # RUNTIME_DIRECTORY: the hub's socket and each worker's metrics file
-    app_name: str  # application_name of the server's own notification listeners
 
     @property
     def port(self) -> int:
@@ -37,16 +35,9 @@ class HubServer:
         return self.served.ops_port
 
 
-def with_app_name(database_url: str, name: str) -> str:
-    """asyncpg takes unknown URL parameters as session settings; the server's pools set their
-    own application_name, so only its LISTEN connections carry this one."""
-    return f"{database_url}{'&' if '?' in database_url else '?'}application_name={name}"
-
-
 @pytest.fixture(scope="package")
 def hub_server(database_url: str) -> Iterator[HubServer]:
     run_dir = tempfile.mkdtemp(prefix="pl-")
-    app_name = f"limits-{secrets.token_hex(4)}"
     settings = {
         "ip_rate": "100",
         "ip_burst": "100",
@@ -55,13 +46,13 @@ def hub_server(database_url: str) -> Iterator[HubServer]:
         "limit_sync_interval": str(SYNC_INTERVAL),
     }
     served = Served(
-        with_app_name(database_url, app_name),
+        database_url,
         workers=2,
         settings=settings,
         env={"RUNTIME_DIRECTORY": run_dir},
     )
     try:
         with served:
-            yield HubServer(served, run_dir, app_name)
+            yield HubServer(served, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

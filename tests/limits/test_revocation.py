@@ -1,8 +1,8 @@
 """Key revocation reaches every worker process's key cache, and a lost listener drops it whole.
 
 Each worker process caches keys and listens on PostgreSQL (LISTEN panelsrv_keys) for
-revocations. The server's listener connections are found by the application_name the fixture
-put in the database URL (its pools set their own).
+revocations. The server's listener connections are the ones named `panelsrv-listen` in this
+run's database (its pools are named `panelsrv`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from tests.e2e.served import World, visible
 from tests.limits.conftest import HubServer
 from tests.limits.limitkit import ask, execute, post, until
 
-LISTENERS = "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid"
+LISTENERS = """
+SELECT pid FROM pg_stat_activity
+ WHERE application_name = 'panelsrv-listen' AND datname = current_database() ORDER BY pid
+"""
 # Revoke without the trigger's NOTIFY: what a notification lost in transit would look like.
 REVOKE_SILENTLY = """
 UPDATE api_keys SET revoked_at = now() WHERE prefix = $1
@@ -40,8 +43,8 @@ async def refused_everywhere(port: int, domain: str, key: str, within: float) ->
         await asyncio.sleep(PACE)
 
 
-async def listeners(database_url: str, app_name: str) -> list[int]:
-    return [row[0] for row in await execute(database_url, LISTENERS, app_name)]
+async def listeners(database_url: str) -> list[int]:
+    return [row[0] for row in await execute(database_url, LISTENERS)]
 
 
 async def revoke(database_url: str, key: str, *, silently: bool = False) -> None:
@@ -77,7 +80,7 @@ async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
     _, key = await world.user(domain)
     _, other = await world.user(domain)
     await visible(hub_server.port, domain, key)
-    before = await listeners(database_url, hub_server.app_name)
+    before = await listeners(database_url)
     assert len(before) == 2  # one per worker process
     assert await statuses(hub_server.port, domain, key) == {200}
     await revoke(database_url, key, silently=True)
@@ -93,7 +96,7 @@ async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
     assert await statuses(hub_server.port, domain, other) == {200}  # still answering
 
     async def reconnected() -> bool:
-        now = await listeners(database_url, hub_server.app_name)
+        now = await listeners(database_url)
         return len(now) == 2 and not set(now) & set(before)
 
     await until(reconnected, 5.0)
