@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -118,11 +117,14 @@ def hub_path(run_dir: str) -> str:
 class App:
     """One API process: pool, catalog, key cache, notifications, limits, API and ops listeners."""
 
-    def __init__(self, cfg: Config, url: str, slot: Slot, *, limits: bool = True) -> None:
+    def __init__(
+        self, cfg: Config, url: str, slot: Slot, *, limits: bool = True, hub: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.url = url
         self.slot = slot
         self.limits = limits
+        self.hub = hub  # the limits hub's socket, when this host's processes share through one
         self.catalog: catalog.Catalog
         self.pool: asyncpg.Pool | None = None
         self.http: HttpServer | None = None
@@ -192,9 +194,7 @@ class App:
             return RedisBackend(
                 self.cfg.redis_url, self.cfg.redis_prefix, timeout=self.cfg.limit_sync_timeout
             )
-        if self.slot.count > 1 and self.slot.run_dir:
-            return HubBackend(hub_path(self.slot.run_dir))
-        return None
+        return HubBackend(self.hub) if self.hub else None
 
     def _listener_reset(self, keys: KeyCache) -> Callable[[bool], Awaitable[None]]:
         async def reset(connected: bool) -> None:
@@ -256,16 +256,18 @@ def worker_count(cfg: Config) -> int:
     return cfg.workers or len(os.sched_getaffinity(0))
 
 
-def _run_hub(path: str) -> None:
-    async def main() -> None:
-        hub = HubServer(path)
-        await hub.start()
-        stop = asyncio.Event()
-        on_stop_signals(stop.set)
-        await stop.wait()
-        await hub.close()
+class HubService:
+    """The limits hub (guard/hub.py) as one of the supervised processes: restarted like a worker
+    if it dies, stopped with them."""
 
-    uvloop.run(main())
+    def __init__(self, path: str) -> None:
+        self._hub = HubServer(path)
+
+    async def start(self) -> None:
+        await self._hub.start()
+
+    async def stop(self, grace: float) -> None:
+        await self._hub.close()
 
 
 def run_serve(cfg: Config, *, limits: bool = True) -> int:
@@ -277,23 +279,22 @@ def run_serve(cfg: Config, *, limits: bool = True) -> int:
     uvloop.run(_migrate(url))  # the loop is closed again before anything forks
     own_dir = not os.environ.get("RUNTIME_DIRECTORY")
     run_dir = os.environ.get("RUNTIME_DIRECTORY") or tempfile.mkdtemp(prefix="panelsrv-")
-    hub = None
-    if limits and not cfg.redis_url and worker_count(cfg) > 1:
-        hub = multiprocessing.get_context("fork").Process(
-            target=_run_hub, args=(hub_path(run_dir),), name="panelsrv-limits-hub", daemon=True
-        )
-        hub.start()
+    workers = worker_count(cfg)
+    # Without Redis, one host's API processes share their limits through a hub: one more
+    # supervised process (the last slot), so it is restarted like any worker if it dies.
+    hub = hub_path(run_dir) if limits and not cfg.redis_url and workers > 1 else None
+
+    def process(slot: Slot) -> HubService | App:
+        if hub is not None and slot.index == workers:
+            return HubService(hub)
+        return App(cfg, url, slot, limits=limits, hub=hub)
+
     try:
         return supervise(
-            lambda slot: App(cfg, url, slot, limits=limits),
-            workers=cfg.workers,
-            grace=cfg.shutdown_grace,
+            process, workers=workers + (hub is not None), grace=cfg.shutdown_grace,
             run_dir=run_dir,
-        )
+        )  # fmt: skip
     finally:
-        if hub is not None:
-            hub.terminate()
-            hub.join(5)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -3,10 +3,12 @@ processes (plus the limits hub) answering, SIGTERM draining to exit status 0."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import tempfile
+import time
 
 import psutil
 
@@ -36,3 +38,31 @@ async def test_notify_ready_two_workers_and_clean_stop(database_url: str) -> Non
         assert status == 0
         assert sock.recv(256) == b"STOPPING=1"
         sock.close()
+
+
+def hub_child(parent: psutil.Process) -> psutil.Process | None:
+    """The child listening on the limits hub's socket (all children share one command line)."""
+    for child in parent.children():
+        try:
+            if any(c.laddr.endswith("guard.sock") for c in child.net_connections(kind="unix")):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+async def test_a_killed_limits_hub_is_restarted(database_url: str) -> None:
+    served = Served(database_url, workers=2).start()
+    try:
+        assert served.proc is not None
+        parent = psutil.Process(served.proc.pid)
+        hub = hub_child(parent)
+        assert hub is not None
+        hub.kill()
+        deadline = time.monotonic() + 20
+        while (replacement := hub_child(parent)) is None or replacement.pid == hub.pid:
+            assert time.monotonic() < deadline, "the hub was not restarted"
+            await asyncio.sleep(0.2)
+        assert len(parent.children()) == 3
+    finally:
+        assert served.stop() == 0
