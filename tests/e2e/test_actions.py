@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ import pytest
 
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
-from tests.e2e.kit import offered, served, sql, sql_value
+from tests.e2e.kit import offered, sql, sql_value
 from tests.e2e.served import Served, World, call
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
@@ -31,17 +30,6 @@ SERVICE_FIELDS = [
     "cancel",
     "avg_time",
 ]
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Served]:
-    with served(database_url) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def shop(server: Served, database_url: str) -> Shop:
-    return Shop.open(database_url, server.port)
 
 
 async def ask(
@@ -505,6 +493,11 @@ async def test_a_local_id_never_turns_into_another_service(
         r = await call(server.port, {"key": key, "action": "services"}, host=domain)
         return [s["name"] for s in r.json() if s["service"] == number]
 
+    # Each insert is its own catalog change: wait until the last one reached every process.
+    for _ in range(100):
+        if await listed(own) == [f"taker {domain}"]:
+            break
+        await asyncio.sleep(0.05)
     assert await listed() == [f"local {domain}"]
     assert await listed(own) == [f"taker {domain}"]
     r = await call(

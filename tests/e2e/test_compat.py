@@ -20,22 +20,10 @@ import requests
 
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import served
 from tests.e2e.served import Served, call
 from tests.e2e.shop import MAIN, Shop
 
 LINK = "https://instagram.com/p/compat"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Served]:
-    with served(database_url) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def shop(server: Served, database_url: str) -> Shop:
-    return Shop.open(database_url, server.port)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,6 @@ from tests.http.httpkit import Client, Response
 ENCODINGS = ["form", "json"]
 LINK = "https://instagram.com/p/err"
 NOWHERE = 10**15
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Served]:
-    with served(database_url) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def shop(server: Served, database_url: str) -> Shop:
-    return Shop.open(database_url, server.port)
 
 
 def expect(r: Response, status: int, message: str) -> None:

@@ -7,31 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 
 from panelsrv.store import ledger
-from tests.e2e.kit import offered, served, sql, sql_value
+from tests.e2e.kit import offered, sql, sql_value
 from tests.e2e.served import Served, World, call
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
 
 LINK = "https://instagram.com/p/idem"
 MISMATCH = {"error": "idempotency_key: reused with different parameters"}
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Served]:
-    with served(database_url) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def shop(server: Served, database_url: str) -> Shop:
-    return Shop.open(database_url, server.port)
 
 
 def new_key() -> str:

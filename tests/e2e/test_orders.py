@@ -8,13 +8,12 @@ database, as the worker would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from panelsrv import money
-from tests.e2e.kit import served, sql, sql_value
+from tests.e2e.kit import sql, sql_value
 from tests.e2e.served import Served, World, call
 from tests.e2e.shop import MAIN, PLAIN, UPSTREAM, Account, Shop
 from tests.http.httpkit import Response
@@ -22,17 +21,6 @@ from tests.http.httpkit import Response
 ENCODINGS = ["form", "json"]
 LINK = "https://instagram.com/p/abc"
 NOWHERE = 10**15  # an order / refill id nobody has
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Served]:
-    with served(database_url) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def shop(server: Served, database_url: str) -> Shop:
-    return Shop.open(database_url, server.port)
 
 
 async def ask(

@@ -1,0 +1,23 @@
+"""Fixtures of the end-to-end modules: one `panelsrv serve` per module and its shop (panels,
+users, services of its own). A module that needs another server defines its own `server`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.kit import served
+from tests.e2e.served import Served
+from tests.e2e.shop import Shop
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[Served]:
+    with served(database_url) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def shop(server: Served, database_url: str) -> Shop:
+    return Shop.open(database_url, server.port)
