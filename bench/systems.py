@@ -23,7 +23,8 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    open_file_cache max=16 valid=60s;
+    open_file_cache max=16;
+    open_file_cache_valid 60s;
     keepalive_requests 100000000;
     keepalive_timeout 75s;
     client_body_temp_path {dir}/body;
@@ -66,9 +67,12 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
 
 
-def panelsrv(url: str, cpus: str | None, logs: Path, workers: int = 0) -> System:
+def panelsrv(url: str, cpus: str | None, logs: Path, workers: int = 0, patch: str = "") -> System:
+    """`panelsrv serve`; with `patch`, through bench.prototypes.<patch> (a measured prototype of
+    a server change, applied by monkeypatching before the command runs)."""
     port, ops = free_port(), free_port()
-    argv = [PY, "-m", "panelsrv", "serve", "--database-url", url, "--port", str(port),
+    entry = ["-m", "panelsrv"] if not patch else ["-m", "bench.prototypes", patch]
+    argv = [PY, *entry, "serve", "--database-url", url, "--port", str(port),
             "--set", f"ops_port={ops}", "--set", "log_level=warning"]
     if workers:
         argv += ["--workers", str(workers)]

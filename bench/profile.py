@@ -1,0 +1,115 @@
+"""Where a panelsrv worker's CPU goes under one scenario: py-spy on the worker while wrk drives.
+
+    python -m bench.profile [--scenarios balance,services] [--seconds 10] [--quick]
+                            [--patch MODULE]
+
+Imports bench.run (the same dataset, pinning and systems). For each scenario writes
+`<out>/profiles/<scenario>.svg` (flame graph) and `<scenario>.txt`: the functions with the
+largest inclusive and self share of the samples (py-spy samples the worker at 1 kHz with
+--nonblocking, from the client CPUs, so it does not compete with the server core). `--patch`
+starts the server through `bench.patched` with that module's monkeypatches applied, to
+measure a prototype of a server change without editing panelsrv/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import load, systems
+from bench.procs import tree
+from bench.run import CONNECTIONS, DATA, ROOT, Bench, Settings
+
+# Where a sample's time goes: the first rule (in this order) matching any frame of its stack.
+CATEGORIES = [
+    ("asyncpg (pool acquire/release, query round trip)", ("asyncpg/",)),
+    ("client address (X-Forwarded-For -> ipaddress)", ("clientip.py", "_client_ip")),
+    ("limits (guard: IP bucket, user bucket, strikes)", ("panelsrv/guard/",)),
+    ("body decoding (form -> msgspec Struct)", ("api/decode.py",)),
+    ("key cache / authentication", ("keycache.py", "_authenticate")),
+    ("action (respond.py, encoding the reply)", ("api/respond.py", "api/actions.py",
+                                                  "store/catalog.py", "money.py")),
+    ("handler glue (handler.py)", ("api/handler.py",)),
+    ("response write + metrics (_finish)", ("HttpProtocol._finish",)),
+    ("connection accept/close (refusals)", ("connection_made", "HttpProtocol.refuse",
+                                            "_linger", "connection_lost", "listener.py")),
+    ("HTTP parsing (httptools callbacks, reader.py)", ("reader.py", "data_received")),
+    ("protocol: task per request, next request", ("protocol.py",)),
+    ("event loop (uvloop C: epoll, socket I/O)", ("run_service",)),
+]
+
+
+def summarize(collapsed: Path, us_per_request: float = 0.0, top: int = 40) -> str:
+    """Per-category µs per request, then inclusive and self shares per function, from py-spy's
+    collapsed stacks (the category shares scaled by the server's measured CPU per request)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    category: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+        name = next((c for c, marks in CATEGORIES
+                     if any(m in f for f in frames for m in marks)), "other")
+        category[name] += n
+    out = [f"{total} samples\n", "per request (share of samples x measured server CPU):"]
+    out += [f"  {100 * n / total:5.1f}%  {us_per_request * n / total:6.1f} µs  {c}"
+            for c, n in category.most_common()]
+    out += ["", "inclusive:"]
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    out += ["", "self:"]
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile")
+    parser.add_argument("--scenarios", default="balance,services,reject_ip")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--patch", default="", help="module in bench.prototypes to apply")
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    args = parser.parse_args(argv)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = Path(args.out) / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(Settings(args.quick), Path(args.out))
+    (bench.out / "logs").mkdir(parents=True, exist_ok=True)
+    bench.prepare()
+    srv = systems.panelsrv(bench.url, bench.lay.server, bench.logs, patch=args.patch)
+    try:
+        bench.warm(srv)
+        worker = max(p for p in tree(srv.proc.pid) if p != srv.proc.pid)
+        for scenario in args.scenarios.split(","):
+            tag = f"{scenario}{'-' + args.patch if args.patch else ''}"
+            raw = out / f"{tag}.collapsed"
+            cmd = ["taskset", "-c", bench.lay.client, spy, "record", "--pid", str(worker),
+                   "--rate", "1000", "--nonblocking", "--duration", str(round(args.seconds)),
+                   "--format", "raw", "--output", str(raw)]
+            spying = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            run = load.wrk(srv.port, scenario, data=DATA, users=bench.s.users,
+                           seconds=args.seconds, connections=CONNECTIONS,
+                           cpus=bench.lay.client, cpu=bench.cpu_probe(srv.proc))
+            spying.wait()
+            server_us = run.cpu.get("server", 0) / max(1, run.requests) * 1e6
+            head = (f"{tag}: {run.rps:,.0f} req/s, server CPU {server_us:.1f} µs/request "
+                    f"(py-spy running)\n")
+            text = head + (summarize(raw, server_us) if raw.exists() else "no samples\n")
+            (out / f"{tag}.txt").write_text(text)
+            print(text[:3000], flush=True)
+    finally:
+        srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
