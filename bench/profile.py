@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--patch", default="", help="module in bench.prototypes to apply")
+    parser.add_argument("--no-spy", action="store_true", help="measure only (no py-spy)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -95,15 +96,21 @@ def main(argv: list[str] | None = None) -> int:
             cmd = ["taskset", "-c", bench.lay.client, spy, "record", "--pid", str(worker),
                    "--rate", "1000", "--nonblocking", "--duration", str(round(args.seconds)),
                    "--format", "raw", "--output", str(raw)]
-            spying = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            spying = None if args.no_spy else subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             run = load.wrk(srv.port, scenario, data=DATA, users=bench.s.users,
                            seconds=args.seconds, connections=CONNECTIONS,
                            cpus=bench.lay.client, cpu=bench.cpu_probe(srv.proc))
-            spying.wait()
+            if spying is not None:
+                spying.wait()
             server_us = run.cpu.get("server", 0) / max(1, run.requests) * 1e6
-            head = (f"{tag}: {run.rps:,.0f} req/s, server CPU {server_us:.1f} µs/request "
-                    f"(py-spy running)\n")
-            text = head + (summarize(raw, server_us) if raw.exists() else "no samples\n")
+            head = (f"{tag}: {run.rps:,.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 "
+                    f"{run.p99_ms:.2f} ms, server CPU {server_us:.1f} µs/request, PostgreSQL "
+                    f"{run.cpu.get('postgresql', 0) / max(1, run.requests) * 1e6:.0f} µs/request "
+                    f"{'' if args.no_spy else '(py-spy running)'}\n")
+            text = head
+            if spying is not None:
+                text += summarize(raw, server_us) if raw.exists() else "no samples\n"
             (out / f"{tag}.txt").write_text(text)
             print(text[:3000], flush=True)
     finally:

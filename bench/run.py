@@ -45,6 +45,8 @@ MATRIX: dict[str, list[str]] = {
     "reject_ip": ["panelsrv", "minimal", "minimal_close"],
 }
 CONNECTIONS = 64
+# Runs that write: each starts from the same database state (see Bench.settle).
+WRITES = ("add", "mix")
 POOL_SIZE = 8  # panelsrv's default pool_size: pgbench gets as many connections
 
 
@@ -75,6 +77,15 @@ async def _db_facts(url: str) -> dict[str, str]:
                      "max_connections"):
             facts[name] = await conn.fetchval(f"SHOW {name}")
         return facts
+    finally:
+        await conn.close()
+
+
+async def _settle(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM (ANALYZE) wallets, orders, ledger_entries, idempotency, outbox")
+        await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
 
@@ -168,8 +179,16 @@ class Bench:
               f"  p99 {run.p99_ms:7.2f} ms  non2xx {run.non2xx}  errors {run.errors}",
               flush=True)
 
+    def settle(self) -> None:
+        """Vacuum what the writes touch, then checkpoint: otherwise whichever write run happens
+        to overlap an autovacuum of `wallets` (triggered every ~20k orders) or the full-page
+        writes after a checkpoint pays for them, and the add ratios drift by 2x between runs."""
+        uvloop.run(_settle(self.url))
+
     def drive(self, sys_: systems.System, scenario: str, *, seconds: float | None = None,
               record_as: str | None = None) -> load.Run:
+        if scenario in WRITES:
+            self.settle()
         kwargs = dict(data=DATA, users=self.s.users, connections=CONNECTIONS,
                       cpus=self.lay.client, cpu=self.cpu_probe(sys_.proc))
         if self.s.warm_seconds:
@@ -178,14 +197,16 @@ class Bench:
         self.record(scenario, record_as or sys_.name, run)
         return run
 
-    def warm(self, sys_: systems.System) -> None:
-        """Every user once: key caches hold the whole active set before anything is timed."""
-        print(f"  warming {sys_.name}: {self.s.users} keys", flush=True)
+    def warm(self, sys_: systems.System, passes: int = 1) -> None:
+        """Every user once per pass: key caches hold the whole active set before anything is
+        timed. Several workers each keep their own cache, and a connection lands on one of
+        them, so they need several passes (3 leave each worker missing ~1/8 of the keys)."""
+        print(f"  warming {sys_.name}: {self.s.users} keys x {passes}", flush=True)
         offset = 0
-        while offset < self.s.users:
+        while offset < self.s.users * passes:
             run = load.wrk(sys_.port, "warm", data=DATA, users=self.s.users, seconds=1,
                            connections=CONNECTIONS, cpus=self.lay.client, cpu=lambda: {},
-                           env={"BENCH_OFFSET": str(offset)})
+                           env={"BENCH_OFFSET": str(offset % self.s.users)})
             # Requests in flight when the thread stopped were sent but not counted.
             offset += run.requests + CONNECTIONS
 
@@ -266,6 +287,7 @@ class Bench:
                 self.drive(srv, scenario)
         finally:
             srv.stop()
+        self.settle()
         run = load.pgbench(self.url, users=self.s.users, seconds=self.s.seconds,
                            clients=POOL_SIZE, cpus=lay.client, cpu=self.cpu_probe(None),
                            work=self.work / "pgbench")
@@ -278,8 +300,10 @@ class Bench:
         for workers in counts:
             srv = systems.panelsrv(self.url, None, self.logs, workers=workers)
             try:
-                self.warm(srv)
+                self.warm(srv, passes=1 if workers == 1 else 3)
                 for scenario in ("services", "balance", "add"):
+                    if scenario in WRITES:
+                        self.settle()
                     kwargs = dict(data=DATA, users=self.s.users, connections=CONNECTIONS,
                                   cpus=None, cpu=self.cpu_probe(srv.proc))
                     run = load.wrk(srv.port, scenario, seconds=self.s.seconds, **kwargs)  # type: ignore[arg-type]
