@@ -9,7 +9,8 @@ Lua scripts can compute consistent parameters without asking the database):
   `keys.generate()`, only their SHA-256 stored), a wallet of 10,000.00 credited through the
   ledger, 20% with a discount, 100 with their own rate on a few services;
 - 100,000 historical orders: users 1..1000 are "resellers" with 100 orders each (ids
-  (u-1)*100+1 .. u*100), each with its ledger charge entry, so `panelsrv audit` stays clean.
+  (u-1)*100+1 .. u*100), each with its ledger charge entry (so `panelsrv audit` stays clean)
+  and the idempotency record its client's key left.
 
 The raw keys go to `<data>/users.tsv` (key, host, user id) and `<data>/resellers.tsv` (key,
 host, user id, 100 comma-separated order ids) for the load scripts, with `<data>/unknown.tsv`
@@ -102,6 +103,14 @@ SELECT o, u, (u - 1) % {PANELS} + 1, (u - 1) % {PANELS} + 1 + 3 * ((o % {LOCAL_I
        LATERAL generate_series((u - 1) * {ORDERS_PER_RESELLER} + 1,
                                u * {ORDERS_PER_RESELLER}) o;
 SELECT setval('orders_id_seq', {RESELLERS * ORDERS_PER_RESELLER});
+
+-- Each historical order came with an idempotency key (stored answers). Without these rows the
+-- table is empty when analyzed and the planner scans it sequentially inside place_order, a
+-- cost that grows with every order placed: an artifact of a fresh database, not of panelsrv.
+INSERT INTO idempotency (user_id, key, fingerprint, status, body, created_at)
+SELECT o.user_id, 'hist-' || o.id, sha256(o.id::text::bytea), 200,
+       convert_to('{{"order":' || o.id || '}}', 'UTF8'), o.created_at
+  FROM orders o;
 
 -- Wallets: one credit, then each historical order's charge, as a consistent balance chain.
 INSERT INTO wallets (user_id, balance, version)
