@@ -43,9 +43,14 @@ CATEGORIES = [
 ]
 
 
-def summarize(collapsed: Path, us_per_request: float = 0.0, top: int = 40) -> str:
-    """Per-category µs per request, then inclusive and self shares per function, from py-spy's
-    collapsed stacks (the category shares scaled by the server's measured CPU per request)."""
+RATE = 1000  # py-spy samples per second: one sample stands for 1 ms of the worker's time
+
+
+def summarize(collapsed: Path, requests: int, top: int = 40) -> str:
+    """Per-category µs per request (samples x 1 ms / requests), then inclusive and self shares
+    per function, from py-spy's collapsed stacks. py-spy cannot tell uvloop's epoll_wait from
+    work (both are C under `run_service`), so "event loop" includes idle time when the worker
+    was not saturated; every other category is Python work."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     category: collections.Counter[str] = collections.Counter()
@@ -61,9 +66,9 @@ def summarize(collapsed: Path, us_per_request: float = 0.0, top: int = 40) -> st
         name = next((c for c, marks in CATEGORIES
                      if any(m in f for f in frames for m in marks)), "other")
         category[name] += n
-    out = [f"{total} samples\n", "per request (share of samples x measured server CPU):"]
-    out += [f"  {100 * n / total:5.1f}%  {us_per_request * n / total:6.1f} µs  {c}"
-            for c, n in category.most_common()]
+    per = 1e6 / RATE / max(1, requests)
+    out = [f"{total} samples, {requests} requests\n", "per request (samples x 1 ms / requests):"]
+    out += [f"  {100 * n / total:5.1f}%  {n * per:6.1f} µs  {c}" for c, n in category.most_common()]
     out += ["", "inclusive:"]
     out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
     out += ["", "self:"]
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"{scenario}{'-' + args.patch if args.patch else ''}"
             raw = out / f"{tag}.collapsed"
             cmd = ["taskset", "-c", bench.lay.client, spy, "record", "--pid", str(worker),
-                   "--rate", "1000", "--nonblocking", "--duration", str(round(args.seconds)),
+                   "--rate", str(RATE), "--nonblocking", "--duration", str(round(args.seconds)),
                    "--format", "raw", "--output", str(raw)]
             spying = None if args.no_spy else subprocess.Popen(
                 cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'' if args.no_spy else '(py-spy running)'}\n")
             text = head
             if spying is not None:
-                text += summarize(raw, server_us) if raw.exists() else "no samples\n"
+                text += summarize(raw, run.requests) if raw.exists() else "no samples\n"
             (out / f"{tag}.txt").write_text(text)
             print(text[:3000], flush=True)
     finally:
