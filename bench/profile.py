@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import load, systems
 from bench.procs import tree
-from bench.run import CONNECTIONS, DATA, ROOT, Bench, Settings
+from bench.run import CONNECTIONS, DATA, ROOT, WRITES, Bench, Settings
 
 # Where a sample's time goes: the first rule (in this order) matching any frame of its stack.
 CATEGORIES = [
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--patch", default="", help="module in bench.prototypes to apply")
     parser.add_argument("--no-spy", action="store_true", help="measure only (no py-spy)")
+    parser.add_argument("--append", default="", help="also append each run's line to this file")
     parser.add_argument("--out", default=str(ROOT / "results"))
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = max(p for p in tree(srv.proc.pid) if p != srv.proc.pid)
         for scenario in args.scenarios.split(","):
             tag = f"{scenario}{'-' + args.patch if args.patch else ''}"
+            if scenario in WRITES:
+                bench.settle()
             raw = out / f"{tag}.collapsed"
             cmd = ["taskset", "-c", bench.lay.client, spy, "record", "--pid", str(worker),
                    "--rate", str(RATE), "--nonblocking", "--duration", str(round(args.seconds)),
@@ -116,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             text = head
             if spying is not None:
                 text += summarize(raw, run.requests) if raw.exists() else "no samples\n"
-            (out / f"{tag}.txt").write_text(text)
+                (out / f"{tag}.txt").write_text(text)
+            if args.append:
+                with open(args.append, "a") as f:
+                    f.write(head)
             print(text[:3000], flush=True)
     finally:
         srv.stop()

@@ -117,14 +117,20 @@ def load_users(path: str) -> dict[bytes, int]:
 
 async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    pool = None
+    pool: Any = None
     body = b'{"balance":"1.00","currency":"USD"}'
     if args.body:
         with open(args.body, "rb") as f:
             body = f.read()
     protocol: type[asyncio.Protocol]
     if args.mode == "db":
-        pool = await db.create_pool(args.database_url, args.pool_size)
+        if args.light_pool:
+            # The same free-list pool as the panelsrv prototype, to compare like with like.
+            from bench.prototypes.lightpool import create_pool
+
+            pool = await create_pool(args.database_url, args.pool_size)
+        else:
+            pool = await db.create_pool(args.database_url, args.pool_size)
         Lookup.pool = pool
         Lookup.users = load_users(args.users)
         Lookup.answer = HEAD % len(body) + body
@@ -151,4 +157,5 @@ if __name__ == "__main__":
     parser.add_argument("--database-url")
     parser.add_argument("--users")
     parser.add_argument("--pool-size", type=int, default=8)
+    parser.add_argument("--light-pool", action="store_true")
     uvloop.run(main(parser.parse_args()))
