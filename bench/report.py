@@ -259,19 +259,45 @@ def charts(out: Path, scenarios: Mapping[str, Mapping[str, RunLike]]) -> None:
     plt.close(fig)
 
     add = scenarios.get("add", {})
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    # The 1st..99th percentiles are a 1%-of-requests sample each: binned on shared log-spaced
+    # edges, a bin's count is the share of requests (in %) whose latency fell in it.
+    samples = {}
     for system in _systems(add):
-        run = add[system]
-        # The 1st..99th percentiles are a 1%-of-requests sample each: their histogram is the
-        # latency distribution (the slowest 1% left out, it is the p99 in the legend).
-        pct: dict[str, float] = run.detail()["percentiles_ms"]  # type: ignore[assignment]
-        values = [pct[str(p)] for p in range(1, 100) if str(p) in pct]
-        ax.hist(values, bins=40, histtype="step", linewidth=1.5,
-                label=f"{SYSTEM_LABEL[system]} (p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f})")
-    ax.set_xlabel("latency, ms (each percentile 1..99 counted once)")
+        pct: dict[str, float] = add[system].detail()["percentiles_ms"]
+        samples[system] = [pct[str(p)] for p in range(1, 100) if str(p) in pct]
+    values = [v for vs in samples.values() for v in vs if v > 0]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    if values:
+        low, high = min(values), max(values) * 1.01
+        edges = [low * (high / low) ** (i / 60) for i in range(61)]
+        for system, vs in samples.items():
+            run = add[system]
+            ax.hist(vs, bins=edges, histtype="step", linewidth=1.5,
+                    label=f"{SYSTEM_LABEL[system]} (p50 {run.p50_ms:.1f} ms, "
+                          f"p99 {run.p99_ms:.1f} ms)")
+        ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (log; the slowest 1% are left out: see p99)")
     ax.set_ylabel("share of requests (%)")
-    ax.set_title("add: latency distribution")
+    ax.set_title("add: latency distribution (same run)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "add_latency.png", dpi=110)
     plt.close(fig)
+
+
+def rerender(out: Path) -> None:
+    """results.md and the charts again from latest.json (e.g. after changing this module)."""
+    from bench.load import Run
+
+    doc = json.loads((out / "latest.json").read_text())
+    scenarios = {name: {system: Run(**detail) for system, detail in runs.items()}
+                 for name, runs in doc["details"].items()}
+    skip = {"scenarios", "machine", "mode", "targets", "details"}
+    extra = {k: v for k, v in doc.items() if k not in skip}
+    write(out, scenarios, doc["machine"], extra, quick=doc["mode"] == "quick")
+
+
+if __name__ == "__main__":
+    import sys
+
+    rerender(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results"))
