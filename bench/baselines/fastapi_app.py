@@ -72,7 +72,7 @@ state: dict[str, Any] = {}
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+async def lifespan(app: FastAPI):
     pool = await db.create_pool(DATABASE_URL, POOL_SIZE)
     state["pool"] = pool
     state["keys"] = {}

@@ -14,4 +14,4 @@ if __name__ == "__main__":
     importlib.import_module(f"bench.prototypes.{name}")
     from panelsrv.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

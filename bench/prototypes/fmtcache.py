@@ -27,4 +27,4 @@ def format_cached(units: int) -> str:
     return text
 
 
-money.format = format_cached  # type: ignore[assignment]
+money.format = format_cached

@@ -27,4 +27,4 @@ def cached_client_ip(peer: str, forwarded_for: bytes | None, real_ip: bytes | No
     return found
 
 
-reader.client_ip = cached_client_ip  # type: ignore[assignment]
+reader.client_ip = cached_client_ip

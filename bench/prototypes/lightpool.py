@@ -94,4 +94,4 @@ async def create_pool(url: str, size: int, **kwargs: Any) -> LightPool:
     return LightPool(conns)
 
 
-db.create_pool = create_pool  # type: ignore[assignment]
+db.create_pool = create_pool
