@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,7 @@ class Settings:
         self.users = 10_000 if quick else dataset.USERS
 
 
-def database_url(work: Path) -> tuple[str, int | None]:
+def database_url() -> tuple[str, int | None]:
     """(bench database URL, postmaster pid when the server is the embedded one)."""
     configured = os.environ.get("PANELSRV_DATABASE_URL", "")
     if configured:
@@ -217,7 +218,7 @@ class Bench:
 
     def prepare(self) -> None:
         t0 = time.perf_counter()
-        self.url, self.pg_pid = database_url(self.work)
+        self.url, self.pg_pid = database_url()
         if self.pg_pid is not None and self.lay.pinned:
             pin_tree(self.pg_pid, self.lay.client)
         timings = uvloop.run(dataset.load(self.url, DATA))
@@ -316,40 +317,37 @@ class Bench:
         self.extra["scaling"] = scaling
 
     def soak(self, seconds: float) -> None:
-        """The mixed load for `seconds`, sampling every worker's RSS every 10 s."""
+        """The mixed load for `seconds`, sampling every worker's RSS every 10 s (a thread: the
+        load generator runs in the foreground)."""
         srv = systems.panelsrv(self.url, self.lay.server, self.logs)
         samples: list[dict[str, float]] = []
+        stop = threading.Event()
         try:
             self.warm(srv)
             workers = [p for p in tree(srv.proc.pid) if p != srv.proc.pid]
-            env_run: dict[str, load.Run] = {}
+            t0 = time.monotonic()
 
             def sample() -> None:
                 samples.append({"t": round(time.monotonic() - t0, 1),
                                 **{str(p): round(rss_bytes(p) / 2**20, 2) for p in workers}})
 
-            import threading
-
-            t0 = time.monotonic()
-            sample()
-            stop = threading.Event()
-
             def sampler() -> None:
                 while not stop.wait(10):
                     sample()
 
+            sample()
             thread = threading.Thread(target=sampler, daemon=True)
             thread.start()
-            env_run["mix"] = load.wrk(srv.port, "mix", data=DATA, users=self.s.users,
-                                      seconds=seconds, connections=CONNECTIONS,
-                                      cpus=self.lay.client, cpu=self.cpu_probe(srv.proc),
-                                      timeout_s=10)
+            run = load.wrk(srv.port, "mix", data=DATA, users=self.s.users, seconds=seconds,
+                           connections=CONNECTIONS, cpus=self.lay.client,
+                           cpu=self.cpu_probe(srv.proc))
             stop.set()
             thread.join()
             sample()
         finally:
+            stop.set()
             srv.stop()
-        self.extra["soak"] = report.soak_summary(samples, env_run["mix"], seconds)
+        self.extra["soak"] = report.soak_summary(samples, run, seconds)
 
     def write(self) -> None:
         report.write(self.out, self.runs, self.machine, self.extra, quick=self.s.quick)
