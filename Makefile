@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev
 
-.PHONY: setup run test lint bench bench-quick clean
+.PHONY: setup run test lint bench bench-quick bench-soak clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
@@ -29,13 +29,22 @@ lint: setup
 	$(BIN)/ruff check panelsrv tests bench
 	$(BIN)/mypy panelsrv
 
+# The `bench` extra is installed once (checked by importing it), not on every run.
+BENCH_DEPS := { test -x $(BIN)/py-spy && $(BIN)/python -c 'import fastapi, uvicorn, multipart, matplotlib'; } 2>/dev/null \
+	|| $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
 bench: setup
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@$(BENCH_DEPS)
 	$(BIN)/python -m bench.run
 
 bench-quick: setup
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@$(BENCH_DEPS)
 	$(BIN)/python -m bench.run --quick
+
+# Memory: 5 minutes of the mixed load, RSS per worker sampled every 10 s (kept out of `bench`).
+bench-soak: setup
+	@$(BENCH_DEPS)
+	$(BIN)/python -m bench.run --soak 300
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build *.egg-info
