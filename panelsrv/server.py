@@ -35,6 +35,7 @@ from panelsrv.http.request import Limits
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
 from panelsrv.store.listen import Listener
+from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
 from panelsrv.worker.sim import Simulator
@@ -126,7 +127,7 @@ class App:
         self.limits = limits
         self.hub = hub  # the limits hub's socket, when this host's processes share through one
         self.catalog: catalog.Catalog
-        self.pool: asyncpg.Pool | None = None
+        self.pool: Pool | None = None
         self.http: HttpServer | None = None
         self.ops: HttpServer | None = None
         self._share: MetricsShare | None = None
@@ -336,7 +337,7 @@ class WorkerService:
     def __init__(self, cfg: Config, url: str) -> None:
         self._cfg = cfg
         self._url = url
-        self._pool: asyncpg.Pool | None = None
+        self._pool: Pool | None = None
         self._worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
 

@@ -25,6 +25,7 @@ from panelsrv.errors import ERROR_BODIES, ApiError, Code
 from panelsrv.guard import retry_after
 from panelsrv.store.catalog import Catalog
 from panelsrv.store.keycache import KeyCache
+from panelsrv.store.pool import Pool
 
 log = logging.getLogger("panelsrv.api")
 
@@ -79,7 +80,7 @@ class Api:
     def __init__(
         self,
         *,
-        pool: asyncpg.Pool,
+        pool: Pool,
         state: CatalogHolder,
         keys: KeyCache,
         default_panel: str,

@@ -19,13 +19,14 @@ from panelsrv.errors import ERROR_BODIES, ApiError, Code, bad_request
 from panelsrv.store import ledger, orders, webhooks
 from panelsrv.store.catalog import Catalog, Panel
 from panelsrv.store.keycache import Principal
+from panelsrv.store.pool import Pool
 
 FUNDS_BODY = ERROR_BODIES[Code.NOT_ENOUGH_FUNDS]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~4x, per request
 class Context:
-    pool: asyncpg.Pool
+    pool: Pool
     catalog: Catalog
     panel: Panel
     principal: Principal

@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 from panelsrv import money, panelconf
+from panelsrv.store.pool import Pool
 
 LOAD_PANELS = "SELECT id, domain, currency, settings FROM panels"
 # Inactive services too, for the local ids they hold (the last column says which).
@@ -129,7 +130,7 @@ class Catalog:
         self._listings.clear()
 
 
-async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Catalog:
+async def load(conn: asyncpg.Connection | Pool) -> Catalog:
     panels = {
         r[0]: Panel(r[0], r[1], r[2], panelconf.decode(r[3])) for r in await conn.fetch(LOAD_PANELS)
     }

@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import orjson
 
+from panelsrv.store.pool import Pool
+
 log = logging.getLogger("panelsrv.db")
 
 EMBEDDED_DATABASE = "panelsrv"
@@ -112,24 +114,24 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
-async def _noop_reset(conn: asyncpg.Connection) -> None:
-    """We keep no session state, so skip the RESET round trip asyncpg sends on every release."""
+async def create_pool(url: str, size: int) -> Pool:
+    """`size` connections, opened now, each initialised (jsonb codec)."""
 
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(url, server_settings={"application_name": "panelsrv"})
+        try:
+            await init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
-async def create_pool(url: str, size: int, **kwargs: Any) -> asyncpg.Pool:
+    pool = Pool(connect, size)
     try:
-        pool = await asyncpg.create_pool(
-            url,
-            min_size=size,
-            max_size=size,
-            reset=_noop_reset,
-            init=init_connection,
-            server_settings={"application_name": "panelsrv"},
-            **kwargs,
-        )
+        await pool.start()
     except (OSError, asyncpg.PostgresError) as exc:
+        await pool.close()
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
-    assert pool is not None
     return pool
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
+from panelsrv.store.pool import Pool
 
 # $1 kind, $2 batch, $3 lease seconds -> claimed jobs with the order (and refill) they concern.
 # An expired lease means a worker died holding it: that attempt's outcome is unknown.
@@ -137,43 +137,43 @@ class Job:
     provider_service: str | None
 
 
-async def claim(pool: asyncpg.Pool, kind: str, batch: int, lease: float) -> list[Job]:
+async def claim(pool: Pool, kind: str, batch: int, lease: float) -> list[Job]:
     return [Job(*r) for r in await pool.fetch(CLAIM, kind, batch, lease)]
 
 
-async def sent(pool: asyncpg.Pool, job: Job, upstream_id: str) -> None:
+async def sent(pool: Pool, job: Job, upstream_id: str) -> None:
     await pool.execute(SENT, job.id, job.attempt, job.order_id, upstream_id)
 
 
-async def retry(pool: asyncpg.Pool, job: Job, seconds: float, error: str, maybe_sent: bool) -> None:
+async def retry(pool: Pool, job: Job, seconds: float, error: str, maybe_sent: bool) -> None:
     await pool.execute(RETRY, job.id, job.attempt, seconds, error, maybe_sent)
 
 
-async def done(pool: asyncpg.Pool, job: Job) -> None:
+async def done(pool: Pool, job: Job) -> None:
     await pool.execute(DONE, job.id, job.attempt)
 
 
-async def fail_order(pool: asyncpg.Pool, order_id: int, error: str) -> None:
+async def fail_order(pool: Pool, order_id: int, error: str) -> None:
     await pool.execute(FAIL_ORDER, order_id, error)
 
 
-async def refill_sent(pool: asyncpg.Pool, job: Job, upstream_id: str) -> None:
+async def refill_sent(pool: Pool, job: Job, upstream_id: str) -> None:
     await pool.execute(REFILL_SENT, job.id, job.attempt, upstream_id, job.refill_id)
 
 
-async def refill_rejected(pool: asyncpg.Pool, job: Job) -> None:
+async def refill_rejected(pool: Pool, job: Job) -> None:
     await pool.execute(REFILL_REJECTED, job.id, job.attempt, job.refill_id)
 
 
 async def orders_to_sync(
-    pool: asyncpg.Pool, provider_id: int, batch: int, interval: float
+    pool: Pool, provider_id: int, batch: int, interval: float
 ) -> list[tuple[int, str]]:
     rows = await pool.fetch(CLAIM_ORDERS_TO_SYNC, provider_id, batch, interval)
     return [(r[0], r[1]) for r in rows]
 
 
 async def apply_order_statuses(
-    pool: asyncpg.Pool, reports: list[tuple[int, str, int | None, int | None]]
+    pool: Pool, reports: list[tuple[int, str, int | None, int | None]]
 ) -> dict[int, str]:
     """reports: (order id, status, start_count, remains) -> {order id: changed|progress|ignored}"""
     if not reports:
@@ -186,15 +186,13 @@ async def apply_order_statuses(
 
 
 async def refills_to_sync(
-    pool: asyncpg.Pool, provider_id: int, batch: int, interval: float
+    pool: Pool, provider_id: int, batch: int, interval: float
 ) -> list[tuple[int, str]]:
     rows = await pool.fetch(CLAIM_REFILLS_TO_SYNC, provider_id, batch, interval)
     return [(r[0], r[1]) for r in rows]
 
 
-async def apply_refill_statuses(
-    pool: asyncpg.Pool, reports: list[tuple[int, str]]
-) -> dict[int, str]:
+async def apply_refill_statuses(pool: Pool, reports: list[tuple[int, str]]) -> dict[int, str]:
     if not reports:
         return {}
     ids, statuses = zip(*reports, strict=True)
@@ -202,6 +200,6 @@ async def apply_refill_statuses(
     return {r[0]: r[1] for r in rows}
 
 
-async def prune(pool: asyncpg.Pool) -> None:
+async def prune(pool: Pool) -> None:
     await pool.execute(PRUNE_IDEMPOTENCY)
     await pool.execute(PRUNE_WEBHOOKS)

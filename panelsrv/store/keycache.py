@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import asyncpg
-
 from panelsrv.store import keys
+from panelsrv.store.pool import Pool
 
 # $1 sha256 -> the active key's principal, with the user's own rates as [[service, rate], ...]
 LOOKUP_PRINCIPAL = """
@@ -55,7 +54,7 @@ class KeyCache:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         ttl: float,
         negative_ttl: float,
         clock: Callable[[], float] = time.monotonic,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from panelsrv.store.pool import Pool
+
 # $1 user_id, $2 signed amount, $3 memo -> (entry id, balance after) or no row when the wallet
 # would go below zero (or does not exist). Locks the wallet row for the statement only.
 MOVE_FUNDS = """
@@ -166,7 +168,7 @@ async def place_order(conn: asyncpg.Connection, order: NewOrder, funds_body: byt
 
 
 async def stored_answer(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, key: str, fingerprint: bytes
+    conn: asyncpg.Connection | Pool, user_id: int, key: str, fingerprint: bytes
 ) -> tuple[int, bytes] | None:
     """The answer recorded for this key and these parameters within 24 h, if any (no claim)."""
     row = await conn.fetchrow(STORED_ANSWER, user_id, key, fingerprint)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from panelsrv.store.pool import Pool
+
 # $1 order id, $2 user id -> (charge, start_count, status, remains)
 ORDER_STATUS = """
 SELECT charge, start_count, status, remains FROM orders WHERE id = $1 AND user_id = $2
@@ -40,25 +42,25 @@ class Answer:
 
 
 async def order_status(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, order_id: int
+    conn: asyncpg.Connection | Pool, user_id: int, order_id: int
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(ORDER_STATUS, order_id, user_id)
 
 
 async def orders_status(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, order_ids: list[int]
+    conn: asyncpg.Connection | Pool, user_id: int, order_ids: list[int]
 ) -> dict[int, asyncpg.Record]:
     return {r[0]: r for r in await conn.fetch(ORDERS_STATUS, order_ids, user_id)}
 
 
 async def refills_status(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, refill_ids: list[int]
+    conn: asyncpg.Connection | Pool, user_id: int, refill_ids: list[int]
 ) -> dict[int, str]:
     return {r[0]: r[1] for r in await conn.fetch(REFILLS_STATUS, refill_ids, user_id)}
 
 
 async def cancel(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: asyncpg.Connection | Pool,
     user_id: int,
     order_ids: list[int],
     single: bool,
@@ -71,7 +73,7 @@ async def cancel(
 
 
 async def refill(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: asyncpg.Connection | Pool,
     user_id: int,
     order_ids: list[int],
     single: bool,
@@ -87,7 +89,7 @@ async def refill(
 
 
 async def _order_action(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: asyncpg.Connection | Pool,
     action: str,
     user_id: int,
     order_ids: list[int],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-import asyncpg
+from panelsrv.store.pool import Pool
 
 MAX_PER_USER = 5
 EVENT_TYPES = ("order.status", "refill.status")
@@ -109,7 +109,7 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-async def add(pool: asyncpg.Pool, user_id: int, url: str, events: list[str]) -> tuple[int, str]:
+async def add(pool: Pool, user_id: int, url: str, events: list[str]) -> tuple[int, str]:
     secret = new_secret()
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(LOCK_USER, user_id)  # serialises adds, so the count is exact
@@ -119,28 +119,28 @@ async def add(pool: asyncpg.Pool, user_id: int, url: str, events: list[str]) -> 
     return webhook_id, secret
 
 
-async def list_endpoints(pool: asyncpg.Pool, user_id: int) -> list[Endpoint]:
+async def list_endpoints(pool: Pool, user_id: int) -> list[Endpoint]:
     return [Endpoint(r[0], r[1], list(r[2]), r[3]) for r in await pool.fetch(LIST, user_id)]
 
 
-async def delete(pool: asyncpg.Pool, user_id: int, webhook_id: int) -> bool:
+async def delete(pool: Pool, user_id: int, webhook_id: int) -> bool:
     return await pool.fetchval(DELETE, webhook_id, user_id) is not None
 
 
-async def claim(pool: asyncpg.Pool, batch: int, lease_seconds: float) -> list[Delivery]:
+async def claim(pool: Pool, batch: int, lease_seconds: float) -> list[Delivery]:
     return [Delivery(*r) for r in await pool.fetch(CLAIM, batch, lease_seconds)]
 
 
-async def delivered(pool: asyncpg.Pool, delivery_id: int) -> None:
+async def delivered(pool: Pool, delivery_id: int) -> None:
     await pool.execute(DELIVERED, delivery_id)
 
 
-async def failed(pool: asyncpg.Pool, delivery: Delivery, error: str) -> None:
+async def failed(pool: Pool, delivery: Delivery, error: str) -> None:
     delay = min(BACKOFF_FIRST * 2 ** (delivery.attempt - 1), BACKOFF_CAP)
     delay *= 0.8 + 0.4 * secrets.randbelow(1000) / 1000  # jitter: no synchronized retry storms
     await pool.execute(FAILED, delivery.id, error, delay)
 
 
-async def drop(pool: asyncpg.Pool, delivery_id: int) -> None:
+async def drop(pool: Pool, delivery_id: int) -> None:
     """Never deliver this one (its endpoint was deleted or disabled)."""
     await pool.execute(DROP, delivery_id)

@@ -15,10 +15,9 @@ import asyncio
 import logging
 from typing import Any
 
-import asyncpg
-
 from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
+from panelsrv.store.pool import Pool
 from panelsrv.worker.registry import ProviderSettings, Registry
 from panelsrv.worker.upstream import CircuitOpen, ItemError, ProviderError, ProviderUnavailable
 
@@ -52,7 +51,7 @@ def order_fields(job: jobs.Job) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, pool: asyncpg.Pool, registry: Registry, settings: ProviderSettings) -> None:
+    def __init__(self, pool: Pool, registry: Registry, settings: ProviderSettings) -> None:
         self._pool = pool
         self._registry = registry
         self._lease = lease_seconds(settings)

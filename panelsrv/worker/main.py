@@ -15,9 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from panelsrv.store import jobs
+from panelsrv.store.pool import Pool
 from panelsrv.worker import importer
 from panelsrv.worker.dispatch import Dispatcher
 from panelsrv.worker.registry import ProviderSettings, Registry
@@ -39,7 +38,7 @@ class WorkerSettings:
 
 
 class Worker:
-    def __init__(self, pool: asyncpg.Pool, settings: WorkerSettings) -> None:
+    def __init__(self, pool: Pool, settings: WorkerSettings) -> None:
         self.pool = pool
         self.settings = settings
         self.registry = Registry(pool, settings.providers)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import asyncpg
-
 from panelsrv.store import jobs
+from panelsrv.store.pool import Pool
 from panelsrv.worker.providers import Provider
 
 log = logging.getLogger("panelsrv.worker")
@@ -38,7 +37,7 @@ class ProviderRow:
 
 
 class Registry:
-    def __init__(self, pool: asyncpg.Pool, settings: ProviderSettings) -> None:
+    def __init__(self, pool: Pool, settings: ProviderSettings) -> None:
         self._pool = pool
         self._settings = settings
         self._clients: dict[int, tuple[ProviderRow, Provider]] = {}

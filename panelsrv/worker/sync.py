@@ -13,9 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import asyncpg
-
 from panelsrv.store import jobs
+from panelsrv.store.pool import Pool
 from panelsrv.worker.providers import Provider
 from panelsrv.worker.registry import Registry
 from panelsrv.worker.upstream import MAX_BATCH, OrderStatus, ProviderFailure
@@ -24,7 +23,7 @@ log = logging.getLogger("panelsrv.worker")
 
 
 class Syncer:
-    def __init__(self, pool: asyncpg.Pool, registry: Registry, interval: float) -> None:
+    def __init__(self, pool: Pool, registry: Registry, interval: float) -> None:
         self._pool = pool
         self._registry = registry
         self._interval = interval
@@ -73,7 +72,7 @@ class Syncer:
         batch: list[tuple[int, str]],
         ask: Callable[[list[str]], Awaitable[Mapping[str, Any]]],
         report: Callable[[int, Any], Any],
-        apply: Callable[[asyncpg.Pool, list[Any]], Awaitable[object]],
+        apply: Callable[[Pool, list[Any]], Awaitable[object]],
         provider: str,
     ) -> int:
         """Ask the provider about a claimed batch ((local id, upstream id) pairs) in one call and

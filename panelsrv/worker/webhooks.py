@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from panelsrv import netsafe
 from panelsrv.store import webhooks
+from panelsrv.store.pool import Pool
 
 log = logging.getLogger("panelsrv.webhooks")
 
@@ -80,7 +80,7 @@ class SafeResolver(AbstractResolver):
 class Sender:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         allow_http: bool,
         allow_private: bool,

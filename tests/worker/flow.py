@@ -9,6 +9,7 @@ import asyncpg
 
 from panelsrv import money
 from panelsrv.store import admin, ledger
+from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
 from tests.store.helpers import new_panel, new_user, unique
@@ -39,7 +40,7 @@ async def provider_service(
 
 
 async def place_many(
-    pool: asyncpg.Pool,
+    pool: Pool,
     conn: asyncpg.Connection,
     provider_id: int,
     service_id: int,
