@@ -6,6 +6,7 @@ unit. Nothing here ever touches a float.
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal, InvalidOperation
 
 SCALE_DIGITS = 5
@@ -40,8 +41,11 @@ def parse(text: str, *, allow_negative: bool = False) -> int:
     return result
 
 
+@functools.lru_cache(maxsize=65_536)
 def format(units: int) -> str:
-    """1234500 -> '12.345'; 1000000 -> '10.00': at least 2 decimals, at most 5, no float."""
+    """1234500 -> '12.345'; 1000000 -> '10.00': at least 2 decimals, at most 5, no float.
+
+    Memoized: a 100-order `status` formats 100 charges, mostly the same few amounts."""
     sign = "-" if units < 0 else ""
     whole, frac = divmod(abs(units), SCALE)
     digits = f"{frac:0{SCALE_DIGITS}d}".rstrip("0")

@@ -128,13 +128,17 @@ class Blocklist:
         self._blocks = {ip: u for ip, u in self._blocks.items() if u > now}
 
     def _make_room_strikes(self, now: float) -> None:
-        self.sweep(now)
+        # Expired windows first, then addresses with a single strike (most of a flood spread
+        # over many addresses), and only then a sort that keeps the most struck half.
+        self._strikes = {ip: r for ip, r in self._strikes.items() if r[1] > now}
+        if len(self._strikes) > self.max_keys * 3 // 4:
+            self._strikes = {ip: r for ip, r in self._strikes.items() if r[0] > 1}
         if len(self._strikes) > self.max_keys * 3 // 4:
             ranked = sorted(self._strikes.items(), key=lambda item: item[1][0])
             self._strikes = dict(ranked[-(self.max_keys // 2) :])
 
     def _make_room_blocks(self, now: float) -> None:
-        self.sweep(now)
+        self._blocks = {ip: u for ip, u in self._blocks.items() if u > now}
         if len(self._blocks) > self.max_keys * 3 // 4:
             ranked = sorted(self._blocks.items(), key=lambda item: item[1])
             self._blocks = dict(ranked[-(self.max_keys // 2) :])

@@ -9,6 +9,7 @@ what the client wrote further left), else `X-Real-IP`, else the peer. Addresses 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -71,7 +72,30 @@ class TrustedProxies:
         return addr is not None and any(addr in net for net in self._networks)
 
 
+# Behind a proxy every connection carries many clients, so the per-connection memo in the
+# reader misses; parsing X-Forwarded-For costs ~3 us a request (bench/README.md, ipcache).
+# Header values longer than this are parsed every time: an attacker's unique long values
+# must not fill memory (the cache holds at most CACHE_SIZE short entries).
+CACHE_SIZE = 16_384
+CACHEABLE_HEADER = 256
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _cached_client_ip(
+    peer: str, forwarded_for: bytes | None, real_ip: bytes | None, trusted: TrustedProxies
+) -> str:
+    return _client_ip(peer, forwarded_for, real_ip, trusted)
+
+
 def client_ip(
+    peer: str, forwarded_for: bytes | None, real_ip: bytes | None, trusted: TrustedProxies
+) -> str:
+    if len(forwarded_for or b"") + len(real_ip or b"") <= CACHEABLE_HEADER:
+        return _cached_client_ip(peer, forwarded_for, real_ip, trusted)
+    return _client_ip(peer, forwarded_for, real_ip, trusted)
+
+
+def _client_ip(
     peer: str, forwarded_for: bytes | None, real_ip: bytes | None, trusted: TrustedProxies
 ) -> str:
     """The client of a request whose TCP peer `peer` (canonical) is a trusted proxy.

@@ -68,8 +68,6 @@ class Reader:
         "_host_raw",
         "_host_value",
         "_invalid",
-        "_ip_cache",
-        "_ip_value",
         "_lim",
         "_nheaders",
         "_parser",
@@ -99,8 +97,6 @@ class Reader:
         self._seq = 0
         self._host_cache: bytes | None = None
         self._host_value = ""
-        self._ip_cache: tuple[bytes | None, bytes | None] | None = None
-        self._ip_value = ""
         self._begin()
 
     def _begin(self) -> None:
@@ -307,8 +303,4 @@ class Reader:
         return True
 
     def _client_ip(self) -> str:
-        key = (self._forwarded_for, self._real_ip)
-        if key != self._ip_cache:
-            self._ip_cache = key
-            self._ip_value = client_ip(self.peer, key[0], key[1], self._srv.trusted)
-        return self._ip_value
+        return client_ip(self.peer, self._forwarded_for, self._real_ip, self._srv.trusted)

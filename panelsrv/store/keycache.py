@@ -11,6 +11,7 @@ is not remembered: its row may predate the change, whose NOTIFY can overtake the
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ class KeyCache:
         if len(self._entries) >= MAX_ENTRIES:
             self.clear()
         ttl = self._ttl if principal is not None else self._negative_ttl
+        # +-10 % jitter: keys loaded together (a restart, a burst) do not all expire together
+        # and reload in one storm (bench/README.md, the soak's RSS step at the TTL).
+        ttl *= 0.9 + 0.2 * random.random()
         self._entries[raw] = (principal, self._clock() + ttl)
         if principal is not None:
             self._by_digest[principal.digest_hex] = raw
