@@ -14,17 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncpg
 
 from panelsrv.api import respond, sign
-from panelsrv.api.decode import decode_request
+from panelsrv.api.actions import Action, Services
+from panelsrv.api.decode import Decoded, decode_request
 from panelsrv.errors import ERROR_BODIES, ApiError, Code
 from panelsrv.guard import retry_after
-from panelsrv.store.catalog import Catalog
-from panelsrv.store.keycache import KeyCache
+from panelsrv.store.catalog import Catalog, Panel
+from panelsrv.store.keycache import KeyCache, Principal
 from panelsrv.store.pool import Pool
 
 log = logging.getLogger("panelsrv.api")
@@ -40,6 +41,8 @@ DB_UNAVAILABLE = (
     asyncpg.AdminShutdownError,
 )
 UNAVAILABLE_RETRY_AFTER = 5
+
+Answer = tuple[int, bytes, bytes]  # status, body, extra header lines (the transport's contract)
 
 
 class Request(Protocol):
@@ -103,59 +106,102 @@ class Api:
         self._webhook_allow_http = webhook_allow_http
         self._webhook_allow_private = webhook_allow_private
 
-    async def handle(self, req: Request) -> tuple[int, bytes, bytes]:
+    def handle(self, req: Request) -> Answer | Awaitable[Answer]:
+        """The answer now when no I/O is needed (errors, refusals, `services` for a cached
+        key), else an awaitable of it: the protocol creates a task only for those."""
         catalog = self._state.catalog
         panel = catalog.panel_for_host(req.host, self._default_panel)
-        tag = "unknown"
-        extra = b""
         try:
             decoded = decode_request(req.body, req.content_type, req.query)
-            tag = req.action = decoded.tag
-            action = decoded.action
-            # No panel: no key can be valid here, so no lookup either. A cache hit answers
-            # without I/O, so without an await.
-            principal = None
-            if panel is not None:
-                hit, principal = self._keys.cached(action.key)
-                if not hit:
-                    principal = await self._keys.resolve(action.key)
-            if principal is None or panel is None or principal.panel_id != panel.id:
+            req.action = decoded.tag
+            if panel is None:  # no key can be valid here, so no lookup either
                 self._strike(req.client_ip)
                 raise ApiError(Code.INVALID_KEY)
-            if action.sign is not None and not sign.verify_request(
-                action.key,
-                decoded.fields,
-                action.sign,
-                action.timestamp,
-                self._clock(),
-                self._sign_max_skew,
-            ):
-                self._strike(req.client_ip)
-                raise ApiError(Code.INVALID_SIGNATURE)
-            wait = self._user_wait(principal.user_id)
-            if wait > 0:
-                raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
-            ctx = respond.Context(
-                self._pool,
-                catalog,
-                panel,
-                principal,
-                req.idempotency_key,
-                self._webhook_allow_http,
-                self._webhook_allow_private,
-            )
+            hit, principal = self._keys.cached(decoded.action.key)
+            if not hit:
+                return self._resolve_then_respond(req, panel, catalog, decoded)
+            ctx = self._admit(req, panel, catalog, decoded, principal)
+            if type(decoded.action) is Services:
+                return self._final(panel, *respond.services(ctx))
+        except Exception as exc:
+            return self._failure(req, panel, exc)
+        return self._respond(req, ctx, decoded.action)
+
+    async def _resolve_then_respond(
+        self, req: Request, panel: Panel, catalog: Catalog, decoded: Decoded
+    ) -> Answer:
+        try:
+            principal = await self._keys.resolve(decoded.action.key)
+            ctx = self._admit(req, panel, catalog, decoded, principal)
+        except Exception as exc:
+            return self._failure(req, panel, exc)
+        return await self._respond(req, ctx, decoded.action)
+
+    async def _respond(self, req: Request, ctx: respond.Context, action: Action) -> Answer:
+        try:
             status, body = await respond.respond(ctx, action)
-        except ApiError as exc:
+        except Exception as exc:
+            return self._failure(req, ctx.panel, exc)
+        return self._final(ctx.panel, status, body)
+
+    def _admit(
+        self,
+        req: Request,
+        panel: Panel,
+        catalog: Catalog,
+        decoded: Decoded,
+        principal: Principal | None,
+    ) -> respond.Context:
+        """Key, signature and per-user cap; the context the action runs in, or ApiError."""
+        action = decoded.action
+        if principal is None or principal.panel_id != panel.id:
+            self._strike(req.client_ip)
+            raise ApiError(Code.INVALID_KEY)
+        if action.sign is not None and not sign.verify_request(
+            action.key,
+            decoded.fields,
+            action.sign,
+            action.timestamp,
+            self._clock(),
+            self._sign_max_skew,
+        ):
+            self._strike(req.client_ip)
+            raise ApiError(Code.INVALID_SIGNATURE)
+        wait = self._user_wait(principal.user_id)
+        if wait > 0:
+            raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
+        return respond.Context(
+            self._pool,
+            catalog,
+            panel,
+            principal,
+            req.idempotency_key,
+            self._webhook_allow_http,
+            self._webhook_allow_private,
+        )
+
+    def _failure(self, req: Request, panel: Panel | None, exc: Exception) -> Answer:
+        """Every error becomes its answer here, and only here."""
+        extra = b""
+        if isinstance(exc, ApiError):
             status, body = exc.status, exc.body()
             if exc.retry_after is not None:
                 extra = _retry_after(exc.retry_after)
-        except DB_UNAVAILABLE as exc:
+        elif isinstance(exc, DB_UNAVAILABLE):
             log.error("request %s: database unavailable: %s", req.request_id, exc)
             status, body = 503, ERROR_BODIES[Code.UNAVAILABLE]
             extra = _retry_after(UNAVAILABLE_RETRY_AFTER)
-        except Exception:
-            log.exception("request %s: unexpected error in %s", req.request_id, tag)
+        else:
+            log.error(
+                "request %s: unexpected error in %s", req.request_id, req.action or "?",
+                exc_info=exc,
+            )  # fmt: skip
             status, body = 500, ERROR_BODIES[Code.INTERNAL]
+        return self._final(panel, status, body, extra)
+
+    @staticmethod
+    def _final(panel: Panel | None, status: int, body: bytes, extra: bytes = b"") -> Answer:
+        """`legacy_errors`: business errors (not 429, not 5xx) as HTTP 200, body unchanged."""
         if (
             400 <= status < 500
             and status != 429

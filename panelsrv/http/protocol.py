@@ -23,6 +23,7 @@ import asyncio
 import logging
 import traceback
 from collections import deque
+from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from panelsrv.errors import ERROR_BODIES, Code
 from panelsrv.http import wire
 from panelsrv.http.clientip import normalize
 from panelsrv.http.reader import CLOSING, HEAD, IDLE, Reader
-from panelsrv.http.request import Request
+from panelsrv.http.request import Answer, Request
 
 if TYPE_CHECKING:
     from panelsrv.http.listener import HttpServer
@@ -208,29 +209,49 @@ class HttpProtocol(asyncio.Protocol):
                 assert req._route is not None
                 data = wire.render_405(req._route.method, keep)
             return self._finish(req, status, data, keep)
-        self._busy = req
-        self._pause_reading()
-        self._deadline = INF  # the handler's time is not the client's; the timer idles
-        self._task = self._loop.create_task(self._run(req))
-        return True
-
-    async def _run(self, req: Request) -> None:
         route = req._route
         assert route is not None
+        self._busy = req
         try:
-            status, body, extra = await route.handler(req)
+            answer = route.handler(req)
+        except Exception as exc:
+            return self._respond(req, None, exc)
+        if type(answer) is tuple:  # answered from memory: no task, no pause
+            return self._respond(req, answer, None)
+        self._pause_reading()
+        self._deadline = INF  # the handler's time is not the client's; the timer idles
+        self._task = self._loop.create_task(self._run(req, answer))  # type: ignore[arg-type]
+        return True
+
+    async def _run(self, req: Request, pending: Awaitable[Answer]) -> None:
+        try:
+            answer = await pending
+        except Exception as exc:
+            self._task = None
+            if self._respond(req, None, exc):
+                self._next()
+            return
+        self._task = None
+        if self._respond(req, answer, None):
+            self._next()
+
+    def _respond(self, req: Request, answer: Answer | None, exc: Exception | None) -> bool:
+        """Render the handler's answer (or a 500 for its exception) and write it."""
+        route = req._route
+        assert route is not None
+        if answer is not None:
+            status, body, extra = answer
             keep = req._keep_alive and not self._closing
             if keep and req._http10:
                 extra += wire.KEEP_ALIVE
             data = wire.render(status, body, keep, extra, route.content_type)
-        except Exception as exc:
+        else:
+            assert exc is not None
             _log_failure(req.id, exc)
             status = 500
             keep = req._keep_alive and not self._closing and not req._http10
             data = wire.render(500, ERROR_BODIES[Code.INTERNAL], keep)
-        self._task = None
-        if self._finish(req, status, data, keep):
-            self._next()
+        return self._finish(req, status, data, keep)
 
     def _finish(self, req: Request, status: int, data: bytes, keep: bool) -> bool:
         """Write one response; False when the connection ends with it (or already has)."""

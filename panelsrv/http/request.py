@@ -13,7 +13,10 @@ from typing import NamedTuple
 
 from panelsrv.http import wire
 
-Handler = Callable[["Request"], Awaitable[tuple[int, bytes, bytes]]]
+Answer = tuple[int, bytes, bytes]  # status, body, extra header lines
+# A handler answers at once (a tuple: nothing to wait for, no task is created) or with an
+# awaitable when it needs I/O; the protocol runs the awaitable as the connection's one task.
+Handler = Callable[["Request"], "Answer | Awaitable[Answer]"]
 
 
 class Route(NamedTuple):
