@@ -6,7 +6,8 @@ import secrets
 
 import asyncpg
 
-from panelsrv.store import admin, db
+from panelsrv import money
+from panelsrv.store import admin, db, ledger
 
 
 async def connect(url: str) -> asyncpg.Connection:
@@ -39,3 +40,14 @@ async def new_provider(
     conn: asyncpg.Connection, url: str = "http://127.0.0.1:9/api/v2", key: str = "k"
 ) -> int:
     return await admin.add_provider(conn, unique("prov"), url, key)
+
+
+def order_of(panel_id: int, user_id: int, service_id: int, **fields: object) -> ledger.NewOrder:
+    """A 1.00 order of 1000 units (no provider) unless `fields` say otherwise."""
+    values: dict[str, object] = {
+        "user_id": user_id, "panel_id": panel_id, "service_id": service_id,
+        "provider_id": None, "charge": money.parse("1.00"), "link": "https://x.test/a",
+        "quantity": 1000,
+    }  # fmt: skip
+    values.update(fields)
+    return ledger.NewOrder(**values)  # type: ignore[arg-type]

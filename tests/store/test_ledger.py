@@ -6,7 +6,7 @@ import asyncio
 
 from panelsrv import money
 from panelsrv.store import db, ledger
-from tests.store.helpers import connect, new_panel, new_service, new_user
+from tests.store.helpers import connect, new_panel, new_service, new_user, order_of
 
 
 async def test_concurrent_debits_never_overdraw(database_url: str) -> None:
@@ -39,15 +39,7 @@ async def test_concurrent_orders_never_overdraw_and_respect_the_ceiling(database
     try:
 
         def order(n: int) -> ledger.NewOrder:
-            return ledger.NewOrder(
-                user_id=user.id,
-                panel_id=panel_id,
-                service_id=service_id,
-                provider_id=None,
-                charge=money.parse("1.00"),
-                link=f"https://x.test/{n}",
-                quantity=1000,
-            )
+            return order_of(panel_id, user.id, service_id, link=f"https://x.test/{n}")
 
         async def place(n: int) -> str:
             async with pool.acquire() as conn:
@@ -74,15 +66,7 @@ async def test_refund_applies_once(database_url: str) -> None:
         service_id = await new_service(conn)
         placed = await ledger.place_order(
             conn,
-            ledger.NewOrder(
-                user_id=user.id,
-                panel_id=panel_id,
-                service_id=service_id,
-                provider_id=None,
-                charge=money.parse("2.00"),
-                link="https://x.test/a",
-                quantity=2000,
-            ),
+            order_of(panel_id, user.id, service_id, charge=money.parse("2.00"), quantity=2000),
             b"{}",
         )
         assert placed.outcome == "ok" and placed.order_id is not None
@@ -100,15 +84,7 @@ async def test_refund_applies_once(database_url: str) -> None:
         # More than the charge is never refunded.
         again = await ledger.place_order(
             conn,
-            ledger.NewOrder(
-                user_id=user.id,
-                panel_id=panel_id,
-                service_id=service_id,
-                provider_id=None,
-                charge=money.parse("1.00"),
-                link="https://x.test/b",
-                quantity=1000,
-            ),
+            order_of(panel_id, user.id, service_id, link="https://x.test/b"),
             b"{}",
         )
         assert again.order_id is not None
@@ -124,24 +100,12 @@ async def test_idempotent_place_order_replays_and_refuses_mismatch(database_url:
         panel_id, domain = await new_panel(conn)
         user = await new_user(conn, domain, balance="5.00")
         service_id = await new_service(conn)
-        order = ledger.NewOrder(
-            user_id=user.id,
-            panel_id=panel_id,
-            service_id=service_id,
-            provider_id=None,
-            charge=money.parse("1.00"),
-            link="https://x.test/a",
-            quantity=1000,
-            idempotency_key="k-1",
-            fingerprint=b"f1",
-        )
+        order = order_of(panel_id, user.id, service_id, idempotency_key="k-1", fingerprint=b"f1")
         first = await ledger.place_order(conn, order, b"{}")
         replay = await ledger.place_order(conn, order, b"{}")
         assert first.outcome == "ok" and replay.outcome == "replay"
         assert replay.body == first.body == f'{{"order":{first.order_id}}}'.encode()
-        other = ledger.NewOrder(
-            **{**{f: getattr(order, f) for f in order.__slots__}, "fingerprint": b"f2"}
-        )
+        other = order_of(panel_id, user.id, service_id, idempotency_key="k-1", fingerprint=b"f2")
         assert (await ledger.place_order(conn, other, b"{}")).outcome == "mismatch"
         assert await ledger.balance(conn, user.id) == money.parse("4.00")
     finally:
@@ -156,17 +120,7 @@ async def test_idempotency_claim_of_a_dead_transaction_does_not_linger(database_
         panel_id, domain = await new_panel(conn)
         user = await new_user(conn, domain, balance="5.00")
         service_id = await new_service(conn)
-        order = ledger.NewOrder(
-            user_id=user.id,
-            panel_id=panel_id,
-            service_id=service_id,
-            provider_id=None,
-            charge=money.parse("1.00"),
-            link="https://x.test/a",
-            quantity=1000,
-            idempotency_key="crash",
-            fingerprint=b"f",
-        )
+        order = order_of(panel_id, user.id, service_id, idempotency_key="crash", fingerprint=b"f")
         tx = holder.transaction()
         await tx.start()
         await holder.execute(

@@ -7,7 +7,14 @@ import orjson
 
 from panelsrv import money
 from panelsrv.store import ledger, orders
-from tests.store.helpers import connect, new_panel, new_provider, new_service, new_user
+from tests.store.helpers import (
+    connect,
+    new_panel,
+    new_provider,
+    new_service,
+    new_user,
+    order_of,
+)
 
 
 async def _order(
@@ -20,17 +27,10 @@ async def _order(
 ) -> int:
     placed = await ledger.place_order(
         conn,
-        ledger.NewOrder(
-            user_id=user_id,
-            panel_id=panel_id,
-            service_id=service_id,
-            provider_id=provider_id,
-            charge=money.parse(charge),
-            link="https://x.test/p",
-            quantity=1000,
-        ),
+        order_of(panel_id, user_id, service_id, provider_id=provider_id,
+                 charge=money.parse(charge)),
         b"{}",
-    )
+    )  # fmt: skip
     assert placed.order_id is not None
     return placed.order_id
 
