@@ -1,4 +1,5 @@
-"""API keys: creation (shown once), listing by prefix, revocation, lookup by hash.
+"""API keys: creation (shown once), listing by prefix, revocation
+(lookups by hash: keycache.py).
 
 Imports asyncpg only. A key is `psk_` + 41 base62 characters of randomness (240 bits) + a 6
 character CRC32 checksum, so malformed or mistyped keys are refused without a database lookup.
@@ -37,12 +38,6 @@ WITH k AS (SELECT id, revoked_at FROM api_keys WHERE prefix = $1 FOR UPDATE)
 UPDATE api_keys SET revoked_at = coalesce(k.revoked_at, now())
   FROM k WHERE api_keys.id = k.id
 RETURNING api_keys.user_id, api_keys.revoked_at
-"""
-# $1 sha256 digest -> (key id, user id, panel id) of an active key
-LOOKUP_KEY = """
-SELECT k.id, k.user_id, u.panel_id
-  FROM api_keys k JOIN users u ON u.id = k.user_id
- WHERE k.hash = $1 AND k.revoked_at IS NULL
 """
 
 
@@ -121,9 +116,3 @@ async def revoke(conn: asyncpg.Connection, prefix: str) -> datetime | None:
     """Revoke the key with this prefix (idempotent); None when no key has it."""
     row = await conn.fetchrow(REVOKE_KEY, prefix)
     return None if row is None else row["revoked_at"]
-
-
-async def lookup(conn: asyncpg.Connection, raw: str) -> tuple[int, int, int] | None:
-    """(key id, user id, panel id) of an active key, or None."""
-    row = await conn.fetchrow(LOOKUP_KEY, digest(raw))
-    return None if row is None else (row[0], row[1], row[2])

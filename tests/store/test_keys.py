@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from panelsrv.store import keys
+from panelsrv.store import db, keys
+from panelsrv.store.keycache import KeyCache
 from tests.store.helpers import connect, new_panel, new_user
 
 
@@ -57,19 +58,25 @@ async def test_eleventh_active_key_is_refused_even_concurrently(database_url: st
 
 async def test_revoked_key_no_longer_resolves(database_url: str) -> None:
     conn = await connect(database_url)
+    pool = await db.create_pool(database_url, 1)
+    # Not enabled (no notification listener): every resolve reads the database.
+    cache = KeyCache(pool, ttl=60, negative_ttl=60)
     try:
         panel_id, domain = await new_panel(conn)
         user = await new_user(conn, domain)
         new = await keys.create(conn, user.id)
-        assert await keys.lookup(conn, new.raw) == (
+        found = await cache.resolve(new.raw)
+        assert found is not None
+        assert (found.key_id, found.user_id, found.panel_id) == (
             await conn.fetchval("SELECT id FROM api_keys WHERE prefix = $1", new.prefix),
             user.id,
             panel_id,
         )
         first = await keys.revoke(conn, new.prefix)
         assert first is not None and await keys.revoke(conn, new.prefix) == first
-        assert await keys.lookup(conn, new.raw) is None
+        assert await cache.resolve(new.raw) is None
     finally:
+        await pool.close()
         await conn.close()
 
 
