@@ -16,7 +16,8 @@ from panelsrv.worker import importer
 from panelsrv.worker.sim import Simulator
 from panelsrv.worker.upstream import Service
 from tests.cli.test_admin_cli import ok_json, panelsrv
-from tests.e2e.served import call, free_port
+from tests.e2e.served import call
+from tests.http.httpkit import free_port
 from tests.store.helpers import unique
 
 

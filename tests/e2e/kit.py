@@ -14,14 +14,13 @@ import hmac
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
 
-from tests.e2e.served import Served, call, encode, visible
+from tests.e2e.served import Served, encode
 from tests.http.httpkit import Client, Response
 
 QUIET = {"never_block": "127.0.0.1,::1"}
@@ -88,34 +87,6 @@ def assert_no_leak(response: Response) -> None:
     text = response.body.decode("utf-8", "replace")
     for marker in LEAK_MARKERS:
         assert marker not in text, (marker, text)
-
-
-async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
-    """Wait until every process knows the panel and offers these (local or global) service ids
-    (a catalog reload after NOTIFY): ten answers in a row say so."""
-    await visible(port, domain, key, timeout)
-    deadline = time.monotonic() + timeout
-    streak = 0
-    while streak < 10:
-        known = True
-        for service in services:
-            # quantity 0 is below every minimum: a known service answers with its bounds.
-            r = await call(
-                port,
-                {
-                    "key": key,
-                    "action": "add",
-                    "service": service,
-                    "quantity": 0,
-                    "link": "https://example.com/",
-                },
-                host=domain,
-            )
-            known = known and r.json() != {"error": "Incorrect service ID"}
-        streak = streak + 1 if known else 0
-        assert time.monotonic() < deadline, f"services {services} not offered on {domain}"
-        if not known:
-            await asyncio.sleep(0.05)
 
 
 class Pool:

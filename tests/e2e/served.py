@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import orjson
 
 from panelsrv.store import admin, db, keys
-from tests.http.httpkit import Client, Response
+from tests.http.httpkit import Client, Response, free_port
 
 # Limits far above what a test sends, unless a test is about limits.
 GENEROUS = {
@@ -31,12 +31,6 @@ GENEROUS = {
     "user_rate": "1000000",
     "user_burst": "1000000",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:
@@ -196,32 +190,44 @@ class World:
             await conn.close()
 
 
-async def visible(
-    port: int, domain: str, key: str, timeout: float = 5.0, service: int | None = None
-) -> None:
-    """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload),
-    and `service` (its id as the panel's customers see it) when given.
+async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> None:
+    """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload).
 
     Polls every worker process: each answers on its own once its catalog has the panel."""
     deadline = time.monotonic() + timeout
     streak = 0
     while streak < 10:
-        if service is None:
-            r = await call(port, {"key": key, "action": "balance"}, host=domain)
-            ok = r.status == 200
-        else:
-            r = await call(port, {"key": key, "action": "services"}, host=domain)
-            ok = r.status == 200 and any(s["service"] == service for s in r.json())
-        streak = streak + 1 if ok else 0
+        r = await call(port, {"key": key, "action": "balance"}, host=domain)
+        streak = streak + 1 if r.status == 200 else 0
         if time.monotonic() > deadline:
             raise AssertionError(f"panel {domain} not visible: {r.status} {r.body!r}")
         if streak == 0:
             await asyncio.sleep(0.05)
 
 
-async def wait_until(predicate, timeout: float = 5.0, step: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
+    """Wait until every process knows the panel and offers these (local or global) service ids
+    (a catalog reload after NOTIFY): ten answers in a row say so."""
+    await visible(port, domain, key, timeout)
     deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
+    streak = 0
+    while streak < 10:
+        known = True
+        for service in services:
+            # quantity 0 is below every minimum: a known service answers with its bounds.
+            r = await call(
+                port,
+                {
+                    "key": key,
+                    "action": "add",
+                    "service": service,
+                    "quantity": 0,
+                    "link": "https://example.com/",
+                },
+                host=domain,
+            )
+            known = known and r.json() != {"error": "Incorrect service ID"}
+        streak = streak + 1 if known else 0
+        assert time.monotonic() < deadline, f"services {services} not offered on {domain}"
+        if not known:
+            await asyncio.sleep(0.05)

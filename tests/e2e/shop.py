@@ -18,8 +18,8 @@ from typing import Any
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import offered, sql
-from tests.e2e.served import World, call, visible
+from tests.e2e.kit import sql
+from tests.e2e.served import World, call, offered, visible
 
 # Panel-local ids.
 MAIN = 1_000_001  # default, 0.45 per 1000, 100..100000, cancel + refill + dripfeed

@@ -11,8 +11,8 @@ import pytest
 
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
-from tests.e2e.kit import offered, sql, sql_value
-from tests.e2e.served import Served, World, call
+from tests.e2e.kit import sql, sql_value
+from tests.e2e.served import Served, World, call, offered
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
 

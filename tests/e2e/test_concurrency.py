@@ -19,8 +19,8 @@ import pytest
 
 from panelsrv import money
 from panelsrv.store import admin, db, keys
-from tests.e2e.kit import Pool, cli, offered, served, sql
-from tests.e2e.served import Served, World
+from tests.e2e.kit import Pool, cli, served, sql
+from tests.e2e.served import Served, World, offered
 from tests.http.httpkit import Response
 
 LINK = "https://instagram.com/p/rush"

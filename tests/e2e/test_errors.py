@@ -12,8 +12,8 @@ import pytest
 
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import keys
-from tests.e2e.kit import assert_no_leak, execute, offered, served, signed, sql
-from tests.e2e.served import Served, World, call
+from tests.e2e.kit import assert_no_leak, execute, served, signed, sql
+from tests.e2e.served import Served, World, call, offered
 from tests.e2e.shop import HIDDEN, INACTIVE, MAIN, TYPE_BASE, Shop
 from tests.http.httpkit import Client, Response
 

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from panelsrv.store import ledger
-from tests.e2e.kit import offered, sql, sql_value
-from tests.e2e.served import Served, World, call
+from tests.e2e.kit import sql, sql_value
+from tests.e2e.served import Served, World, call, offered
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
 

@@ -14,8 +14,8 @@ import pytest
 
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import Pool, offered, served, sql
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.kit import Pool, served, sql
+from tests.e2e.served import Served, World, call, offered, visible
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.kit import offered
-from tests.e2e.served import Served, World, call
+from tests.e2e.served import Served, World, call, offered
 
 
 @pytest.fixture(scope="module")

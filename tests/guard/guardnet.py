@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,14 +87,6 @@ class Proxy:
                 await dst.drain()
         dst.transport.abort()
         self._writers.discard(dst)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int, out: Any) -> None:

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.shared import RedisBackend
-from tests.guard.guardnet import Proxy, free_port, paced_flood, render, wait_until
+from tests.guard.guardnet import Proxy, paced_flood, render, wait_until
+from tests.http.httpkit import free_port
 
 INTERVAL = 0.1
 

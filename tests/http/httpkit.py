@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
@@ -19,6 +20,13 @@ from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.request import Limits, Request
 
 SHORT = 2.0  # seconds any single read in a test may take before it is a failure
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Calls:

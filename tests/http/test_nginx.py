@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.http.httpkit import Client, post, start_server
+from tests.http.httpkit import Client, free_port, post, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "config" / "nginx" / "panelsrv.conf"
@@ -47,12 +46,6 @@ def nginx_binary() -> str:
     if found is None:
         pytest.skip("nginx is not installed and could not be installed")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def site_config(upstream_port: int, listen_port: int) -> str:

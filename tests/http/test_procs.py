@@ -18,15 +18,10 @@ import orjson
 import pytest
 
 from panelsrv.http.procs import notify
+from tests.http.httpkit import free_port
 
 APP = str(Path(__file__).with_name("serve_app.py"))
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Notifications:

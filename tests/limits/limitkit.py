@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from panelsrv.store import db
 from tests.e2e.served import encode
 from tests.http.httpkit import Client, Response
 
@@ -67,20 +66,6 @@ async def refused_on_connect(port: int, source: str, wait: float = 0.2) -> bool:
     finally:
         await client.close()
     return response is not None and not refusal_problems(response, pre_body=True)
-
-
-async def offered(port: int, domain: str, key: str, service: int, timeout: float = 5.0) -> None:
-    """Wait until every worker process lists `service` (its catalog reloaded after NOTIFY)."""
-    request = post(domain, {"key": key, "action": "services"})
-    deadline = time.monotonic() + timeout
-    streak = 0
-    while streak < 10:
-        r = await ask(port, request)
-        listed = r.status == 200 and any(s["service"] == service for s in r.json())
-        streak = streak + 1 if listed else 0
-        assert time.monotonic() < deadline, f"service {service} not offered: {r.status}"
-        if not listed:
-            await asyncio.sleep(0.05)
 
 
 async def place(port: int, domain: str, key: str, service: int, source: str) -> tuple[int, object]:
@@ -228,11 +213,3 @@ async def shared(ops_port: int, local: int, total: int) -> bool:
         m.get("panelsrv_guard_shared_up") == local
         and m.get("panelsrv_guard_processes") == local * total
     )
-
-
-async def execute(database_url: str, sql: str, *args: object) -> list:  # type: ignore[type-arg]
-    conn = await db.connect(database_url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()

@@ -17,9 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from panelsrv.guard.coord import excess_bound
-from tests.e2e.served import Served, World
+from tests.e2e.served import Served, World, offered
 from tests.guard.guardnet import Proxy
-from tests.limits.limitkit import flood, offered, place, post, scrape, shared, until
+from tests.limits.limitkit import flood, place, post, scrape, shared, until
 
 RATE = BURST = 100
 INTERVAL = 0.1

@@ -11,9 +11,10 @@ import asyncio
 import time
 
 from panelsrv.store import db, keys
+from tests.e2e.kit import sql
 from tests.e2e.served import World, visible
 from tests.limits.conftest import HubServer
-from tests.limits.limitkit import ask, execute, post, until
+from tests.limits.limitkit import ask, post, until
 
 LISTENERS = """
 SELECT pid FROM pg_stat_activity
@@ -44,7 +45,7 @@ async def refused_everywhere(port: int, domain: str, key: str, within: float) ->
 
 
 async def listeners(database_url: str) -> list[int]:
-    return [row[0] for row in await execute(database_url, LISTENERS)]
+    return [row[0] for row in await sql(database_url, LISTENERS)]
 
 
 async def revoke(database_url: str, key: str, *, silently: bool = False) -> None:
@@ -87,7 +88,7 @@ async def test_a_lost_listener_drops_the_whole_cache_and_reconnects(
     # Nothing told the processes: their caches still hold the key (within key_cache_ttl).
     assert await statuses(hub_server.port, domain, key) == {200}
 
-    rows = await execute(
+    rows = await sql(
         database_url, "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", before
     )
     assert [row[0] for row in rows] == [True, True]

@@ -13,19 +13,10 @@ import pytest
 
 from panelsrv.guard.coord import excess_bound
 from tests.conftest import run_async
-from tests.e2e.served import Served, World
+from tests.e2e.kit import sql
+from tests.e2e.served import Served, World, offered
 from tests.limits.conftest import SYNC_INTERVAL, HubServer
-from tests.limits.limitkit import (
-    ask,
-    execute,
-    offered,
-    place,
-    post,
-    refusal_problems,
-    served_by_each,
-    shared,
-    until,
-)
+from tests.limits.limitkit import ask, place, post, refusal_problems, served_by_each, shared, until
 
 COUNT_ORDERS = "SELECT count(*) FROM orders WHERE user_id = $1"
 
@@ -49,7 +40,7 @@ async def test_the_order_after_the_ceiling_is_refused_across_processes(
         assert status == 200, (n, body)
     status, body = await place(hub_server.port, domain, key, 3, source)
     assert (status, body) == (429, {"error": "Too many requests"})
-    (count,) = (await execute(database_url, COUNT_ORDERS, user))[0]
+    (count,) = (await sql(database_url, COUNT_ORDERS, user))[0]
     assert count == allowed
     if setting is None:
         await asyncio.sleep(1.1)  # each worker publishes its metrics about once a second
@@ -71,7 +62,7 @@ async def test_concurrent_adds_stop_exactly_at_the_ceiling(
     )
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 30 + [429] * 10
-    assert (await execute(database_url, COUNT_ORDERS, user))[0][0] == 30
+    assert (await sql(database_url, COUNT_ORDERS, user))[0][0] == 30
 
 
 USER_RATE = USER_BURST = 5

@@ -7,7 +7,7 @@ from __future__ import annotations
 from panelsrv.store import admin, db, ledger
 from panelsrv.worker.main import Worker
 from panelsrv.worker.sim import Simulator
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import Served, World, call, offered
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final
 
@@ -57,8 +57,8 @@ async def test_order_on_b_completes_on_a_and_status_comes_back(own_database_url:
                     local_id=9,
                 ),
             )
-            await visible(served.port, domain_a, reseller_key, service=5)
-            await visible(served.port, domain_b, buyer_key, service=9)
+            await offered(served.port, domain_a, reseller_key, 5)
+            await offered(served.port, domain_b, buyer_key, 9)
 
             orders = []
             for n in range(6):

@@ -14,7 +14,7 @@ from aiohttp import web
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
 from panelsrv.worker.sim import Simulator
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import Served, World, call, offered
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final
 
@@ -80,7 +80,7 @@ async def test_signed_events_retried_until_the_receiver_recovers(own_database_ur
                     local_id=3,
                 ),
             )
-            await visible(served.port, domain, key, service=3)
+            await offered(served.port, domain, key, 3)
             r = await call(
                 served.port,
                 {
