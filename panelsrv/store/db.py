@@ -9,6 +9,7 @@ transaction, recorded in `schema_migrations`, under an advisory lock so concurre
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -102,31 +103,28 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _open(url: str, **kwargs: Any) -> asyncpg.Connection:
+    """A connection, initialised; asyncpg's own errors pass through (the API maps them)."""
+    conn = await asyncpg.connect(url, server_settings={"application_name": "panelsrv"}, **kwargs)
+    try:
+        await init_connection(conn)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     """One connection, for commands and tools (servers use `create_pool`)."""
     try:
-        conn = await asyncpg.connect(
-            url, server_settings={"application_name": "panelsrv"}, **kwargs
-        )
+        return await _open(url, **kwargs)
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
-    await init_connection(conn)
-    return conn
 
 
 async def create_pool(url: str, size: int) -> Pool:
     """`size` connections, opened now, each initialised (jsonb codec)."""
-
-    async def connect() -> asyncpg.Connection:
-        conn = await asyncpg.connect(url, server_settings={"application_name": "panelsrv"})
-        try:
-            await init_connection(conn)
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
-
-    pool = Pool(connect, size)
+    pool = Pool(functools.partial(_open, url), size)
     try:
         await pool.start()
     except (OSError, asyncpg.PostgresError) as exc:
