@@ -20,12 +20,6 @@ from panelsrv.guard.coord import Lease
 REQUEST_NS = 8000
 
 
-def render(seconds: int) -> bytes:
-    return (
-        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nConnection: close\r\n\r\n" % seconds
-    )
-
-
 def best_ns(call: Callable[[int], object], n: int) -> float:
     runs = []
     for _ in range(7):
@@ -53,15 +47,15 @@ def main() -> None:
 
     # Rate high enough that every call is admitted: the common path of a legitimate client.
     admit = Guard(
-        GuardSettings(ip_rate=1e9, ip_burst=10**9, user_rate=1e9, user_burst=10**9), render
+        GuardSettings(ip_rate=1e9, ip_burst=10**9, user_rate=1e9, user_burst=10**9)
     )
     # Shared mode, key leased (a hot key spending granted tokens).
-    hot = Guard(GuardSettings(ip_rate=1e9, ip_burst=10**9), render)
+    hot = Guard(GuardSettings(ip_rate=1e9, ip_burst=10**9))
     hot.coord.ip.share(2, time.monotonic())
     lease = hot.coord.ip.leases["203.0.113.1"] = Lease(0, 0)
     lease.tokens = 10**12
     # Refusal paths: a blocked address, an address over its bucket.
-    refuse = Guard(GuardSettings(ip_rate=1, ip_burst=1), render)
+    refuse = Guard(GuardSettings(ip_rate=1, ip_burst=1))
     for _ in range(10):
         refuse.strike("192.0.2.66")
     refuse.check_ip("192.0.2.1")

@@ -23,11 +23,9 @@ import uvloop
 from panelsrv import demo, metrics
 from panelsrv.api.handler import Api
 from panelsrv.config import Config
-from panelsrv.errors import ERROR_BODIES, Code
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
 from panelsrv.guard.shared import RedisBackend
-from panelsrv.http import wire
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
 from panelsrv.http.procs import Group, Slot, run_service, supervise
@@ -44,7 +42,6 @@ log = logging.getLogger("panelsrv.server")
 
 WORKER_POOL_SIZE = 4
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
-TOO_MANY_BODY = ERROR_BODIES[Code.TOO_MANY_REQUESTS]
 # The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
 GUARD_GAUGES = {
     "guard_shared_up": "Processes whose limits are shared through Redis or the host's hub"
@@ -92,10 +89,6 @@ def http_limits(cfg: Config) -> Limits:
         header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
         keepalive_timeout=cfg.keepalive_timeout, max_connections=cfg.max_connections,
     )  # fmt: skip
-
-
-def render_429(seconds: int) -> bytes:
-    return wire.render(429, TOO_MANY_BODY, False, b"Retry-After: %d\r\n" % seconds)
 
 
 def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
@@ -184,7 +177,7 @@ class App:
             await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
 
     def _start_guard(self, registry: metrics.Registry) -> Guard:
-        self._guard = guard = Guard(guard_settings(self.cfg), render_429)
+        self._guard = guard = Guard(guard_settings(self.cfg))
         guard.start(self._guard_backend())
         for name in guard.metrics():
             registry.gauge(f"panelsrv_{name}", GUARD_GAUGES[name], fn=_guard_reading(guard, name))

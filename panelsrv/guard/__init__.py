@@ -4,6 +4,6 @@
 several processes are in guard/shared.py (Redis) and guard/hub.py (one host's workers).
 """
 
-from panelsrv.guard.limits import Guard, GuardSettings, Render429, retry_after
+from panelsrv.guard.limits import Guard, GuardSettings, retry_after
 
-__all__ = ["Guard", "GuardSettings", "Render429", "retry_after"]
+__all__ = ["Guard", "GuardSettings", "retry_after"]

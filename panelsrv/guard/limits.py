@@ -1,21 +1,22 @@
 """The guard facade: what the HTTP protocol and the API handler call on the hot path.
 
-Imports msgspec and the guard modules; never `panelsrv.http` (the 429 response is rendered by a
-callable the HTTP layer passes in) nor a backend library (the caller passes a `Backend` to
+Imports msgspec and the guard modules; never `panelsrv.http` (the checks answer with numbers;
+the HTTP layer renders the 429) nor a backend library (the caller passes a `Backend` to
 `start`). Every check is synchronous and amortised O(1): a clock read, one or two dict lookups,
 a float comparison. The clock is injected (default `time.monotonic`); the pure parts below it
 receive `now` as an argument.
 
 Wiring, per worker process:
-    guard = Guard(GuardSettings(...), render_429=lambda s: <429 bytes, Retry-After: s, close>)
+    guard = Guard(GuardSettings(...))
     guard.start(backend)   # in the running loop; backend None, RedisBackend(...) or HubBackend(...)
     ... guard.check_block(ip) in connection_made, guard.check_ip(ip) in on_headers_complete,
     ... guard.strike(ip) on a bad key or signature, guard.check_user(user_id) after auth
     await guard.close()    # on shutdown: stops the sync task, closes the backend
 
 Invariants:
-- `check_block`/`check_ip` return prebuilt bytes: one rendering per distinct Retry-After value,
-  cached (at most `MAX_RENDERED`), so a flood of refusals encodes nothing.
+- `check_block`/`check_ip` answer with an int and allocate nothing: 0 admits; otherwise its
+  magnitude is the Retry-After, and its sign says whether the connection may stay (an address
+  over its bucket, > 0) or must close (a blocked address, < 0, as the API contract asks).
 - Retry-After is whole seconds, at least 1, rounded up: a client that honours it is admitted.
 """
 
@@ -35,12 +36,6 @@ import msgspec
 from panelsrv.guard.blocklist import Blocklist
 from panelsrv.guard.coord import Coordinator, Limiter
 from panelsrv.guard.sync import Backend, Syncer
-
-MAX_RENDERED = 4096
-
-Render429 = Callable[[int], bytes]
-"""Given Retry-After seconds, the complete `429` response (status line, headers with
-`Retry-After` and `Connection: close`, body `{"error": "Too many requests"}`)."""
 
 
 class GuardSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,19 +74,16 @@ def retry_after(wait: float) -> int:
 
 
 class Guard:
-    __slots__ = ("_blocks", "_clock", "_ip", "_render", "_responses", "_syncer", "_user", "coord")
+    __slots__ = ("_blocks", "_clock", "_ip", "_syncer", "_user", "coord")
 
     def __init__(
         self,
         settings: GuardSettings,
-        render_429: Render429,
         clock: Callable[[], float] = time.monotonic,
         pid: str | None = None,
     ) -> None:
         s = settings
         self._clock = clock
-        self._render = render_429
-        self._responses: dict[int, bytes] = {}
         pid = pid or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.coord = Coordinator(
             pid,
@@ -107,22 +99,24 @@ class Guard:
 
     # -- hot path --
 
-    def check_block(self, ip: str) -> bytes | None:
-        """At connection time: the 429 for a blocked address, else None. Takes no token."""
+    def check_block(self, ip: str) -> int:
+        """At connection time: Retry-After seconds while `ip` is blocked, else 0. No token."""
         now = self._clock()
         key = client_key(ip) if ":" in ip else ip
         until = self._blocks.blocked_until(key, now)
-        return self._reject(until - now) if until and not self._blocks.allowed(ip) else None
+        return retry_after(until - now) if until and not self._blocks.allowed(ip) else 0
 
-    def check_ip(self, ip: str) -> bytes | None:
-        """When the headers are complete, before the body: the 429 to send and close, or None."""
+    def check_ip(self, ip: str) -> int:
+        """When the headers are complete, before the body: 0 admits (a token taken); n > 0 is
+        over the bucket (429, Retry-After n, the connection may stay); n < 0 is blocked (429,
+        Retry-After -n, close)."""
         now = self._clock()
         key = client_key(ip) if ":" in ip else ip  # IPv4 skips the call
         until = self._blocks.blocked_until(key, now)
         if until and not self._blocks.allowed(ip):  # an allowed address inside a blocked /64
-            return self._reject(until - now)
+            return -retry_after(until - now)
         wait = self._ip.take(key, now)
-        return self._reject(wait) if wait else None
+        return retry_after(wait) if wait else 0
 
     def strike(self, ip: str) -> None:
         """A failed authentication (bad key or bad signature) from `ip`."""
@@ -132,15 +126,6 @@ class Guard:
     def check_user(self, user_id: int) -> float:
         """The per-user soft cap: 0.0 admitted, else seconds to wait (see `retry_after`)."""
         return self._user.take(user_id, self._clock())
-
-    def _reject(self, wait: float) -> bytes:
-        seconds = retry_after(wait)
-        response = self._responses.get(seconds)
-        if response is None:
-            response = self._render(seconds)
-            if len(self._responses) < MAX_RENDERED:
-                self._responses[seconds] = response
-        return response
 
     # -- lifecycle and observability --
 

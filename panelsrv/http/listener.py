@@ -5,7 +5,8 @@ It is the protocol factory (`loop.create_server(server, ...)` calls it per conne
 the per-process connection set (for the cap, the gauge and draining) and the once-a-second Date
 ticker. What it serves comes in as `routes`; who is refused early comes in as `precheck`
 (per request, after the path matched, before the body) and `connect_check` (per connection,
-for peers that are not trusted proxies); both return a complete response to refuse or None.
+for peers that are not trusted proxies); both answer 0 to admit, else a 429's Retry-After
+seconds: positive lets the connection stay (the body is skipped), negative closes it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.request import Handler, Limits, Route
 from panelsrv.metrics import Registry, ServerMetrics
 
-Check = Callable[[str], bytes | None]
+Check = Callable[[str], int]
 DEFAULT_LIMITS = Limits()
 
 

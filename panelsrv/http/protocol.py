@@ -102,9 +102,10 @@ class HttpProtocol(asyncio.Protocol):
             srv.metrics.reject("connections")
             refusal = wire.REJECT_CLOSE[503]
         elif not trusted and srv.connect_check is not None:
-            refusal = srv.connect_check(ip)
-            if refusal is not None:
+            wait = srv.connect_check(ip)
+            if wait:
                 srv.metrics.reject("precheck")
+                refusal = wire.too_many(abs(wait), False)
         if refusal is not None:
             transport.write(refusal)
             transport.close()
@@ -205,6 +206,8 @@ class HttpProtocol(asyncio.Protocol):
             keep = req._keep_alive and not self._closing and not req._http10
             if status == 404:
                 data = wire.REJECT_KEEP[404] if keep else wire.REJECT_CLOSE[404]
+            elif status == 429:
+                data = wire.too_many(req._retry_after, keep)
             else:
                 assert req._route is not None
                 data = wire.render_405(req._route.method, keep)

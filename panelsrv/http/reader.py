@@ -44,6 +44,9 @@ _WANTED = {
 # A reg-name (DNS-ish, '_' tolerated) or a bracketed IPv6 literal, then an optional port.
 _HOST_RE = re.compile(rb"([a-z0-9._-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 _OWS = b" \t"
+# A refused request with a declared body up to this size is read and dropped, keeping the
+# connection (cheaper for both sides than a reconnect); a larger or chunked one closes it.
+SKIP_BODY_MAX = 16 * 1024
 
 
 def origin_path(target: bytes) -> bytes:
@@ -74,6 +77,7 @@ class Reader:
         "_raw",
         "_real_ip",
         "_seq",
+        "_skip_max",
         "_srv",
         "_te",
         "_url",
@@ -88,6 +92,7 @@ class Reader:
         self._conn = conn
         self._srv = server
         self._lim = server.limits
+        self._skip_max = min(SKIP_BODY_MAX, server.limits.max_body_bytes)
         self._parser = HttpRequestParser(self)
         self.req = Request()  # the one being parsed
         self.dead = True  # until the connection is accepted
@@ -213,7 +218,6 @@ class Reader:
             conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
             return
         req._http10 = version == "1.0"
-        has_body = self._cl > 0 or self._te
         url = self._url
         q = url.find(b"?")
         if q >= 0:
@@ -224,11 +228,11 @@ class Reader:
             path = origin_path(path)
         route = self._srv.routes.get(path)
         if route is None:
-            self._reject(req, 404, "not_found", has_body)
+            self._reject(req, 404, "not_found")
             return
         req._route = route
         if parser.get_method() != route.method:
-            self._reject(req, 405, "method", has_body)
+            self._reject(req, 405, "method")
             return
         if not self._resolve_host(req) or self._invalid:
             conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
@@ -237,18 +241,19 @@ class Reader:
             req.client_ip = self._client_ip()
         precheck = self._srv.precheck
         if precheck is not None:
-            refusal = precheck(req.client_ip)
-            if refusal is not None:
-                conn.refuse(refusal, "precheck")
+            wait = precheck(req.client_ip)
+            if wait:
+                req._retry_after = abs(wait)
+                self._reject(req, 429, "precheck", close=wait < 0)
                 return
         if self._cl > lim.max_body_bytes:
             conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
-        if self._expect and has_body and not req._http10:
+        if self._expect and (self._cl > 0 or self._te) and not req._http10:
             conn.continue_100()
 
     def on_body(self, body: bytes) -> None:
-        if self.dead:
+        if self.dead or self.req._reject:  # a refused request's body is read and dropped
             return
         n = self._body_len + len(body)
         if n > self._lim.max_body_bytes:  # chunked: only the running length tells
@@ -278,16 +283,23 @@ class Reader:
 
     # -- pre-body checks ---------------------------------------------------------------------
 
-    def _reject(self, req: Request, status: int, reason: str, has_body: bool) -> None:
-        """404/405: keep the connection when there is no body to skip, else answer and close."""
-        self._srv.metrics.reject(reason)
-        if not has_body:
+    def _reject(self, req: Request, status: int, reason: str, close: bool = False) -> None:
+        """Answer `status` (404, 405, 429) without the handler. The connection stays when the
+        body can be read and dropped cheaply (none, or declared and at most `SKIP_BODY_MAX`,
+        without a 100-continue to wait for); otherwise, or when `close`, answer and close."""
+        cl = self._cl
+        if not close and not self._te and (cl == 0 or (cl <= self._skip_max and not self._expect)):
+            self._srv.metrics.reject(reason)
             req._reject = status
-        elif status == 404:
-            self._conn.refuse(wire.REJECT_CLOSE[404], None)
-        else:
+            return
+        if status == 404:
+            data = wire.REJECT_CLOSE[404]
+        elif status == 405:
             assert req._route is not None
-            self._conn.refuse(wire.render_405(req._route.method, False), None)
+            data = wire.render_405(req._route.method, False)
+        else:
+            data = wire.too_many(req._retry_after, False)
+        self._conn.refuse(data, reason)
 
     def _resolve_host(self, req: Request) -> bool:
         raw = self._host_raw

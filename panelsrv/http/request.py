@@ -55,6 +55,7 @@ class Request:
         "_keep_alive",
         "_pending",
         "_reject",
+        "_retry_after",
         "_route",
         "_t0",
         "action",
@@ -69,6 +70,7 @@ class Request:
 
     def __init__(self) -> None:
         self._pending = False  # parsed and not yet answered: not to be reused
+        self._retry_after = 0  # with _reject 429: its Retry-After seconds
         self._reset(0, "")
 
     @property
@@ -85,7 +87,7 @@ class Request:
         self.idempotency_key: str | None = None
         self.body = b""
         self.action = ""
-        self._reject = 0  # 404 / 405 answered without the handler, keeping the connection
+        self._reject = 0  # 404 / 405 / 429 answered without the handler, keeping the connection
         self._route: Route | None = None
         self._keep_alive = False
         self._http10 = False

@@ -26,6 +26,7 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 BAD_REQUEST_BODY = error_body("Bad request")
 RETRY_AFTER_1 = b"Retry-After: 1\r\n"
+MAX_TOO_MANY = 4096  # distinct (Retry-After, keep-alive) 429s kept rendered until the next Date
 
 # The Date line, rebuilt by `set_date` once a second (RFC 9110 wants Date on 2xx-4xx).
 _date = b""
@@ -59,7 +60,6 @@ _REJECTS: dict[int, tuple[bytes, bytes]] = {
     400: (BAD_REQUEST_BODY, b""),
     404: (ERROR_BODIES[Code.NOT_FOUND], b""),
     413: (ERROR_BODIES[Code.BODY_TOO_LARGE], b""),
-    429: (ERROR_BODIES[Code.TOO_MANY_REQUESTS], RETRY_AFTER_1),
     431: (ERROR_BODIES[Code.HEADERS_TOO_LARGE], b""),
     500: (ERROR_BODIES[Code.INTERNAL], b""),
     503: (ERROR_BODIES[Code.UNAVAILABLE], RETRY_AFTER_1),
@@ -67,12 +67,27 @@ _REJECTS: dict[int, tuple[bytes, bytes]] = {
 _KEEP = (404,)
 REJECT_CLOSE: dict[int, bytes] = {}
 REJECT_KEEP: dict[int, bytes] = {}
+_too_many: dict[int, bytes] = {}  # keyed +seconds (keep-alive) / -seconds (close)
+
+
+def too_many(seconds: int, keep_alive: bool) -> bytes:
+    """The early 429 with `Retry-After: seconds` (>= 1): rendered once per distinct value and
+    Date, so a flood of refusals encodes nothing."""
+    key = seconds if keep_alive else -seconds
+    data = _too_many.get(key)
+    if data is None:
+        body = ERROR_BODIES[Code.TOO_MANY_REQUESTS]
+        data = render(429, body, keep_alive, b"Retry-After: %d\r\n" % seconds)
+        if len(_too_many) < MAX_TOO_MANY:
+            _too_many[key] = data
+    return data
 
 
 def set_date(epoch: float) -> None:
     """Refresh the Date line and every prebuilt reject; the listener calls it once a second."""
     global _date
     _date = b"Date: %s\r\n" % formatdate(epoch, usegmt=True).encode("ascii")
+    _too_many.clear()
     for status, (body, extra) in _REJECTS.items():
         REJECT_CLOSE[status] = render(status, body, False, extra)
         if status in _KEEP:

@@ -7,7 +7,8 @@ import asyncio
 import socket
 import time
 
-from panelsrv.http import wire
+import pytest
+
 from panelsrv.http.request import Limits
 from tests.http.httpkit import Calls, Client, post, start_server
 
@@ -153,13 +154,13 @@ async def test_a_connection_that_never_sends_is_closed() -> None:
         await server.stop(1.0)
 
 
-async def test_precheck_refusal_is_answered_without_the_body_and_closes() -> None:
+async def test_precheck_refusal_of_a_large_body_is_answered_without_it_and_closes() -> None:
     calls = Calls()
     seen: list[str] = []
 
-    def precheck(ip: str) -> bytes | None:
+    def precheck(ip: str) -> int:
         seen.append(ip)
-        return wire.REJECT_CLOSE[429]
+        return 7  # over the bucket: the connection could stay, but the body is not worth reading
 
     server = await start_server(calls, precheck=precheck)
     try:
@@ -167,7 +168,7 @@ async def test_precheck_refusal_is_answered_without_the_body_and_closes() -> Non
         await client.send(H + b"Content-Length: 100000\r\n\r\nkey=only-the-start")
         response = await client.final()
         assert response is not None and response.status == 429
-        assert response.headers["retry-after"] == "1"
+        assert response.headers["retry-after"] == "7"
         assert response.json() == {"error": "Too many requests"}
         assert await client.closed()
         await client.close()
@@ -176,10 +177,50 @@ async def test_precheck_refusal_is_answered_without_the_body_and_closes() -> Non
         await server.stop(1.0)
 
 
+async def test_bucket_refusal_of_a_small_request_keeps_the_connection() -> None:
+    calls = Calls()
+    waits = [2, 0]  # refused, then admitted
+
+    server = await start_server(calls, precheck=lambda ip: waits.pop(0))
+    try:
+        client = await Client.connect(server.port)
+        await client.send(post(b"action=balance&key=" + b"k" * 1000) + post(b"action=balance"))
+        refused = await client.final()
+        assert refused is not None and refused.status == 429
+        assert refused.headers["retry-after"] == "2" and "connection" not in refused.headers
+        assert refused.json() == {"error": "Too many requests"}
+        served = await client.final()  # the refused body was dropped, the next request parsed
+        assert served is not None and served.status == 200
+        assert served.json()["body"] == "action=balance" and calls.count == 1
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+@pytest.mark.parametrize(
+    ("wait", "framing"),
+    [
+        (-300, b"Content-Length: 3\r\n\r\nk=1"),  # a blocked address: always closed
+        (1, b"Transfer-Encoding: chunked\r\n\r\n3\r\nk=1\r\n0\r\n\r\n"),
+        (1, b"Content-Length: 3\r\nExpect: 100-continue\r\n\r\n"),  # no 100 for a refusal
+        (1, b"Content-Length: 16385\r\n\r\n"),  # over SKIP_BODY_MAX
+    ],
+)
+async def test_precheck_refusals_that_close(wait: int, framing: bytes) -> None:
+    server = await start_server(precheck=lambda ip: wait)
+    try:
+        client = await Client.connect(server.port)
+        await client.send(H + framing)
+        await _refused(client, 429)
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
 async def test_precheck_runs_after_the_route_and_before_the_size() -> None:
     refused: list[str] = []
     server = await start_server(
-        precheck=lambda ip: refused.append(ip) or wire.REJECT_CLOSE[429],  # type: ignore[func-returns-value]
+        precheck=lambda ip: refused.append(ip) or 1,  # type: ignore[func-returns-value]
         limits=Limits(max_body_bytes=1024),
     )
     try:
@@ -195,7 +236,7 @@ async def test_precheck_runs_after_the_route_and_before_the_size() -> None:
 
 
 async def test_connect_check_refuses_at_once() -> None:
-    server = await start_server(connect_check=lambda ip: wire.REJECT_CLOSE[429])
+    server = await start_server(connect_check=lambda ip: 1)
     try:
         client = await Client.connect(server.port)
         await _refused(client, 429)
@@ -274,9 +315,9 @@ async def test_a_client_that_never_reads_cannot_make_the_server_buffer() -> None
 async def test_a_refusal_queued_behind_a_slow_request_waits_for_it() -> None:
     checks: list[str] = []
 
-    def precheck(ip: str) -> bytes | None:  # the second request is refused
+    def precheck(ip: str) -> int:  # the second request is refused, as a blocked address
         checks.append(ip)
-        return wire.REJECT_CLOSE[429] if len(checks) == 2 else None
+        return -1 if len(checks) == 2 else 0
 
     server = await start_server(precheck=precheck, limits=Limits(body_timeout=0.1))
     try:

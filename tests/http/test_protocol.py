@@ -66,11 +66,26 @@ async def test_other_paths_are_404_and_keep_the_connection(target: bytes) -> Non
         await server.stop(1.0)
 
 
-async def test_404_with_a_body_is_answered_without_reading_it_and_closes() -> None:
+async def test_404_with_a_small_body_skips_it_and_keeps_the_connection() -> None:
     server = await start_server()
     try:
         client = await Client.connect(server.port)
-        await client.send(post(b"x" * 10, target=b"/nope")[:-5])  # body only half sent
+        await client.send(post(b"x" * 10, target=b"/nope") + post(b"action=balance"))
+        response = await client.final()
+        assert response is not None and response.status == 404
+        assert "connection" not in response.headers
+        response = await client.final()
+        assert response is not None and response.status == 200
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_404_with_a_large_body_is_answered_without_reading_it_and_closes() -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(post(b"x" * 20_000, target=b"/nope")[:-5])  # body only half sent
         response = await client.final()
         assert response is not None and response.status == 404
         assert response.headers["connection"] == "close"

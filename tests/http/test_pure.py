@@ -24,16 +24,28 @@ def test_render_is_one_well_formed_response() -> None:
 
 def test_prebuilt_rejects_follow_the_date() -> None:
     wire.set_date(784111777.0)
-    first = wire.REJECT_CLOSE[429]
+    first = wire.REJECT_CLOSE[503]
     assert b"Retry-After: 1\r\n" in first and b"Connection: close\r\n" in first
-    assert first.endswith(b'{"error":"Too many requests"}')
+    assert first.endswith(b'{"error":"Service unavailable"}')
     wire.set_date(784111778.0)
-    assert wire.REJECT_CLOSE[429] != first
-    assert b"08:49:38 GMT" in wire.REJECT_CLOSE[429]
-    assert set(wire.REJECT_CLOSE) == {400, 404, 413, 429, 431, 500, 503}
+    assert wire.REJECT_CLOSE[503] != first
+    assert b"08:49:38 GMT" in wire.REJECT_CLOSE[503]
+    assert set(wire.REJECT_CLOSE) == {400, 404, 413, 431, 500, 503}
     assert b"Connection" not in wire.REJECT_KEEP[404]
     allow_get = wire.render_405(b"GET", True)
     assert b"Allow: GET\r\n" in allow_get and b"Connection" not in allow_get
+
+
+def test_429s_are_rendered_once_per_retry_after_and_date() -> None:
+    wire.set_date(784111777.0)
+    keep, close = wire.too_many(7, True), wire.too_many(7, False)
+    assert keep.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    assert b"Retry-After: 7\r\n" in keep and b"Connection" not in keep
+    assert b"Retry-After: 7\r\n" in close and b"Connection: close\r\n" in close
+    assert keep.endswith(b'{"error":"Too many requests"}')
+    assert wire.too_many(7, True) is keep  # a flood of refusals renders nothing
+    wire.set_date(784111778.0)
+    assert b"08:49:38 GMT" in wire.too_many(7, True)  # never an old Date
 
 
 @pytest.mark.parametrize(

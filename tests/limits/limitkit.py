@@ -65,7 +65,7 @@ async def refused_on_connect(port: int, source: str, wait: float = 0.2) -> bool:
         return False
     finally:
         await client.close()
-    return response is not None and not refusal_problems(response, pre_body=True)
+    return response is not None and not refusal_problems(response, closes=True)
 
 
 async def place(port: int, domain: str, key: str, service: int, source: str) -> tuple[int, object]:
@@ -73,13 +73,14 @@ async def place(port: int, domain: str, key: str, service: int, source: str) -> 
     fields = {"key": key, "action": "add", "service": service, "link": link, "quantity": 100}
     r = await ask(port, post(domain, fields), source)
     if r.status == 429:
-        assert not refusal_problems(r, pre_body=False), r
+        assert not refusal_problems(r, closes=False), r
         assert 1 <= int(r.headers["retry-after"]) <= 60
     return r.status, r.json()
 
 
-def refusal_problems(response: Response, *, pre_body: bool) -> list[str]:
-    """What is wrong with a 429 (empty when it is right)."""
+def refusal_problems(response: Response, *, closes: bool) -> list[str]:
+    """What is wrong with a 429 (empty when it is right): a blocked address's refusal
+    `closes` the connection, every other 429 keeps it."""
     problems = []
     if response.status != 429:
         problems.append(f"status {response.status}")
@@ -88,8 +89,8 @@ def refusal_problems(response: Response, *, pre_body: bool) -> list[str]:
         or int(response.headers["retry-after"]) < 1
     ):
         problems.append(f"Retry-After {response.headers.get('retry-after')!r}")
-    if pre_body and response.headers.get("connection") != "close":
-        problems.append("no Connection: close")
+    if closes != (response.headers.get("connection") == "close"):
+        problems.append("no Connection: close" if closes else "Connection: close")
     if orjson.loads(response.body) != {"error": "Too many requests"}:
         problems.append(f"body {response.body!r}")
     return problems
@@ -117,8 +118,8 @@ async def flood(
     source: str = HARNESS_SOURCE,
 ) -> Tally:
     """`total` requests paced evenly over `seconds`, over `lanes` keep-alive connections
-    (a refused connection is replaced), round-robin over the `targets` ports. Every 429 must be
-    a pre-body refusal (the only limit a flood of one valid request can hit here is the IP's).
+    (a closed connection is replaced), round-robin over the `targets` ports. Every 429 must be
+    the IP bucket's keep-alive refusal (the only limit a flood of one valid request can hit).
     """
     loop = asyncio.get_running_loop()
     tally = Tally()
@@ -147,7 +148,7 @@ async def flood(
                 else:
                     tally.statuses[response.status] += 1
                     if response.status != 200:
-                        tally.problems += refusal_problems(response, pre_body=True)
+                        tally.problems += refusal_problems(response, closes=False)
                 if response is None or response.headers.get("connection") == "close":
                     await client.close()
                     client = None

@@ -97,7 +97,7 @@ async def test_the_per_user_soft_cap_answers_429_over_it(
         await asyncio.sleep(max(0.0, started + i / 40 - loop.time()))
         r = await ask(port, post(domain, {"key": key, "action": "balance"}))
         if r.status == 429:
-            assert not refusal_problems(r, pre_body=False), r
+            assert not refusal_problems(r, closes=False), r
         statuses.append(r.status)
     elapsed = loop.time() - started
     ok = statuses.count(200)
