@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-SYSTEM_ORDER = ["panelsrv", "nginx", "minimal", "minimal_close", "minimal_db", "fastapi",
+SYSTEM_ORDER = ["panelsrv", "nginx", "minimal", "minimal_db", "fastapi",
                 "pgbench"]
 SYSTEM_LABEL = {
     "panelsrv": "panelsrv",
     "nginx": "nginx (fixed body)",
     "minimal": "uvloop+httptools (fixed body)",
-    "minimal_close": "uvloop+httptools (429 + close)",
     "minimal_db": "uvloop+httptools + 1 asyncpg lookup",
     "fastapi": "FastAPI + uvicorn + asyncpg",
     "pgbench": "pgbench (place_order)",

@@ -43,7 +43,7 @@ MATRIX: dict[str, list[str]] = {
     "mix": ["panelsrv", "fastapi"],
     "reject_key": ["panelsrv", "minimal", "nginx"],
     "reject_unknown_key": ["panelsrv", "minimal"],
-    "reject_ip": ["panelsrv", "minimal", "minimal_close"],
+    "reject_ip": ["panelsrv", "minimal"],
 }
 CONNECTIONS = 64
 # Runs that write: each starts from the same database state (see Bench.settle).
@@ -269,11 +269,6 @@ class Bench:
                     self.drive(srv, scenario)
             finally:
                 srv.stop()
-        srv = systems.minimal("close", lay.server, logs)
-        try:
-            self.drive(srv, "reject_ip")
-        finally:
-            srv.stop()
         srv = systems.minimal("db", lay.server, logs, body=bodies / "small.json", url=self.url,
                               users=DATA / "users.tsv")
         try:

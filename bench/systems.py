@@ -99,19 +99,16 @@ def nginx(body: Path, cpus: str | None, logs: Path, work: Path) -> System:
 
 
 def minimal(mode: str, cpus: str | None, logs: Path, *, body: Path | None = None,
-            url: str = "", users: Path | None = None, light_pool: bool = False) -> System:
+            url: str = "", users: Path | None = None) -> System:
     port = free_port()
     argv = [PY, "-m", "bench.baselines.minimal", "--port", str(port), "--mode", mode]
     if body is not None:
         argv += ["--body", str(body)]
     if mode == "db":
         argv += ["--database-url", url, "--users", str(users)]
-        if light_pool:
-            argv.append("--light-pool")
-    name = {"fixed": "minimal", "close": "minimal_close", "db": "minimal_db"}[mode]
+    name = {"fixed": "minimal", "db": "minimal_db"}[mode]
     proc = Proc(name, argv, cpus, logs / f"{name}.log", env=clean_env())
-    expect = b"HTTP/1.1 429" if mode == "close" else b"HTTP/1.1 200"
-    proc.wait_ready(port, _probe(), expect)
+    proc.wait_ready(port, _probe(), b"HTTP/1.1 200")
     return System(name, proc, port)
 
 

@@ -1,12 +1,10 @@
 """The ceiling for Python: the least a uvloop + httptools server can do per request.
 
     python -m bench.baselines.minimal --port P --mode fixed --body FILE
-    python -m bench.baselines.minimal --port P --mode close --body FILE
     python -m bench.baselines.minimal --port P --mode db --database-url URL --users FILE
 
 Imports uvloop, httptools, asyncpg and panelsrv.store (db: the same pool settings; ledger and
-orders: the same statements). `fixed` answers every request with the body, keep-alive. `close`
-answers with a 429 and closes (what a refusal that ends the connection costs at the least).
+orders: the same statements). `fixed` answers every request with the body, keep-alive.
 `db` finds `key`, `action`, `order`, `orders` in the form body by splitting bytes, maps the key to
 its user with one dict lookup (the users file stands in for a warm key cache) and runs the one
 statement panelsrv runs for that action (balance, single or multi status) on a pool configured
@@ -20,7 +18,6 @@ import asyncio
 import signal
 from typing import Any
 
-import asyncpg
 import httptools
 import uvloop
 
@@ -30,18 +27,12 @@ HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
     b"Content-Length: %d\r\n\r\n"
 )
-CLOSE_429 = (
-    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 31\r\n\r\n"
-    b'{"error": "Too many requests"}\n'
-)
 
 
 class Fixed(asyncio.Protocol):
     __slots__ = ("parser", "transport")
 
     answer = b""
-    close_after = False
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -58,14 +49,12 @@ class Fixed(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.transport.write(self.answer)
-        if self.close_after:
-            self.transport.close()
 
 
 class Lookup(asyncio.Protocol):
     __slots__ = ("body", "parser", "transport")
 
-    pool: asyncpg.Pool
+    pool: db.Pool
     users: dict[bytes, int]
     answer = b""
 
@@ -124,20 +113,13 @@ async def main(args: argparse.Namespace) -> None:
             body = f.read()
     protocol: type[asyncio.Protocol]
     if args.mode == "db":
-        if args.light_pool:
-            # The same free-list pool as the panelsrv prototype, to compare like with like.
-            from bench.prototypes.lightpool import create_pool
-
-            pool = await create_pool(args.database_url, args.pool_size)
-        else:
-            pool = await db.create_pool(args.database_url, args.pool_size)
+        pool = await db.create_pool(args.database_url, args.pool_size)
         Lookup.pool = pool
         Lookup.users = load_users(args.users)
         Lookup.answer = HEAD % len(body) + body
         protocol = Lookup
     else:
-        Fixed.answer = CLOSE_429 if args.mode == "close" else HEAD % len(body) + body
-        Fixed.close_after = args.mode == "close"
+        Fixed.answer = HEAD % len(body) + body
         protocol = Fixed
     server = await loop.create_server(protocol, "127.0.0.1", args.port, backlog=4096)
     stop = asyncio.Event()
@@ -152,10 +134,9 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=("fixed", "close", "db"), default="fixed")
+    parser.add_argument("--mode", choices=("fixed", "db"), default="fixed")
     parser.add_argument("--body")
     parser.add_argument("--database-url")
     parser.add_argument("--users")
     parser.add_argument("--pool-size", type=int, default=8)
-    parser.add_argument("--light-pool", action="store_true")
     uvloop.run(main(parser.parse_args()))

@@ -71,18 +71,18 @@ class KeyCache:
         self._generation = 0  # bumped by every invalidation
 
     def cached(self, raw: str) -> tuple[bool, Principal | None]:
-        """(hit, principal) without I/O: the hot path's fast answer."""
+        """(hit, principal) without I/O: the hot path's fast answer. A string that cannot be a
+        key (wrong shape or checksum) is a hit for "no such key": a flood of made-up keys
+        costs neither a lookup nor a task."""
         entry = self._entries.get(raw)
         if entry is None or entry[1] < self._clock():
-            return False, None
+            return not keys.well_formed(raw), None
         return True, entry[0]
 
     async def resolve(self, raw: str) -> Principal | None:
         hit, principal = self.cached(raw)
         if hit:
             return principal
-        if not keys.well_formed(raw):
-            return None
         pending = self._inflight.get(raw)
         if pending is not None:
             return await asyncio.shield(pending)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from panelsrv import metrics
 from panelsrv.http import wire
@@ -81,6 +85,9 @@ def test_trusted_proxies_take_addresses_and_networks() -> None:
         (b"1.1.1.1, unknown", None, "127.0.0.1"),  # junk from a trusted hop: stop there
         (b"unknown, 10.0.0.2", None, "10.0.0.2"),
         (b"[2001:db8::7]", None, "2001:db8::7"),
+        (b"::ffff:1.1.1.1", None, "1.1.1.1"),
+        (b"001.1.1.1", None, "127.0.0.1"),  # not an address (leading zeros): stop there
+        (b"256.1.1.1, 1.1.1.1", None, "1.1.1.1"),
         (None, b"2.2.2.2", "2.2.2.2"),
         (None, b"junk", "127.0.0.1"),
         (None, None, "127.0.0.1"),
@@ -91,6 +98,18 @@ def test_client_is_the_right_most_untrusted_forwarded_entry(
 ) -> None:
     trusted = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
     assert client_ip("127.0.0.1", xff, real_ip, trusted) == expected
+
+
+@given(st.tuples(*[st.integers(0, 300)] * 4), st.sampled_from(["", "0", "00"]))
+def test_the_ipv4_shortcut_agrees_with_ipaddress(octets: tuple[int, ...], pad: str) -> None:
+    text = ".".join(str(o) for o in octets[:3]) + "." + pad + str(octets[3])
+    try:
+        expected = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = "127.0.0.1"  # not an address: the trusted peer stays the client
+    trusted = TrustedProxies(["127.0.0.1"])
+    assert client_ip("127.0.0.1", text.encode(), None, trusted) == expected
+    assert client_ip("127.0.0.1", b" %s " % text.encode(), None, trusted) == expected
 
 
 def test_registry_renders_prometheus_text() -> None:

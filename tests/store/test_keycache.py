@@ -32,7 +32,10 @@ async def test_hits_and_revocation(database_url: str) -> None:
         assert cache.cached(raw) == (True, principal)
         cache.revoke(principal.digest_hex)
         assert cache.cached(raw) == (False, None)
-        assert await cache.resolve("psk_" + "x" * 47) is None  # malformed: no lookup
+        # A string that cannot be a key is known absent at once: no lookup, no task.
+        assert cache.cached("psk_" + "x" * 47) == (True, None)
+        assert cache.cached(raw[:-1] + ("A" if raw[-1] != "A" else "B")) == (True, None)
+        assert await cache.resolve("psk_" + "x" * 47) is None
     finally:
         await pool.close()
 

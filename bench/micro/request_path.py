@@ -1,0 +1,146 @@
+"""Micro-benchmark of panelsrv's whole request path in one process, without sockets (not a test).
+
+    .venv/bin/python -m bench.micro.request_path --database-url postgresql://.../panelsrv_bench
+
+Needs the bench dataset (`make bench-quick` once builds it and bench/.data/users.tsv). Starts a
+real `App` (pool, catalog, key cache, limits as configured for the bench), then feeds prebuilt
+request bytes to one `HttpProtocol` whose transport only counts what it is given, and times
+the Python work per request: parse, limits, decode, key cache, action, render, metrics. The
+write syscall and the event loop are not in it, which is what makes it steady enough (best of
+5) to compare two versions of the code on a noisy machine, where `make bench` is not.
+Scenarios that answer from memory only (no database round trip): services, reject_key,
+reject_ip. Prints µs per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+from pathlib import Path
+
+import uvloop
+
+from panelsrv.config import Config
+from panelsrv.http.procs import Slot
+from panelsrv.http.protocol import HttpProtocol
+from panelsrv.server import App
+
+DATA = Path(__file__).resolve().parent.parent / ".data"
+N = 40_000  # distinct client addresses, as in the bench
+
+
+class Sink:
+    """The transport: takes every write, counts the bytes."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.last = b""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.last = data
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.written += sum(map(len, parts))
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+
+def request(host: str, ip: str, body: bytes) -> bytes:
+    return (
+        b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"X-Forwarded-For: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (host.encode(), ip.encode(), len(body), body)
+    )
+
+
+def scenarios(users: list[tuple[str, str]]) -> dict[str, list[bytes]]:
+    ips = [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(N)]
+    bad = b"key=psk_%s&action=balance" % (b"x" * 47)
+    services = [b"key=%s&action=services" % key.encode() for key, _ in users]
+    host0 = users[0][1]
+    return {
+        "services": [
+            request(users[i % len(users)][1], ips[i], services[i % len(users)]) for i in range(N)
+        ],
+        "reject_key": [request("panel1.bench", ips[i], bad) for i in range(N)],
+        # one address with a valid key: its first 100 are served, the rest refused
+        "reject_ip": [request(host0, "11.0.0.1", services[0])] * N,
+    }
+
+
+def feed(proto: HttpProtocol, reqs: list[bytes]) -> None:
+    for data in reqs:
+        proto.data_received(data)
+
+
+async def main(args: argparse.Namespace) -> None:
+    users = []
+    with open(DATA / "users.tsv") as f:
+        for line in f:
+            key, host = line.split("\t")[:2]
+            users.append((key, host))
+            if len(users) >= 1000:
+                break
+    cfg = Config(trusted_proxies=["127.0.0.1"], port=0, ops_port=0)
+    app = App(cfg, args.database_url, Slot(0, 1, None))
+    await app.start()
+    await asyncio.sleep(1.0)  # the notification listener connects (and resets the key cache)
+    try:
+        assert app.http is not None
+        proto = HttpProtocol(app.http)
+        sink = Sink()
+        proto.connection_made(sink)  # type: ignore[arg-type]
+        cases = scenarios(users)
+        for data in cases["services"][:1000]:  # warm the key cache: each key resolved once
+            proto.data_received(data)
+            while proto._busy is not None:
+                await asyncio.sleep(0.001)
+            assert sink.last.startswith(b"HTTP/1.1 200"), sink.last[:300]
+        for name, reqs in cases.items():
+            if args.only and name not in args.only.split(","):
+                continue
+            runs = []
+            for _ in range(5):
+                start = time.perf_counter()
+                feed(proto, reqs)
+                runs.append((time.perf_counter() - start) / len(reqs) * 1e6)
+                assert not proto._reader.dead, (name, sink.last[:100])
+                await asyncio.sleep(0.2)  # the guard's sweeps and syncs run between rounds
+            assert proto._busy is None, f"{name}: a request went to the database"
+            if args.profile:
+                profiler = cProfile.Profile()
+                profiler.runcall(feed, proto, reqs)
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            best, median = min(runs), sorted(runs)[2]
+            print(f"{name:12s} {best:6.2f} µs/request (best of 5; median {median:.2f})")
+    finally:
+        await app.stop(1.0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--only", default="", help="scenarios to run, comma-separated")
+    parser.add_argument("--profile", action="store_true", help="cProfile one round of each")
+    uvloop.run(main(parser.parse_args()))
