@@ -48,6 +48,7 @@ class Sink:
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         self.written += sum(map(len, parts))
+        self.last = parts[0]
 
     def pause_reading(self) -> None: ...
 

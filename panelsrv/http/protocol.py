@@ -4,7 +4,8 @@ Transport layer: imports asyncio and panelsrv.http.{reader, request, wire, clien
 panelsrv.api, panelsrv.store or asyncpg: handlers arrive as plain callables on the routes.
 
 Invariants:
-- One request in flight per connection; responses leave in request order, each as ONE write.
+- One request in flight per connection; responses leave in request order, each as ONE write
+  call (a large body as the second buffer of the same writev, so it is never copied).
   Requests a client pipelined into the same read are parsed ahead and queued (at most
   `max_pipelined`, then the connection ends after answering them); reading stays paused while
   a handler runs and while the client is not reading our writes (pause_writing).
@@ -41,6 +42,7 @@ access_log = logging.getLogger("panelsrv.access")
 
 INF = float("inf")
 LINGER_SECONDS = 5.0  # after a closing response, how long the client's leftovers are drained
+LARGE_BODY = 4096  # a body this long is written after its head (writev), not copied into it
 
 
 def _log_failure(rid: int, exc: BaseException) -> None:
@@ -247,6 +249,9 @@ class HttpProtocol(asyncio.Protocol):
             keep = req._keep_alive and not self._closing
             if keep and req._http10:
                 extra += wire.KEEP_ALIVE
+            if len(body) >= LARGE_BODY:
+                head = wire.render_head(status, len(body), keep, extra, route.content_type)
+                return self._finish(req, status, head, keep, body)
             data = wire.render(status, body, keep, extra, route.content_type)
         else:
             assert exc is not None
@@ -256,8 +261,11 @@ class HttpProtocol(asyncio.Protocol):
             data = wire.render(500, ERROR_BODIES[Code.INTERNAL], keep)
         return self._finish(req, status, data, keep)
 
-    def _finish(self, req: Request, status: int, data: bytes, keep: bool) -> bool:
-        """Write one response; False when the connection ends with it (or already has)."""
+    def _finish(
+        self, req: Request, status: int, data: bytes, keep: bool, body: bytes = b""
+    ) -> bool:
+        """Write one response (`data`, then `body` if given); False when the connection ends
+        with it (or already has)."""
         srv = self._srv
         elapsed = perf_counter() - req._t0
         srv.metrics.request_done(req.action, status, elapsed)
@@ -266,7 +274,7 @@ class HttpProtocol(asyncio.Protocol):
                 "%s %d %d %.1fms id=%d %s",
                 req.client_ip,
                 status,
-                len(data),
+                len(data) + len(body),
                 elapsed * 1e3,
                 req.id,
                 req.action or "-",
@@ -277,7 +285,10 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             srv.release(self)
             return False
-        transport.write(data)
+        if body:
+            transport.writelines((data, body))  # one writev: the body is not copied
+        else:
+            transport.write(data)
         if not keep:
             self._linger()
             return False

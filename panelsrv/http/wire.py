@@ -32,11 +32,15 @@ MAX_TOO_MANY = 4096  # distinct (Retry-After, keep-alive) 429s kept rendered unt
 _date = b""
 
 
+_HEAD = b"%s%s%s%sContent-Length: %d\r\n%s\r\n"
+_WHOLE = _HEAD + b"%s"
+
+
 def render(
     status: int, body: bytes, keep_alive: bool, extra: bytes = b"", content_type: bytes = JSON
 ) -> bytes:
     """The whole response: status line, headers (`extra` is already-formatted lines), body."""
-    return b"%s%s%s%sContent-Length: %d\r\n%s\r\n%s" % (
+    return _WHOLE % (
         STATUS_LINES[status],
         _date,
         content_type,
@@ -44,6 +48,21 @@ def render(
         len(body),
         b"" if keep_alive else CLOSE,
         body,
+    )
+
+
+def render_head(
+    status: int, length: int, keep_alive: bool, extra: bytes = b"", content_type: bytes = JSON
+) -> bytes:
+    """`render` without the body, for a body of `length` bytes sent after it: a large body is
+    not copied into the response (the protocol hands both to one writev)."""
+    return _HEAD % (
+        STATUS_LINES[status],
+        _date,
+        content_type,
+        extra,
+        length,
+        b"" if keep_alive else CLOSE,
     )
 
 

@@ -87,3 +87,11 @@ def test_key_format_checks_catch_typos() -> None:
     assert not keys.well_formed(flipped)
     assert not keys.well_formed(raw[:-1]) and not keys.well_formed("")
     assert not keys.well_formed("x" * keys.KEY_LENGTH)
+
+
+@pytest.mark.parametrize("crc", [0, 1, 61, 62, 3843, 3844, 62**4 - 1, 62**4, 2**31, 2**32 - 1])
+def test_checksum_is_the_crc32_in_six_base62_digits(
+    crc: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys.zlib, "crc32", lambda data: crc)
+    assert keys._checksum("any") == keys._base62(crc, 6)
