@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import asyncpg
 import orjson
 
@@ -127,3 +129,16 @@ async def test_refill_rules_and_idempotent_replay(database_url: str) -> None:
         assert await orders.refills_status(conn, other.id, ids) == {}
     finally:
         await conn.close()
+
+
+async def test_money_text_in_sql_is_money_format(database_url: str) -> None:
+    rng = random.Random(7)
+    values = [0, 1, 9, 10, 99_999, 100_000, 100_001, 1_234_500, 10**17, 2**63 - 1, -1, -(2**63)]
+    values += [rng.randrange(-(10**18), 10**18) for _ in range(2000)]
+    values += [rng.randrange(0, 10**7) * 10**k for k in range(6) for _ in range(50)]
+    conn = await connect(database_url)
+    try:
+        texts = await conn.fetch("SELECT money_text(v) FROM unnest($1::bigint[]) v", values)
+    finally:
+        await conn.close()
+    assert [t[0] for t in texts] == [money.format(v) for v in values]
