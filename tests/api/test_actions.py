@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from panelsrv.api import actions
 from panelsrv.api.actions import (
@@ -82,6 +84,47 @@ def test_bad_ids_are_refused(text: str) -> None:
     with pytest.raises(ApiError) as exc:
         parse_ids("orders", text)
     assert message(exc) == "orders: must be comma-separated positive integers"
+
+
+def _parse_ids_reference(text: str, limit: int = 100) -> list[int] | str:
+    """The rule written out plainly, item by item: what parse_ids must agree with."""
+    text = text.strip(" \t")
+    if text.endswith(","):
+        text = text[:-1]
+    if text.count(",") >= limit:
+        return "at most"
+    seen: dict[int, None] = {}
+    for item in text.split(","):
+        item = item.strip(" \t")
+        if not (item.isascii() and item.isdigit() and len(item) <= 19):
+            return "bad"
+        if not 1 <= int(item) <= actions.MAX_BIGINT:
+            return "bad"
+        seen[int(item)] = None
+    return list(seen)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 2**64).map(str),
+            st.sampled_from(["", " ", "\t", "07", " 5 ", "x", "1_0", "\n3", "١"]),
+        ),
+        max_size=105,
+    ).map(",".join)
+    | st.text(alphabet=" \t,0123456789", max_size=40)
+)
+def test_parse_ids_agrees_with_the_plain_rule(text: str) -> None:
+    expected = _parse_ids_reference(text)
+    try:
+        got: list[int] | str = parse_ids("orders", text)
+    except ApiError as exc:
+        got = "at most" if "at most" in message_of(exc) else "bad"
+    assert got == expected
+
+
+def message_of(exc: ApiError) -> str:
+    return str(json.loads(exc.body())["error"])
 
 
 def test_single_and_multi_forms() -> None:
