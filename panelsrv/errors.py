@@ -82,6 +82,11 @@ ERROR_BODIES: dict[Code, bytes] = {
 }
 
 
+def retry_after_header(seconds: int) -> bytes:
+    """The `Retry-After` header line of a 429 or 503, in whole seconds."""
+    return b"Retry-After: %d\r\n" % seconds
+
+
 def bad_request(field: str, rule: str) -> ApiError:
     """`400 {"error": "<field>: <rule>"}`, the shape every validation error takes."""
     return ApiError(Code.BAD_REQUEST, f"{field}: {rule}")

@@ -22,7 +22,7 @@ import asyncpg
 from panelsrv.api import respond, sign
 from panelsrv.api.actions import Action, Services
 from panelsrv.api.decode import Decoded, decode_request
-from panelsrv.errors import ERROR_BODIES, ApiError, Code
+from panelsrv.errors import ERROR_BODIES, ApiError, Code, retry_after_header
 from panelsrv.guard import retry_after
 from panelsrv.store.catalog import Catalog, Panel
 from panelsrv.store.keycache import KeyCache, Principal
@@ -63,7 +63,7 @@ class CatalogHolder(Protocol):
 
 
 def _retry_after(seconds: float) -> bytes:
-    return b"Retry-After: %d\r\n" % retry_after(seconds)
+    return retry_after_header(retry_after(seconds))
 
 
 class Api:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from email.utils import formatdate
 from http import HTTPStatus
 
-from panelsrv.errors import ERROR_BODIES, Code, error_body
+from panelsrv.errors import ERROR_BODIES, Code, error_body, retry_after_header
 
 STATUS_LINES: dict[int, bytes] = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
@@ -25,7 +25,7 @@ KEEP_ALIVE = b"Connection: keep-alive\r\n"  # only HTTP/1.0 clients need to be t
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 BAD_REQUEST_BODY = error_body("Bad request")
-RETRY_AFTER_1 = b"Retry-After: 1\r\n"
+RETRY_AFTER_1 = retry_after_header(1)
 MAX_TOO_MANY = 4096  # distinct (Retry-After, keep-alive) 429s kept rendered until the next Date
 
 # The Date line, rebuilt by `set_date` once a second (RFC 9110 wants Date on 2xx-4xx).
@@ -96,7 +96,7 @@ def too_many(seconds: int, keep_alive: bool) -> bytes:
     data = _too_many.get(key)
     if data is None:
         body = ERROR_BODIES[Code.TOO_MANY_REQUESTS]
-        data = render(429, body, keep_alive, b"Retry-After: %d\r\n" % seconds)
+        data = render(429, body, keep_alive, retry_after_header(seconds))
         if len(_too_many) < MAX_TOO_MANY:
             _too_many[key] = data
     return data
