@@ -58,6 +58,31 @@ async def test_concurrent_orders_never_overdraw_and_respect_the_ceiling(database
         await setup.close()
 
 
+async def test_retry_after_of_the_ceiling_never_exceeds_its_window(database_url: str) -> None:
+    """A placement whose transaction began before the 30 orders that fill the window (it
+    waited, e.g. for the wallet's lock) still answers at most 60 s."""
+    setup = await connect(database_url)
+    late = await connect(database_url)
+    panel_id, domain = await new_panel(setup)
+    user = await new_user(setup, domain, balance="100.00")
+    service_id = await new_service(setup, rate="1.00")
+    try:
+        transaction = late.transaction()
+        await transaction.start()
+        await late.fetchval("SELECT now()")  # its now() is fixed from here on
+        await asyncio.sleep(1.1)
+        for n in range(30):
+            order = order_of(panel_id, user.id, service_id, link=f"https://x.test/{n}")
+            assert (await ledger.place_order(setup, order, b"{}")).outcome == "ok"
+        order = order_of(panel_id, user.id, service_id, link="https://x.test/late")
+        placed = await ledger.place_order(late, order, b"{}")
+        await transaction.rollback()
+        assert placed.outcome == "limit" and placed.retry_after == 60
+    finally:
+        await late.close()
+        await setup.close()
+
+
 async def test_refund_applies_once(database_url: str) -> None:
     conn = await connect(database_url)
     try:
