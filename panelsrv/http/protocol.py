@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from panelsrv.errors import ERROR_BODIES, Code
 from panelsrv.http import wire
 from panelsrv.http.clientip import normalize
-from panelsrv.http.reader import CLOSING, HEAD, IDLE, Reader
+from panelsrv.http.reader import CLOSING, HEAD, IDLE, Reader, early_answer
 from panelsrv.http.request import Answer, Request
 
 if TYPE_CHECKING:
@@ -206,14 +206,7 @@ class HttpProtocol(asyncio.Protocol):
         status = req._reject
         if status:
             keep = req._keep_alive and not self._closing and not req._http10
-            if status == 404:
-                data = wire.REJECT_KEEP[404] if keep else wire.REJECT_CLOSE[404]
-            elif status == 429:
-                data = wire.too_many(req._retry_after, keep)
-            else:
-                assert req._route is not None
-                data = wire.render_405(req._route.method, keep)
-            return self._finish(req, status, data, keep)
+            return self._finish(req, status, early_answer(req, keep), keep)
         route = req._route
         assert route is not None
         self._busy = req

@@ -49,6 +49,17 @@ _OWS = b" \t"
 SKIP_BODY_MAX = 16 * 1024
 
 
+def early_answer(req: Request, keep_alive: bool) -> bytes:
+    """The response to a request refused before its handler (`req._reject`: 404, 405, 429)."""
+    status = req._reject
+    if status == 404:
+        return wire.REJECT_KEEP[404] if keep_alive else wire.REJECT_CLOSE[404]
+    if status == 429:
+        return wire.too_many(req._retry_after, keep_alive)
+    assert status == 405 and req._route is not None
+    return wire.render_405(req._route.method, keep_alive)
+
+
 def origin_path(target: bytes) -> bytes:
     """The path of an absolute-form target (`http://host/path`), which servers must accept."""
     start = target.find(b"://")
@@ -287,19 +298,12 @@ class Reader:
         """Answer `status` (404, 405, 429) without the handler. The connection stays when the
         body can be read and dropped cheaply (none, or declared and at most `SKIP_BODY_MAX`,
         without a 100-continue to wait for); otherwise, or when `close`, answer and close."""
+        req._reject = status
         cl = self._cl
         if not close and not self._te and (cl == 0 or (cl <= self._skip_max and not self._expect)):
-            self._srv.metrics.reject(reason)
-            req._reject = status
+            self._srv.metrics.reject(reason)  # answered once the body is in (protocol._start)
             return
-        if status == 404:
-            data = wire.REJECT_CLOSE[404]
-        elif status == 405:
-            assert req._route is not None
-            data = wire.render_405(req._route.method, False)
-        else:
-            data = wire.too_many(req._retry_after, False)
-        self._conn.refuse(data, reason)
+        self._conn.refuse(early_answer(req, False), reason)
 
     def _resolve_host(self, req: Request) -> bool:
         raw = self._host_raw
