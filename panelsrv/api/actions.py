@@ -213,7 +213,8 @@ def parse_ids(field: str, text: str, limit: int = MAX_IDS) -> list[int]:
     nothing. Blanks around an id and one trailing comma are tolerated; an empty item is not.
     One regex checks the shape (19 digits bound the int() work), then int() converts.
     """
-    if text.count(",") > limit or (text.count(",") == limit and text.rstrip(" \t")[-1:] != ","):
+    commas = text.count(",")  # ids sent, less one unless the list ends with a comma
+    if commas > limit or (commas == limit and not text.rstrip(" \t").endswith(",")):
         raise bad_request(field, f"at most {limit} ids")
     if _ID_LIST.fullmatch(text) is None:
         raise bad_request(field, "must be comma-separated positive integers")

@@ -28,8 +28,12 @@ from panelsrv.errors import ApiError
 
 
 def message(exc: pytest.ExceptionInfo[ApiError]) -> str:
-    assert exc.value.status == 400
-    return str(json.loads(exc.value.body())["error"])
+    return message_of(exc.value)
+
+
+def message_of(exc: ApiError) -> str:
+    assert exc.status == 400
+    return str(json.loads(exc.body())["error"])
 
 
 # -- id lists ------------------------------------------------------------------------------------
@@ -122,9 +126,6 @@ def test_parse_ids_agrees_with_the_plain_rule(text: str) -> None:
         got = "at most" if "at most" in message_of(exc) else "bad"
     assert got == expected
 
-
-def message_of(exc: ApiError) -> str:
-    return str(json.loads(exc.body())["error"])
 
 
 def test_single_and_multi_forms() -> None:
