@@ -51,26 +51,15 @@ class Fixed(asyncio.Protocol):
         self.transport.write(self.answer)
 
 
-class Lookup(asyncio.Protocol):
-    __slots__ = ("body", "parser", "transport")
+class Lookup(Fixed):
+    __slots__ = ("body",)
 
     pool: db.Pool
     users: dict[bytes, int]
-    answer = b""
 
     def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: Any = None
+        super().__init__()
         self.body = b""
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         self.body += body

@@ -21,6 +21,7 @@ import asyncio
 import cProfile
 import pstats
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
@@ -96,13 +97,6 @@ def db_scenarios(
     }
 
 
-async def feed_awaiting(proto: HttpProtocol, reqs: list[bytes]) -> None:
-    for data in reqs:
-        proto.data_received(data)
-        while proto._busy is not None:
-            await asyncio.sleep(0)
-
-
 def scenarios(users: list[tuple[str, str]]) -> dict[str, list[bytes]]:
     ips = [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(N)]
     bad = b"key=psk_%s&action=balance" % (b"x" * 47)
@@ -118,9 +112,47 @@ def scenarios(users: list[tuple[str, str]]) -> dict[str, list[bytes]]:
     }
 
 
-def feed(proto: HttpProtocol, reqs: list[bytes]) -> None:
+async def feed_now(proto: HttpProtocol, reqs: list[bytes]) -> None:
+    """Back to back, never yielding: for requests answered from memory."""
     for data in reqs:
         proto.data_received(data)
+
+
+async def feed_awaiting(proto: HttpProtocol, reqs: list[bytes]) -> None:
+    """One at a time, each answered before the next: for requests that query PostgreSQL."""
+    for data in reqs:
+        proto.data_received(data)
+        while proto._busy is not None:
+            await asyncio.sleep(0)
+
+
+async def measure(
+    proto: HttpProtocol,
+    reqs: list[bytes],
+    feeder: Callable[[HttpProtocol, list[bytes]], Awaitable[None]],
+    clock: Callable[[], float],
+    profile: bool,
+) -> list[float]:
+    """µs per request of 5 rounds by `clock`; then one round under cProfile if asked."""
+    runs = []
+    for _ in range(5):
+        start = clock()
+        await feeder(proto, reqs)
+        runs.append((clock() - start) / len(reqs) * 1e6)
+        assert not proto._reader.dead, "the connection was closed"
+        await asyncio.sleep(0.2)  # the guard's sweeps and syncs run between rounds
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await feeder(proto, reqs)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    return runs
+
+
+def report(name: str, runs: list[float], unit: str) -> None:
+    best, median = min(runs), sorted(runs)[2]
+    print(f"{name:12s} {best:6.2f} {unit} (best of 5; median {median:.2f})")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -143,46 +175,20 @@ async def main(args: argparse.Namespace) -> None:
         sink = Sink()
         proto.connection_made(sink)  # type: ignore[arg-type]
         cases = scenarios(users)
-        for data in cases["services"][:1000]:  # warm the key cache: each key resolved once
-            proto.data_received(data)
-            while proto._busy is not None:
-                await asyncio.sleep(0.001)
-            assert sink.last.startswith(b"HTTP/1.1 200"), sink.last[:300]
+        await feed_awaiting(proto, cases["services"][:1000])  # each key resolved once
+        assert sink.last.startswith(b"HTTP/1.1 200"), sink.last[:300]
+        only = args.only.split(",") if args.only else None
         for name, reqs in cases.items():
-            if args.only and name not in args.only.split(","):
-                continue
-            runs = []
-            for _ in range(5):
-                start = time.perf_counter()
-                feed(proto, reqs)
-                runs.append((time.perf_counter() - start) / len(reqs) * 1e6)
-                assert not proto._reader.dead, (name, sink.last[:100])
-                await asyncio.sleep(0.2)  # the guard's sweeps and syncs run between rounds
-            assert proto._busy is None, f"{name}: a request went to the database"
-            if args.profile:
-                profiler = cProfile.Profile()
-                profiler.runcall(feed, proto, reqs)
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-            best, median = min(runs), sorted(runs)[2]
-            print(f"{name:12s} {best:6.2f} µs/request (best of 5; median {median:.2f})")
+            if only is None or name in only:
+                runs = await measure(proto, reqs, feed_now, time.perf_counter, args.profile)
+                assert proto._busy is None, f"{name}: a request went to the database"
+                report(name, runs, "µs/request")
         for name, reqs in db_scenarios(users, resellers).items():
-            if args.only and name not in args.only.split(","):
-                continue
-            await feed_awaiting(proto, reqs)  # warm: keys resolved, statements prepared
-            runs = []
-            for _ in range(5):
-                start = time.process_time()
-                await feed_awaiting(proto, reqs)
-                runs.append((time.process_time() - start) / len(reqs) * 1e6)
-            assert sink.last.startswith(b"HTTP/1.1 200"), sink.last[:200]
-            if args.profile:
-                profiler = cProfile.Profile()
-                profiler.enable()
-                await feed_awaiting(proto, reqs)
-                profiler.disable()
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-            best, median = min(runs), sorted(runs)[2]
-            print(f"{name:12s} {best:6.2f} µs/request of CPU (best of 5; median {median:.2f})")
+            if only is None or name in only:
+                await feed_awaiting(proto, reqs)  # warm: keys resolved, statements prepared
+                runs = await measure(proto, reqs, feed_awaiting, time.process_time, args.profile)
+                assert sink.last.startswith(b"HTTP/1.1 200"), sink.last[:200]
+                report(name, runs, "µs/request of CPU")
     finally:
         await app.stop(1.0)
 
