@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -38,6 +38,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     ops_host: str = "127.0.0.1"
     ops_port: Port = 9090
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
+    client_ip_header: Literal["x-forwarded-for", "x-real-ip"] = "x-forwarded-for"
     # -- HTTP limits --
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024

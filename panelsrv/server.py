@@ -136,7 +136,11 @@ class App:
         self.catalog = await catalog.load(pool)
         self._keys = keys = KeyCache(pool, cfg.key_cache_ttl, cfg.negative_key_ttl)
         self._listener = Listener(
-            self.url, keys.revoke, self._catalog_changed, self._listener_reset(keys)
+            self.url,
+            keys.revoke,
+            self._catalog_changed,
+            self._listener_reset(keys),
+            keys.trust_until,
         )
         self._listener.start()
         registry = metrics.Registry()
@@ -166,6 +170,7 @@ class App:
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
             trusted_proxies=cfg.trusted_proxies,
+            client_ip_header=cfg.client_ip_header,
             registry=registry,
             access_log=cfg.access_log,
         )
@@ -192,8 +197,11 @@ class App:
 
     def _listener_reset(self, keys: KeyCache) -> Callable[[bool], Awaitable[None]]:
         async def reset(connected: bool) -> None:
-            keys.set_enabled(connected)
-            if connected and self.pool is not None:
+            if not connected:
+                keys.distrust()
+                return
+            keys.clear()  # lookups begun before LISTEN was back must not be remembered
+            if self.pool is not None:
                 await self._reload_catalog()
 
         return reset

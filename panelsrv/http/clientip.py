@@ -3,7 +3,10 @@
 Pure: standard library only. Invariant: forwarding headers are believed only when the TCP peer
 is in `trusted_proxies`; then the client is the right-most `X-Forwarded-For` entry that is not
 itself a trusted proxy (each trusted hop vouches for the entry to its left, nothing vouches for
-what the client wrote further left), else `X-Real-IP`, else the peer. Addresses are normalised
+what the client wrote further left), else `X-Real-IP`, else the peer. A proxy that sets only
+`X-Real-IP` passes the client's own `X-Forwarded-For` through untouched, which would then be
+believed: `client_ip_header = "x-real-ip"` (TrustedProxies.real_ip_only) ignores
+`X-Forwarded-For` altogether and takes `X-Real-IP` alone. Addresses are normalised
 (IPv4-mapped IPv6 -> IPv4, zone ids dropped) so one client has one spelling for rate limits.
 """
 
@@ -46,11 +49,13 @@ def normalize(peer: str) -> str:
 
 
 class TrustedProxies:
-    """A set of IPs and CIDR networks; `in` takes canonical address text."""
+    """A set of IPs and CIDR networks; `in` takes canonical address text. `real_ip_only`:
+    these proxies set X-Real-IP and do not maintain X-Forwarded-For, so only the former counts."""
 
-    __slots__ = ("_exact", "_networks")
+    __slots__ = ("_exact", "_networks", "real_ip_only")
 
-    def __init__(self, entries: Iterable[str]) -> None:
+    def __init__(self, entries: Iterable[str], real_ip_only: bool = False) -> None:
+        self.real_ip_only = real_ip_only
         exact: set[str] = set()
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in entries:
@@ -110,7 +115,7 @@ def _client_ip(
     the best we know, so limits fall on that proxy rather than on a forgeable string.
     """
     last = peer
-    if forwarded_for:
+    if forwarded_for and not trusted.real_ip_only:
         for raw in reversed(forwarded_for.decode("latin-1").split(",")):
             raw = raw.strip()
             if _CANONICAL_IPV4.fullmatch(raw):

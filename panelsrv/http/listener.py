@@ -35,6 +35,7 @@ class HttpServer:
         precheck: Check | None = None,
         connect_check: Check | None = None,
         trusted_proxies: Iterable[str] = (),
+        client_ip_header: str = "x-forwarded-for",
         registry: Registry | None = None,
         access_log: bool = False,
     ) -> None:
@@ -42,7 +43,7 @@ class HttpServer:
         self.limits = limits
         self.precheck = precheck
         self.connect_check = connect_check
-        self.trusted = TrustedProxies(trusted_proxies)
+        self.trusted = TrustedProxies(trusted_proxies, client_ip_header == "x-real-ip")
         self.metrics = ServerMetrics(registry if registry is not None else Registry())
         self.metrics.connections.fn = lambda: len(self.conns)
         self.access_log = access_log

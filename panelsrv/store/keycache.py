@@ -2,8 +2,10 @@
 
 Imports asyncpg and keys. A hit is one dict lookup; a miss costs one indexed lookup (concurrent
 misses for the same key share it); unknown keys are remembered as unknown briefly. Entries are
-dropped the moment a revocation NOTIFY arrives (see listen.py); while that channel is down the
-cache is bypassed, so a revocation can never be missed, and `ttl` bounds staleness regardless.
+dropped the moment a revocation NOTIFY arrives (see listen.py). The cache answers only until the
+time the listener last vouched for (`trust_until`: about a second past its last answered ping),
+so when that channel is down or silently dead the cache is bypassed within about a second and a
+revocation is never missed for longer; `ttl` bounds staleness regardless.
 A lookup that was in flight when a revocation or a price change arrived answers its request but
 is not remembered: its row may predate the change, whose NOTIFY can overtake the lookup's answer.
 """
@@ -44,12 +46,12 @@ class KeyCache:
     __slots__ = (
         "_by_digest",
         "_clock",
-        "_enabled",
         "_entries",
         "_generation",
         "_inflight",
         "_negative_ttl",
         "_pool",
+        "_trusted_until",
         "_ttl",
     )
 
@@ -67,7 +69,7 @@ class KeyCache:
         self._entries: dict[str, tuple[Principal | None, float]] = {}
         self._by_digest: dict[str, str] = {}
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
-        self._enabled = False  # until the invalidation channel is listening
+        self._trusted_until = float("-inf")  # until the invalidation channel vouches for us
         self._generation = 0  # bumped by every invalidation
 
     def cached(self, raw: str) -> tuple[bool, Principal | None]:
@@ -75,9 +77,11 @@ class KeyCache:
         key (wrong shape or checksum) is a hit for "no such key": a flood of made-up keys
         costs neither a lookup nor a task."""
         entry = self._entries.get(raw)
-        if entry is None or entry[1] < self._clock():
-            return not keys.well_formed(raw), None
-        return True, entry[0]
+        if entry is not None:
+            now = self._clock()
+            if now <= entry[1] and now < self._trusted_until:
+                return True, entry[0]
+        return not keys.well_formed(raw), None
 
     async def resolve(self, raw: str) -> Principal | None:
         hit, principal = self.cached(raw)
@@ -112,7 +116,7 @@ class KeyCache:
         return Principal(row[0], row[1], row[2], row[3], overrides, digest.hex())
 
     def _remember(self, raw: str, principal: Principal | None) -> None:
-        if not self._enabled:
+        if self._clock() >= self._trusted_until:
             return
         if len(self._entries) >= MAX_ENTRIES:
             self.clear()
@@ -135,7 +139,13 @@ class KeyCache:
         self._entries.clear()
         self._by_digest.clear()
 
-    def set_enabled(self, enabled: bool) -> None:
-        """Caching is only safe while revocations can reach us: off (and empty) otherwise."""
-        self._enabled = enabled
+    def trust_until(self, when: float) -> None:
+        """Every revocation committed before `when - MAX_STALENESS` has reached us (the listener
+        says so after each answered ping): entries may answer until `when` (this clock)."""
+        self._trusted_until = max(self._trusted_until, when)
+
+    def distrust(self) -> None:
+        """The invalidation channel was lost, so revocations may have been missed: forget
+        everything, and cache nothing until `trust_until` is called again."""
+        self._trusted_until = float("-inf")
         self.clear()

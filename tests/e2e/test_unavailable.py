@@ -4,9 +4,6 @@ internal), /readyz says so, and the server recovers on its own when the database
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit, urlunsplit
-
-import pytest
 
 from tests.e2e.served import Served, World, call, visible
 from tests.guard.guardnet import Proxy
@@ -25,16 +22,9 @@ async def readyz(port: int) -> int:
 
 
 async def test_database_outage_is_503_then_recovers(database_url: str) -> None:
-    parts = urlsplit(database_url)
-    if not parts.hostname or parts.hostname.startswith("/"):
-        pytest.skip("needs PostgreSQL over TCP to put a proxy in between")
-    proxy = Proxy(parts.hostname, parts.port or 5432)
+    proxy, through = Proxy.for_database(database_url)
     await proxy.start()
-    netloc = parts.netloc.rsplit("@", 1)
-    through = (
-        f"{netloc[0]}@127.0.0.1:{proxy.port}" if len(netloc) == 2 else f"127.0.0.1:{proxy.port}"
-    )
-    proxied = urlunsplit((parts.scheme, through, parts.path, parts.query, parts.fragment))
+    proxied = through()
     world = World(database_url)
     domain = await world.panel()
     _, key = await world.user(domain, balance="3.00")

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from panelsrv.guard import Guard
 
@@ -38,14 +40,37 @@ async def paced_flood(
 
 
 class Proxy:
-    """A loopback TCP proxy the test can cut (close everything, refuse) and restore."""
+    """A loopback TCP proxy the test can cut (close everything, refuse) and restore, or freeze
+    (keep every connection open but drop what either side sends: a silent partition)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.target = (host, port)  # a host and port, or (a Unix socket's path, 0)
         self.port = 0
+        self.frozen = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def for_database(cls, url: str) -> tuple[Proxy, Callable[[], str]]:
+        """A proxy in front of the PostgreSQL server of `url` (TCP or a Unix socket, as the
+        embedded one listens), and a function giving `url` through it once it is started."""
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        socket_dir = query.pop("host", "") or (parts.hostname or "")
+        port = parts.port or int(query.pop("port", "5432"))
+        if socket_dir.startswith("/"):
+            proxy = cls(str(Path(socket_dir) / f".s.PGSQL.{port}"))
+        else:
+            proxy = cls(parts.hostname or "127.0.0.1", port)
+
+        def through() -> str:
+            userinfo = parts.netloc.rpartition("@")[0]
+            netloc = f"127.0.0.1:{proxy.port}"
+            netloc = f"{userinfo}@{netloc}" if userinfo else netloc
+            return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
+
+        return proxy, through
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -63,8 +88,12 @@ class Proxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.target
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            if port:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+            else:
+                up_reader, up_writer = await asyncio.open_unix_connection(host)
         except OSError:
             writer.transport.abort()
             return
@@ -77,6 +106,8 @@ class Proxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await src.read(65536):
+                if self.frozen:
+                    continue
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()

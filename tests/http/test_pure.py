@@ -100,6 +100,17 @@ def test_client_is_the_right_most_untrusted_forwarded_entry(
     assert client_ip("127.0.0.1", xff, real_ip, trusted) == expected
 
 
+def test_with_real_ip_only_a_forwarded_for_the_client_wrote_is_ignored() -> None:
+    # A proxy that sets X-Real-IP and passes the client's own X-Forwarded-For through: the
+    # forged entry would win the walk; with client_ip_header = "x-real-ip" it is never read.
+    forged, real = b"6.6.6.6", b"1.1.1.1"
+    walk = TrustedProxies(["127.0.0.1"])
+    assert client_ip("127.0.0.1", forged, real, walk) == "6.6.6.6"
+    real_only = TrustedProxies(["127.0.0.1"], real_ip_only=True)
+    assert client_ip("127.0.0.1", forged, real, real_only) == "1.1.1.1"
+    assert client_ip("127.0.0.1", forged, None, real_only) == "127.0.0.1"
+
+
 @given(st.tuples(*[st.integers(0, 300)] * 4), st.sampled_from(["", "0", "00"]))
 def test_the_ipv4_shortcut_agrees_with_ipaddress(octets: tuple[int, ...], pad: str) -> None:
     text = ".".join(str(o) for o in octets[:3]) + "." + pad + str(octets[3])

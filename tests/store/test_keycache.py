@@ -25,7 +25,7 @@ async def test_hits_and_revocation(database_url: str) -> None:
     pool = await db.create_pool(database_url, 2)
     try:
         cache = KeyCache(pool, ttl=60, negative_ttl=5)
-        cache.set_enabled(True)
+        cache.trust_until(float("inf"))
         assert cache.cached(raw) == (False, None)
         principal = await cache.resolve(raw)
         assert principal is not None and principal.user_id == user
@@ -49,7 +49,7 @@ async def _blocked_lookup(database_url: str, invalidate: str) -> tuple[bool, obj
     locker = await connect(database_url)
     try:
         cache = KeyCache(pool, ttl=60, negative_ttl=5)
-        cache.set_enabled(True)
+        cache.trust_until(float("inf"))
         async with locker.transaction():
             await locker.execute("LOCK TABLE user_rates IN ACCESS EXCLUSIVE MODE")
             task = asyncio.get_running_loop().create_task(cache.resolve(raw))
