@@ -112,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="KEY")
     p.add_argument("value", metavar="VALUE")
     p.set_defaults(func=commands.panel_set)
+    p = subcommand(
+        panel,
+        "fx",
+        "offer shared services priced in another currency, at an exchange rate you set",
+    )
+    p.add_argument("--domain", required=True)
+    p.add_argument("--currency", required=True, help="the currency those services are priced in")
+    rate_or_remove = p.add_mutually_exclusive_group(required=True)
+    rate_or_remove.add_argument(
+        "--rate", help="units of the panel's currency per unit of --currency, e.g. 0.92"
+    )
+    rate_or_remove.add_argument(
+        "--remove", action="store_true", help="stop offering services priced in --currency"
+    )
+    p.set_defaults(func=commands.panel_fx)
 
     user = group("user", "users")
     p = subcommand(user, "add", "add a user (and their wallet) to a panel")
@@ -144,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--url", required=True)
     p.add_argument("--key", required=True)
+    p.add_argument(
+        "--currency", default="USD", help="the currency of the provider's rates (default USD)"
+    )
     p.set_defaults(func=commands.provider_add)
     p = provider.add_parser(
         "sim",
@@ -169,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avg-time", type=int, default=0, help="average completion time, seconds")
     p.add_argument("--domain", help="offer it only on this panel")
     p.add_argument("--local-id", type=int, help="the id the panel's customers see")
+    p.add_argument(
+        "--currency",
+        help="a shared service's currency (default: its provider's, else USD); "
+        "a panel's own service is priced in the panel's currency",
+    )
     p.set_defaults(func=commands.service_add)
     p = subcommand(
         service,

@@ -52,6 +52,21 @@ async def panel_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Resul
     return result, f"panel {result['domain']}: {args.name} = {args.value}"
 
 
+async def panel_fx(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    rate = None if args.remove else args.rate
+    panel_id, currency, own = await admin.set_exchange_rate(conn, args.domain, args.currency, rate)
+    if rate is None:
+        return (
+            {"panel": panel_id, "currency": currency, "rate": None},
+            f"panel {args.domain}: services priced in {currency} are no longer offered",
+        )
+    return (
+        {"panel": panel_id, "currency": currency, "rate": rate.strip()},
+        f"panel {args.domain}: services priced in {currency} offered at 1 {currency} = "
+        f"{rate.strip()} {own}",
+    )
+
+
 async def user_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     user, opening = await admin.add_user(conn, args.email, args.domain, args.balance, args.discount)
     shown = money.format(opening)
@@ -104,7 +119,7 @@ async def funds_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Resul
 
 
 async def provider_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
-    provider_id = await admin.add_provider(conn, args.name, args.url, args.key)
+    provider_id = await admin.add_provider(conn, args.name, args.url, args.key, args.currency)
     return {
         "provider": provider_id,
         "name": args.name.strip(),
@@ -127,6 +142,7 @@ async def service_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Res
         avg_time=args.avg_time,
         domain=args.domain,
         local_id=args.local_id,
+        currency=args.currency,
     )
     service_id, local_id = await admin.add_service(conn, spec)
     shown = f" (local id {local_id} on {args.domain})" if local_id is not None else ""

@@ -1,4 +1,5 @@
-"""Operator writes behind the admin CLI: panels, users, providers, services, user rates.
+"""Operator writes behind the admin CLI: panels, users, providers, services, user rates,
+exchange rates.
 
 Imports asyncpg, money, panelconf and the ledger. Every function validates its input before
 writing and runs in one transaction, so bad input raises `InputError` and writes nothing.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 import asyncpg
 
@@ -47,6 +49,13 @@ def normalize_email(email: str) -> str:
     return value
 
 
+def currency_code(text: str) -> str:
+    code = text.strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise InputError(f"currency must be a 3-letter code, not {text!r}")
+    return code
+
+
 def parse_money(text: str, what: str, *, allow_negative: bool = False) -> int:
     try:
         return money.parse(text, allow_negative=allow_negative)
@@ -65,9 +74,7 @@ async def panel_by_domain(conn: asyncpg.Connection, domain: str) -> tuple[int, s
 
 async def add_panel(conn: asyncpg.Connection, domain: str, currency: str) -> tuple[int, str, str]:
     domain = normalize_domain(domain)
-    currency = currency.strip().upper()
-    if not re.fullmatch(r"[A-Z]{3}", currency):
-        raise InputError(f"currency must be a 3-letter code, not {currency!r}")
+    currency = currency_code(currency)
     try:
         panel_id = await conn.fetchval(
             "INSERT INTO panels (domain, currency) VALUES ($1, $2) RETURNING id", domain, currency
@@ -82,9 +89,7 @@ async def set_panel(conn: asyncpg.Connection, domain: str, name: str, value: str
     async with conn.transaction():
         panel_id, _ = await panel_by_domain(conn, domain)
         if name == "currency":
-            currency = value.strip().upper()
-            if not re.fullmatch(r"[A-Z]{3}", currency):
-                raise InputError(f"currency must be a 3-letter code, not {value!r}")
+            currency = currency_code(value)
             await conn.execute("UPDATE panels SET currency = $2 WHERE id = $1", panel_id, currency)
         else:
             stored = await conn.fetchval(
@@ -163,7 +168,11 @@ async def add_funds(
     return user, entry
 
 
-async def add_provider(conn: asyncpg.Connection, name: str, url: str, key: str) -> int:
+async def add_provider(
+    conn: asyncpg.Connection, name: str, url: str, key: str, currency: str = "USD"
+) -> int:
+    """`currency`: what the provider's rates are in (its `balance` answer says)."""
+    currency = currency_code(currency)
     name = name.strip()
     if not name:
         raise InputError("name must not be empty")
@@ -173,10 +182,12 @@ async def add_provider(conn: asyncpg.Connection, name: str, url: str, key: str) 
         raise InputError("key must not be empty")
     try:
         return await conn.fetchval(
-            "INSERT INTO providers (name, url, api_key) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO providers (name, url, api_key, currency) VALUES ($1, $2, $3, $4)"
+            " RETURNING id",
             name,
             url,
             key,
+            currency,
         )
     except asyncpg.UniqueViolationError:
         raise InputError(f"a provider named {name!r} exists already") from None
@@ -209,6 +220,7 @@ class ServiceSpec:
     avg_time: int = 0
     domain: str | None = None
     local_id: int | None = None
+    currency: str | None = None  # a shared service's (default: its provider's, else USD)
 
 
 async def add_service(conn: asyncpg.Connection, spec: ServiceSpec) -> tuple[int, int | None]:
@@ -226,13 +238,15 @@ async def add_service(conn: asyncpg.Connection, spec: ServiceSpec) -> tuple[int,
     if spec.local_id is not None and (spec.domain is None or spec.local_id < 1):
         raise InputError("--local-id needs --domain and must be >= 1")
     async with conn.transaction():
-        panel_id = (await panel_by_domain(conn, spec.domain))[0] if spec.domain else None
         prov = await provider_id(conn, spec.provider) if spec.provider else None
+        currency = await _service_currency(conn, spec, prov)
+        panel_id = (await panel_by_domain(conn, spec.domain))[0] if spec.domain else None
         try:
             service_id = await conn.fetchval(
                 """INSERT INTO services (panel_id, local_id, name, type, category, rate, min_qty,
-                       max_qty, dripfeed, refill, cancel, avg_time, provider_id, provider_service)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                       max_qty, dripfeed, refill, cancel, avg_time, provider_id, provider_service,
+                       currency)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                    RETURNING id""",
                 panel_id,
                 spec.local_id,
@@ -248,12 +262,62 @@ async def add_service(conn: asyncpg.Connection, spec: ServiceSpec) -> tuple[int,
                 spec.avg_time,
                 prov,
                 spec.provider_service,
+                currency,
             )
         except asyncpg.UniqueViolationError:
             raise InputError(
                 "that local id (or upstream service) is taken on this panel already"
             ) from None
     return service_id, spec.local_id
+
+
+async def _service_currency(
+    conn: asyncpg.Connection, spec: ServiceSpec, provider: int | None
+) -> str | None:
+    """A panel's own service is priced in the panel's currency (None); a shared one in the
+    currency given, else its provider's, else USD."""
+    if spec.domain:
+        _, panel_currency = await panel_by_domain(conn, spec.domain)
+        if spec.currency is not None and currency_code(spec.currency) != panel_currency:
+            raise InputError(
+                f"a service of panel {spec.domain} is priced in its currency, {panel_currency}"
+            )
+        return None
+    if spec.currency is not None:
+        return currency_code(spec.currency)
+    if provider is not None:
+        return str(await conn.fetchval("SELECT currency FROM providers WHERE id = $1", provider))
+    return "USD"
+
+
+async def set_exchange_rate(
+    conn: asyncpg.Connection, domain: str, currency: str, rate: str | None
+) -> tuple[int, str, str]:
+    """Offer the panel shared services priced in `currency`: 1 `currency` = `rate` of the
+    panel's own. `rate` None: stop offering them. -> (panel, currency, panel currency)."""
+    currency = currency_code(currency)
+    panel_id, panel_currency = await panel_by_domain(conn, domain)
+    if currency == panel_currency:
+        raise InputError(f"{currency} is the panel's own currency")
+    if rate is None:
+        await conn.execute(
+            "DELETE FROM panel_exchange_rates WHERE panel_id = $1 AND currency = $2",
+            panel_id,
+            currency,
+        )
+        return panel_id, currency, panel_currency
+    text = rate.strip()
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,12})?", text) or Decimal(text) == 0:
+        raise InputError(f"rate must be a positive decimal below 1e9, not {rate!r}")
+    value = Decimal(text)
+    await conn.execute(
+        """INSERT INTO panel_exchange_rates (panel_id, currency, rate) VALUES ($1, $2, $3)
+           ON CONFLICT (panel_id, currency) DO UPDATE SET rate = EXCLUDED.rate""",
+        panel_id,
+        currency,
+        value,
+    )
+    return panel_id, currency, panel_currency
 
 
 async def set_rate(

@@ -11,11 +11,19 @@ keeps meaning that service while it is inactive (then: no service), so deactivat
 turns the number into another service at another price; and the listing leaves out a service
 shown by its global id when that id is one of the panel's local ids, since ordering by that
 number gives the local one. Every listed id therefore orders exactly the service listed under it.
+
+Currencies: a panel's own services are priced in its currency. A shared service names the
+currency of its rate; on a panel of another currency it is offered only when the operator set
+an exchange rate for that currency on the panel (`panel fx`), at its rate converted once here
+(rounded half up to the minor unit, so `services` shows exactly what `add` charges), and is not
+offered at all otherwise: no price is ever read in the wrong currency.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
 import orjson
@@ -23,14 +31,18 @@ import orjson
 from panelsrv import money, panelconf
 from panelsrv.store.pool import Pool
 
+log = logging.getLogger("panelsrv.catalog")
+
 LOAD_PANELS = "SELECT id, domain, currency, settings FROM panels"
 # Inactive services too, for the local ids they hold (the last column says which).
 LOAD_SERVICES = """
 SELECT id, panel_id, local_id, name, type, category, rate, min_qty, max_qty, dripfeed, refill,
-       cancel, avg_time, hidden, provider_id, active
+       cancel, avg_time, hidden, provider_id, currency, active
   FROM services
  ORDER BY coalesce(local_id, id), id
 """
+# -> (panel, currency, units of the panel's currency per unit of that one)
+LOAD_EXCHANGE_RATES = "SELECT panel_id, currency, rate FROM panel_exchange_rates"
 # Bound on cached `services` answers; users with their own rates each have one.
 MAX_CACHED_LISTINGS = 4096
 
@@ -60,6 +72,7 @@ class Service:
     avg_time: int
     hidden: bool
     provider_id: int | None
+    currency: str | None  # a shared service's; None: its panel's
 
     @property
     def public_id(self) -> int:
@@ -72,6 +85,9 @@ class Catalog:
     by_domain: dict[str, Panel]
     services: dict[int, Service]  # active ones, by global id
     local: dict[tuple[int, int], Service | None]  # (panel, local id) -> None when inactive
+    # (panel, service) -> a shared service of another currency, at the panel's exchange rate;
+    # such a service absent here is not offered on that panel.
+    converted: dict[tuple[int, int], Service] = field(default_factory=dict)
     _listings: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
 
     def panel_for_host(self, host: str, default_domain: str) -> Panel | None:
@@ -88,7 +104,13 @@ class Catalog:
         found = self.services.get(service)
         if found is None or (found.panel_id is not None and found.panel_id != panel_id):
             return None
-        return found
+        return self._priced_for(panel_id, found)
+
+    def _priced_for(self, panel_id: int, service: Service) -> Service | None:
+        """`service` as the panel sells it: in the panel's currency, or None (not offered)."""
+        if service.currency is None or service.currency == self.panels[panel_id].currency:
+            return service
+        return self.converted.get((panel_id, service.id))
 
     def listing(
         self, panel_id: int, user_id: int, discount_bp: int, overrides: dict[int, int]
@@ -97,6 +119,13 @@ class Catalog:
         cache_key = (panel_id, user_id if overrides else 0, discount_bp)
         body = self._listings.get(cache_key)
         if body is None:
+            offered = (
+                self._priced_for(panel_id, s)
+                for s in self.services.values()
+                if not s.hidden
+                and (s.panel_id is None or s.panel_id == panel_id)
+                and (s.local_id is not None or (panel_id, s.id) not in self.local)
+            )
             body = orjson.dumps(
                 [
                     {
@@ -114,10 +143,8 @@ class Catalog:
                         "cancel": s.cancel,
                         "avg_time": s.avg_time,
                     }
-                    for s in self.services.values()
-                    if not s.hidden
-                    and (s.panel_id is None or s.panel_id == panel_id)
-                    and (s.local_id is not None or (panel_id, s.id) not in self.local)
+                    for s in offered
+                    if s is not None
                 ]
             )
             if len(self._listings) >= MAX_CACHED_LISTINGS:
@@ -143,4 +170,32 @@ async def load(conn: asyncpg.Connection | Pool) -> Catalog:
             services[service.id] = service
         if service.local_id is not None and service.panel_id is not None:
             local[(service.panel_id, service.local_id)] = service if active else None
-    return Catalog(panels, {p.domain: p for p in panels.values()}, services, local)
+    converted = _convert(services, await conn.fetch(LOAD_EXCHANGE_RATES))
+    return Catalog(panels, {p.domain: p for p in panels.values()}, services, local, converted)
+
+
+def converted_rate(rate: int, exchange_rate: Decimal) -> int:
+    """A rate in minor units of another currency -> minor units of the panel's, half up."""
+    return int((rate * exchange_rate).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _convert(
+    services: dict[int, Service], exchange_rates: list[asyncpg.Record]
+) -> dict[tuple[int, int], Service]:
+    """Every shared service priced in a currency some panel has an exchange rate for."""
+    by_currency: dict[str, list[Service]] = {}
+    for service in services.values():
+        if service.currency is not None:
+            by_currency.setdefault(service.currency, []).append(service)
+    converted: dict[tuple[int, int], Service] = {}
+    for panel_id, currency, exchange_rate in exchange_rates:
+        for service in by_currency.get(currency, ()):
+            rate = converted_rate(service.rate, exchange_rate)
+            if rate > money.MAX_UNITS:
+                log.warning(
+                    "service %d not offered on panel %d: %s at %s exceeds the largest amount",
+                    service.id, panel_id, currency, exchange_rate,
+                )  # fmt: skip
+                continue
+            converted[(panel_id, service.id)] = replace(service, rate=rate)
+    return converted

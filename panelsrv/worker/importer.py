@@ -4,8 +4,9 @@ Imports asyncpg, money and the provider client. Services of a provider are share
 (panel_id NULL), matched on (provider, upstream service id): new ones are created, known ones
 get name, type, category, rate x (1 + markup/100), min/max and flags updated (and are
 re-activated), and those gone upstream are deactivated. The provider's markup and category
-filter are remembered so the worker's periodic sync applies the same rule. Rates are taken as
-being in the panel's currency; there is no conversion.
+filter are remembered so the worker's periodic sync applies the same rule. Rates stay in the
+provider's currency (`providers.currency`) and the services say so; a panel of another currency
+offers them only at an exchange rate its operator set (store/catalog.py), never as if its own.
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ _TYPES = {t.lower(): t for t in SERVICE_TYPES}
 
 UPSERT = """
 INSERT INTO services (name, type, category, rate, min_qty, max_qty, dripfeed, refill, cancel,
-                      avg_time, provider_id, provider_service)
+                      avg_time, provider_id, provider_service, currency)
 SELECT x.name, x.type, x.category, x.rate, x.min_qty, x.max_qty, x.dripfeed, x.refill,
-       x.cancel, x.avg_time, $1, x.provider_service
+       x.cancel, x.avg_time, $1, x.provider_service, p.currency
   FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
               $8::boolean[], $9::boolean[], $10::boolean[], $11::integer[], $12::text[])
        AS x(name, type, category, rate, min_qty, max_qty, dripfeed, refill, cancel, avg_time,
             provider_service)
+  JOIN providers p ON p.id = $1
 ON CONFLICT (provider_id, provider_service) WHERE provider_id IS NOT NULL AND panel_id IS NULL
 DO UPDATE SET name = EXCLUDED.name, type = EXCLUDED.type, category = EXCLUDED.category,
               rate = EXCLUDED.rate, min_qty = EXCLUDED.min_qty, max_qty = EXCLUDED.max_qty,
               dripfeed = EXCLUDED.dripfeed, refill = EXCLUDED.refill, cancel = EXCLUDED.cancel,
-              avg_time = EXCLUDED.avg_time, active = true, updated_at = now()
+              avg_time = EXCLUDED.avg_time, currency = EXCLUDED.currency, active = true,
+              updated_at = now()
 RETURNING (xmax = 0)
 """
 # $1 provider, $2 upstream ids still offered, $3 category filter (NULL: all)
