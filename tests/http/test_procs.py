@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from panelsrv.http.procs import notify
+from panelsrv.http.procs import Supervisor, _Child, notify
 from tests.http.httpkit import free_port
 
 APP = str(Path(__file__).with_name("serve_app.py"))
@@ -195,3 +195,20 @@ def test_notify_writes_a_datagram_to_a_path_socket(tmp_path: Path) -> None:
         assert not notify(b"READY=1", str(tmp_path / "nobody-listens"))
     finally:
         notes.sock.close()
+
+
+def test_a_worker_that_was_ready_is_replaced_at_once_however_soon_it_died() -> None:
+    # Kills every few seconds must not turn into outages: only a child that never became ready
+    # (a failing start) is restarted with backoff, and only those count towards giving up.
+    supervisor = Supervisor(lambda slot: None, workers=1, min_uptime=5.0, backoff=(0.5, 30.0))  # type: ignore[arg-type,return-value]
+    for _ in range(10):
+        died = _Child(0, 4242, time.monotonic() - 1.0, ready=True)
+        supervisor._schedule_restart(died, -signal.SIGKILL)
+        assert supervisor._restart_at[0] - time.monotonic() <= 0.01
+        assert not supervisor._stop_requested
+    delays = []
+    for _ in range(3):
+        died = _Child(0, 4242, time.monotonic() - 1.0, ready=False)
+        supervisor._schedule_restart(died, 1)
+        delays.append(round(supervisor._restart_at[0] - time.monotonic(), 1))
+    assert delays == [0.5, 1.0, 2.0]
