@@ -28,6 +28,7 @@ log = logging.getLogger("panelsrv.db")
 
 EMBEDDED_DATABASE = "panelsrv"
 _MIGRATION_LOCK = 0x70616E656C  # advisory lock key ("panel")
+CONNECT_TIMEOUT = 5.0  # seconds for a new connection (asyncpg's default is 60)
 
 
 class DatabaseError(RuntimeError):
@@ -105,6 +106,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 async def _open(url: str, **kwargs: Any) -> asyncpg.Connection:
     """A connection, initialised; asyncpg's own errors pass through (the API maps them)."""
+    kwargs.setdefault("timeout", CONNECT_TIMEOUT)  # an unreachable host: a 503, not a hang
     conn = await asyncpg.connect(url, server_settings={"application_name": "panelsrv"}, **kwargs)
     try:
         await init_connection(conn)

@@ -11,6 +11,9 @@ woken waiter can lose its connection to a newcomer, which is what made p99 spike
   or interrupted by anything but a server-side error (a cancellation, a timeout, an I/O error)
   is terminated, and its slot reconnects on the next acquire that needs it. Server-side errors
   (`asyncpg.PostgresError`) leave the connection clean: a single statement rolls itself back.
+- A connection that died while idle (a database restart closes every one of them) is never
+  handed out: `acquire` sees it closed (asyncpg noticed the socket close; no round trip) and
+  opens a fresh one in its slot, so the first request after a restart succeeds.
 - Connections are opened eagerly (`min = max = size`) and initialised with `init`.
 """
 
@@ -58,7 +61,13 @@ class Pool:
             if self._closed:
                 raise asyncpg.InterfaceError("pool is closed")
             if self._free:
-                return self._free.pop()
+                conn = self._free.pop()
+                if not conn.is_closed():
+                    return conn
+                # Died while idle (the server restarted or dropped it): asyncpg saw the socket
+                # close, so this costs no round trip. Its slot reconnects just below.
+                self._missing += 1
+                continue
             if self._missing:
                 self._missing -= 1
                 try:
