@@ -14,14 +14,16 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import msgspec
 import uvloop
 
 from panelsrv import demo, metrics
-from panelsrv.api.handler import Api
+from panelsrv.api.handler import Api, unavailable
 from panelsrv.config import Config
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
@@ -39,8 +41,13 @@ from panelsrv.worker.registry import ProviderSettings
 from panelsrv.worker.sim import Simulator
 
 log = logging.getLogger("panelsrv.server")
+T = TypeVar("T")
 
 WORKER_POOL_SIZE = 4
+# Seconds between attempts to reach a database that was away at start: doubling up to a cap low
+# enough that a process serves within about a second of the database being back.
+RECONNECT_FIRST = 0.1
+RECONNECT_MAX = 0.5
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
 # The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
 GUARD_GAUGES = {
@@ -91,6 +98,36 @@ def http_limits(cfg: Config) -> Limits:
     )  # fmt: skip
 
 
+async def open_pool(url: str, size: int) -> Pool:
+    """Pending migrations first (every process does it when it connects: a no-op but for the
+    first, under the migrations' advisory lock), then the pool."""
+    conn = await db.open_migrated(url)
+    await conn.close()
+    return await db.create_pool(url, size)
+
+
+async def when_reachable(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()` until it succeeds, about every RECONNECT_MAX seconds at most; one log line
+    when the database turns out to be away (the caller's) and one when it is back, with how
+    long it took. An error that is not the database being away is logged each time it
+    changes, and retried as well: the operator may be fixing it."""
+    started = time.monotonic()
+    delay = RECONNECT_FIRST
+    last = ""
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RECONNECT_MAX)
+        try:
+            result = await attempt()
+        except Exception as exc:
+            if not db.unavailable(exc) and str(exc) != last:
+                log.error("%s cannot start: %s; retrying", what, exc)
+            last = str(exc)
+            continue
+        log.warning("%s: database reachable again after %.1f s", what, time.monotonic() - started)
+        return result
+
+
 def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
     return lambda: guard.metrics()[name]
 
@@ -131,9 +168,61 @@ class App:
         self._keys: KeyCache | None = None
 
     async def start(self) -> None:
+        """Listen at once. With the database reachable, serve; without (it is down or restarting
+        while this process starts), answer 503 with Retry-After, /readyz 503, and keep trying
+        in the background: the API is served from the moment the database answers."""
         cfg = self.cfg
-        self.pool = pool = await db.create_pool(self.url, cfg.pool_size)
-        self.catalog = await catalog.load(pool)
+        registry = metrics.Registry()
+        guard = self._start_guard(registry) if self.limits else None
+        registry.gauge(
+            "panelsrv_db_pool_size",
+            "Connections in this process's pool",
+            fn=lambda: self.pool.get_size() if self.pool is not None else 0,
+        )
+        registry.gauge(
+            "panelsrv_db_pool_idle",
+            "Idle connections in this process's pool",
+            fn=lambda: self.pool.get_idle_size() if self.pool is not None else 0,
+        )
+        self.http = HttpServer(
+            api_routes(unavailable),
+            limits=http_limits(cfg),
+            precheck=guard.check_ip if guard else None,
+            connect_check=guard.check_block if guard else None,
+            trusted_proxies=cfg.trusted_proxies,
+            client_ip_header=cfg.client_ip_header,
+            registry=registry,
+            access_log=cfg.access_log,
+        )
+        try:
+            await self._open_store(guard)
+        except Exception as exc:
+            if not db.unavailable(exc):
+                raise
+            log.warning("database unreachable at start (%s); answering 503 until it is back", exc)
+            task = asyncio.get_running_loop().create_task(
+                when_reachable("the API", lambda: self._open_store(guard))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._share = MetricsShare(registry, self.slot.run_dir, self.slot.index)
+        await self._share.start()
+        await self.http.start(cfg.host, cfg.port, reuse_port=True)
+        if cfg.ops_port:
+            self.ops = HttpServer(ops_routes(self.ready, self._share.collect))
+            await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
+
+    async def _open_store(self, guard: Guard | None) -> None:
+        """Migrations, pool, catalog, key cache and notifications; then the API is served in
+        place of the 503s (the route table is swapped: the hot path pays nothing for this)."""
+        cfg = self.cfg
+        pool = await open_pool(self.url, cfg.pool_size)
+        try:
+            self.catalog = await catalog.load(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        self.pool = pool
         self._keys = keys = KeyCache(pool, cfg.key_cache_ttl, cfg.negative_key_ttl)
         self._listener = Listener(
             self.url,
@@ -143,8 +232,6 @@ class App:
             keys.trust_until,
         )
         self._listener.start()
-        registry = metrics.Registry()
-        guard = self._start_guard(registry) if self.limits else None
         api = Api(
             pool=pool,
             state=self,
@@ -156,30 +243,8 @@ class App:
             webhook_allow_http=cfg.webhook_allow_http,
             webhook_allow_private=cfg.webhook_allow_private,
         )
-        registry.gauge(
-            "panelsrv_db_pool_size", "Connections in this process's pool", fn=pool.get_size
-        )
-        registry.gauge(
-            "panelsrv_db_pool_idle",
-            "Idle connections in this process's pool",
-            fn=pool.get_idle_size,
-        )
-        self.http = HttpServer(
-            api_routes(api.handle),
-            limits=http_limits(cfg),
-            precheck=guard.check_ip if guard else None,
-            connect_check=guard.check_block if guard else None,
-            trusted_proxies=cfg.trusted_proxies,
-            client_ip_header=cfg.client_ip_header,
-            registry=registry,
-            access_log=cfg.access_log,
-        )
-        self._share = MetricsShare(registry, self.slot.run_dir, self.slot.index)
-        await self._share.start()
-        await self.http.start(cfg.host, cfg.port, reuse_port=True)
-        if cfg.ops_port:
-            self.ops = HttpServer(ops_routes(self.ready, self._share.collect))
-            await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
+        assert self.http is not None
+        self.http.routes.update(api_routes(api.handle))
 
     def _start_guard(self, registry: metrics.Registry) -> Guard:
         self._guard = guard = Guard(guard_settings(self.cfg))
@@ -243,6 +308,9 @@ class App:
             await self._share.stop(grace)
         if self._reload is not None:
             self._reload.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
         if self._guard is not None:
@@ -277,8 +345,7 @@ def run_serve(cfg: Config, *, limits: bool = True) -> int:
 
     `limits=False` builds no guard at all (no per-IP, per-user or block checks, no hub): only
     for measuring what the limits cost (bench/limiter_cost.py); no setting reaches it."""
-    url = db.resolve_url(cfg.database_url, cfg.data_dir)
-    uvloop.run(_migrate(url))  # the loop is closed again before anything forks
+    url = db.resolve_url(cfg.database_url, cfg.data_dir)  # each process migrates (open_pool)
     own_dir = not os.environ.get("RUNTIME_DIRECTORY")
     run_dir = os.environ.get("RUNTIME_DIRECTORY") or tempfile.mkdtemp(prefix="panelsrv-")
     workers = worker_count(cfg)
@@ -301,11 +368,6 @@ def run_serve(cfg: Config, *, limits: bool = True) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _migrate(url: str) -> None:
-    conn = await db.open_migrated(url)
-    await conn.close()
-
-
 def on_stop_signals(callback: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -316,9 +378,29 @@ def on_stop_signals(callback: Callable[[], None]) -> None:
 
 
 async def _worker_main(cfg: Config, url: str) -> None:
-    await _migrate(url)
-    pool = await db.create_pool(url, WORKER_POOL_SIZE)
+    """Run the worker; started while the database is away, wait for it (a stop signal still
+    ends the wait) instead of exiting."""
+    stopped = asyncio.Event()
+    on_stop_signals(stopped.set)
     try:
+        pool = await open_pool(url, WORKER_POOL_SIZE)
+    except Exception as exc:
+        if not db.unavailable(exc):
+            raise
+        log.warning("database unreachable at start (%s); waiting for it", exc)
+        opening = asyncio.get_running_loop().create_task(
+            when_reachable("the worker", lambda: open_pool(url, WORKER_POOL_SIZE))
+        )
+        stopping = asyncio.get_running_loop().create_task(stopped.wait())
+        await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not opening.done():
+            opening.cancel()
+            return
+        pool = opening.result()
+    try:
+        if stopped.is_set():
+            return
         worker = Worker(pool, worker_settings(cfg))
         on_stop_signals(worker.stop)
         await worker.run(grace=cfg.shutdown_grace)

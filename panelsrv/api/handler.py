@@ -11,35 +11,23 @@ layer turns strikes into IP blocks). Errors are rendered here and only here: the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
-
-import asyncpg
 
 from panelsrv.api import respond, sign
 from panelsrv.api.actions import Action, Services
 from panelsrv.api.decode import Decoded, decode_request
 from panelsrv.errors import ERROR_BODIES, ApiError, Code, retry_after_header
 from panelsrv.guard import retry_after
+from panelsrv.store import db
 from panelsrv.store.catalog import Catalog, Panel
 from panelsrv.store.keycache import KeyCache, Principal
 from panelsrv.store.pool import Pool
 
 log = logging.getLogger("panelsrv.api")
 
-# Errors that mean "the database is not there right now" rather than "this request is wrong".
-DB_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-)
 UNAVAILABLE_RETRY_AFTER = 5
 
 Answer = tuple[int, bytes, bytes]  # status, body, extra header lines (the transport's contract)
@@ -64,6 +52,19 @@ class CatalogHolder(Protocol):
 
 def _retry_after(seconds: float) -> bytes:
     return retry_after_header(retry_after(seconds))
+
+
+UNAVAILABLE_ANSWER: Answer = (
+    503,
+    ERROR_BODIES[Code.UNAVAILABLE],
+    retry_after_header(UNAVAILABLE_RETRY_AFTER),
+)
+
+
+def unavailable(req: Request) -> Answer:
+    """What every request gets while the process cannot reach the database yet (it started
+    while PostgreSQL was down): the answer of a request that met the outage mid-way."""
+    return UNAVAILABLE_ANSWER
 
 
 class Api:
@@ -187,10 +188,9 @@ class Api:
             status, body = exc.status, exc.body()
             if exc.retry_after is not None:
                 extra = _retry_after(exc.retry_after)
-        elif isinstance(exc, DB_UNAVAILABLE):
+        elif isinstance(exc, db.UNAVAILABLE):
             log.error("request %s: database unavailable: %s", req.request_id, exc)
-            status, body = 503, ERROR_BODIES[Code.UNAVAILABLE]
-            extra = _retry_after(UNAVAILABLE_RETRY_AFTER)
+            status, body, extra = UNAVAILABLE_ANSWER
         else:
             log.error(
                 "request %s: unexpected error in %s", req.request_id, req.action or "?",

@@ -35,6 +35,27 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or prepared; the message says what to do."""
 
 
+# Errors that mean "the database is not there right now" (down, restarting, starting up, full,
+# unreachable) rather than "this is wrong": worth retrying, and answered 503 meanwhile.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` (or the failure a DatabaseError wraps) is the database being away."""
+    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return isinstance(exc, UNAVAILABLE)
+
+
 def embedded_url(data_dir: str, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or join) the embedded PostgreSQL under `<data_dir>/pgdata`; return a URL to it."""
     with warnings.catch_warnings():
@@ -88,8 +109,8 @@ async def _create_database(url: str) -> None:
     admin = await connect(url, database="postgres")
     try:
         await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
-    except asyncpg.DuplicateDatabaseError:
-        pass  # created meanwhile by a concurrent command
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        pass  # created meanwhile by a concurrent command (or process: the catalog's own race)
     finally:
         await admin.close()
 

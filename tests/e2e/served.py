@@ -50,7 +50,9 @@ class Served:
         self.ops_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> Served:
+    def start(self, timeout: float = 30.0, until: str = "/readyz") -> Served:
+        """Start, and wait until the ops listener answers 200 at `until` (`/healthz`: the
+        processes listen, whether or not the database answers)."""
         args = [
             sys.executable,
             "-m",
@@ -70,7 +72,7 @@ class Served:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
         self.proc = subprocess.Popen(args, env={**env, **self.env}, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not self._ready():
+        while not self._ready(until):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"panelsrv serve exited with {self.proc.returncode}")
             if time.monotonic() > deadline:
@@ -79,10 +81,12 @@ class Served:
             time.sleep(0.1)
         return self
 
-    def _ready(self) -> bool:
+    def _ready(self, path: str = "/readyz") -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.ops_port), 0.5) as s:
-                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                s.sendall(
+                    b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode()
+                )
                 return s.recv(64).startswith(b"HTTP/1.1 200")
         except OSError:
             return False

@@ -1,0 +1,130 @@
+"""PostgreSQL going away and coming back, against real `panelsrv serve` and `panelsrv worker`
+processes and a PostgreSQL server of the test's own (issue 13, points 2 and 3):
+
+- restarted under load: while it is down every answer is 503 with Retry-After (never a hang,
+  never a 500), and from the moment `select 1` works again every request succeeds, on every
+  process: no pooled connection that died with the old server is handed out;
+- down when the processes start: they start anyway, `/readyz` and the API answer 503, and both
+  serve within about a second of the database answering, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.availability.cluster import Cluster, until_answering
+from tests.e2e.served import Served, World, call, visible
+from tests.e2e.test_unavailable import readyz
+
+pytestmark = pytest.mark.slow
+
+RATE = 50  # requests per second during the outage
+NO_HANG = 3.0  # seconds: an answer later than this is a hang
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    own = Cluster(tmp_path)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+async def balance(port: int, domain: str, key: str) -> tuple[int, str | None]:
+    r = await asyncio.wait_for(call(port, {"key": key, "action": "balance"}, host=domain), NO_HANG)
+    return r.status, r.headers.get("retry-after")
+
+
+async def test_a_restart_under_load_answers_503_while_down_and_nothing_but_200_after(
+    cluster: Cluster,
+) -> None:
+    url = cluster.url()
+    with Served(url, workers=2) as served:  # 8 pooled connections per process
+        world = World(url)
+        domain = await world.panel()
+        _, key = await world.user(domain, balance="1.00")
+        await visible(served.port, domain, key)
+        answers: list[tuple[int, str | None]] = []
+        stop_load = asyncio.Event()
+
+        async def load() -> None:
+            while not stop_load.is_set():
+                answers.append(await balance(served.port, domain, key))
+                await asyncio.sleep(1 / RATE)
+
+        loader = asyncio.get_running_loop().create_task(load())
+        await asyncio.sleep(0.5)
+        # Every backend killed, the server back within a fraction of a second: most pooled
+        # connections see no request meanwhile, and are dead when the next one comes.
+        await asyncio.to_thread(cluster.restart)
+        await until_answering(url, 10.0)
+        stop_load.set()
+        await loader
+        after = [await balance(served.port, domain, key) for _ in range(20)]
+    assert all(status in (200, 503) for status, _ in answers), answers
+    assert all(int(ra or 0) >= 1 for status, ra in answers if status == 503)
+    assert after == [(200, None)] * 20  # fresh connections: both processes answered some
+
+
+async def test_serve_and_worker_started_while_the_database_is_down_serve_once_it_is_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    url = cluster.url()
+    cluster.stop()
+    served = Served(url, workers=2).start(until="/healthz")
+    worker_log = tmp_path / "worker.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "panelsrv", "worker", "--database-url", url],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        assert await readyz(served.ops_port) == 503
+        status, retry_after = await balance(served.port, "any.test", "psk_x")
+        assert status == 503 and int(retry_after or 0) >= 1
+        await asyncio.sleep(0.5)
+        assert worker.poll() is None, worker_log.read_text()  # waiting, not exited
+
+        await asyncio.to_thread(cluster.start)
+        back = time.monotonic()
+        while await readyz(served.ops_port) != 200:
+            assert time.monotonic() - back < 2.0, "serve not ready 2 s after the database"
+            await asyncio.sleep(0.05)
+        while b"database reachable again" not in worker_log.read_bytes():
+            assert time.monotonic() - back < 2.0, worker_log.read_text()
+            await asyncio.sleep(0.05)
+        world = World(url)  # the processes migrated the new database when they connected
+        domain = await world.panel()
+        _, key = await world.user(domain, balance="2.00")
+        await visible(served.port, domain, key)
+        assert await balance(served.port, domain, key) == (200, None)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(15) == 0, worker_log.read_text()
+        assert served.stop() == 0
+
+
+async def test_a_worker_waiting_for_the_database_stops_on_sigterm(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.stop()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "panelsrv", "worker", "--database-url", cluster.url()],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.sleep(1.0)
+    assert worker.poll() is None
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
