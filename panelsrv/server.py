@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -28,10 +27,12 @@ from panelsrv.config import Config
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
 from panelsrv.guard.shared import RedisBackend
+from panelsrv.guard.sync import MEANWHILE as LIMITS_MEANWHILE
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
 from panelsrv.http.procs import Group, Slot, run_service, supervise
 from panelsrv.http.request import Limits
+from panelsrv.outages import Outage
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
 from panelsrv.store.listen import Listener
@@ -48,6 +49,7 @@ WORKER_POOL_SIZE = 4
 # enough that a process serves within about a second of the database being back.
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 0.5
+DB_MEANWHILE = "answering 503 until it is back"
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
 # The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
 GUARD_GAUGES = {
@@ -98,20 +100,19 @@ def http_limits(cfg: Config) -> Limits:
     )  # fmt: skip
 
 
-async def open_pool(url: str, size: int) -> Pool:
+async def open_pool(url: str, size: int, outage: Outage) -> Pool:
     """Pending migrations first (every process does it when it connects: a no-op but for the
-    first, under the migrations' advisory lock), then the pool."""
+    first, under the migrations' advisory lock), then the pool, which reports to `outage`."""
     conn = await db.open_migrated(url)
     await conn.close()
-    return await db.create_pool(url, size)
+    return await db.create_pool(url, size, outage)
 
 
-async def when_reachable(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    """`attempt()` until it succeeds, about every RECONNECT_MAX seconds at most; one log line
-    when the database turns out to be away (the caller's) and one when it is back, with how
-    long it took. An error that is not the database being away is logged each time it
-    changes, and retried as well: the operator may be fixing it."""
-    started = time.monotonic()
+async def when_reachable(what: str, outage: Outage, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()` until it succeeds, about every RECONNECT_MAX seconds at most, the database's
+    absence reported to `outage` (one line when it begins, one when it ends). An error that is
+    not the database being away is logged each time it changes, and retried as well: the
+    operator may be fixing it."""
     delay = RECONNECT_FIRST
     last = ""
     while True:
@@ -120,12 +121,40 @@ async def when_reachable(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         try:
             result = await attempt()
         except Exception as exc:
-            if not db.unavailable(exc) and str(exc) != last:
+            if db.unavailable(exc):
+                outage.failed(str(exc))
+            elif str(exc) != last:
                 log.error("%s cannot start: %s; retrying", what, exc)
             last = str(exc)
             continue
-        log.warning("%s: database reachable again after %.1f s", what, time.monotonic() - started)
+        outage.recovered()
         return result
+
+
+def counted_outage(registry: metrics.Registry) -> Callable[[str, str], Outage]:
+    """Outage trackers whose faults, recoveries and downtime /metrics counts per dependency."""
+    labels = ("dependency",)
+    faults = registry.counter(
+        "panelsrv_dependency_outages_total", "Outages begun, by dependency", labels
+    )
+    recoveries = registry.counter(
+        "panelsrv_dependency_recoveries_total", "Outages ended, by dependency", labels
+    )
+    downtime = registry.counter(
+        "panelsrv_dependency_outage_seconds_total", "Length of the ended outages", labels
+    )
+
+    def outage(name: str, meanwhile: str) -> Outage:
+        def recovered(seconds: float) -> None:
+            recoveries.inc((name,))
+            downtime.inc((name,), seconds)
+
+        return Outage(
+            name, log, meanwhile=meanwhile, on_fault=lambda: faults.inc((name,)),
+            on_recovery=recovered,
+        )  # fmt: skip
+
+    return outage
 
 
 def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
@@ -166,6 +195,7 @@ class App:
         self._reload: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: KeyCache | None = None
+        self._db_outage: Outage  # set by start()
 
     async def start(self) -> None:
         """Listen at once. With the database reachable, serve; without (it is down or restarting
@@ -173,7 +203,9 @@ class App:
         in the background: the API is served from the moment the database answers."""
         cfg = self.cfg
         registry = metrics.Registry()
-        guard = self._start_guard(registry) if self.limits else None
+        outage = counted_outage(registry)
+        self._db_outage = outage("database", DB_MEANWHILE)
+        guard = self._start_guard(registry, outage) if self.limits else None
         registry.gauge(
             "panelsrv_db_pool_size",
             "Connections in this process's pool",
@@ -199,9 +231,9 @@ class App:
         except Exception as exc:
             if not db.unavailable(exc):
                 raise
-            log.warning("database unreachable at start (%s); answering 503 until it is back", exc)
+            self._db_outage.failed(str(exc))
             task = asyncio.get_running_loop().create_task(
-                when_reachable("the API", lambda: self._open_store(guard))
+                when_reachable("the API", self._db_outage, lambda: self._open_store(guard))
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -216,7 +248,7 @@ class App:
         """Migrations, pool, catalog, key cache and notifications; then the API is served in
         place of the 503s (the route table is swapped: the hot path pays nothing for this)."""
         cfg = self.cfg
-        pool = await open_pool(self.url, cfg.pool_size)
+        pool = await open_pool(self.url, cfg.pool_size, self._db_outage)
         try:
             self.catalog = await catalog.load(pool)
         except BaseException:
@@ -246,8 +278,12 @@ class App:
         assert self.http is not None
         self.http.routes.update(api_routes(api.handle))
 
-    def _start_guard(self, registry: metrics.Registry) -> Guard:
-        self._guard = guard = Guard(guard_settings(self.cfg))
+    def _start_guard(
+        self, registry: metrics.Registry, outage: Callable[[str, str], Outage]
+    ) -> Guard:
+        self._guard = guard = Guard(
+            guard_settings(self.cfg), outage=outage("limits backend", LIMITS_MEANWHILE)
+        )
         guard.start(self._guard_backend())
         for name in guard.metrics():
             registry.gauge(f"panelsrv_{name}", GUARD_GAUGES[name], fn=_guard_reading(guard, name))
@@ -382,14 +418,15 @@ async def _worker_main(cfg: Config, url: str) -> None:
     ends the wait) instead of exiting."""
     stopped = asyncio.Event()
     on_stop_signals(stopped.set)
+    outage = Outage("database", log, meanwhile="waiting for it")
     try:
-        pool = await open_pool(url, WORKER_POOL_SIZE)
+        pool = await open_pool(url, WORKER_POOL_SIZE, outage)
     except Exception as exc:
         if not db.unavailable(exc):
             raise
-        log.warning("database unreachable at start (%s); waiting for it", exc)
+        outage.failed(str(exc))
         opening = asyncio.get_running_loop().create_task(
-            when_reachable("the worker", lambda: open_pool(url, WORKER_POOL_SIZE))
+            when_reachable("the worker", outage, lambda: open_pool(url, WORKER_POOL_SIZE, outage))
         )
         stopping = asyncio.get_running_loop().create_task(stopped.wait())
         await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -425,7 +462,7 @@ class WorkerService:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._pool = await db.create_pool(self._url, WORKER_POOL_SIZE)
+        self._pool = await db.create_pool(self._url, WORKER_POOL_SIZE, Outage("database", log))
         self._worker = Worker(self._pool, worker_settings(self._cfg))
         self._task = asyncio.get_running_loop().create_task(self._worker.run(grace=5.0))
 

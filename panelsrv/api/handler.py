@@ -189,7 +189,8 @@ class Api:
             if exc.retry_after is not None:
                 extra = _retry_after(exc.retry_after)
         elif isinstance(exc, db.UNAVAILABLE):
-            log.error("request %s: database unavailable: %s", req.request_id, exc)
+            # The pool logs the outage once (outages.Outage); a line per request would flood.
+            log.debug("request %s: database unavailable: %s", req.request_id, exc)
             status, body, extra = UNAVAILABLE_ANSWER
         else:
             log.error(

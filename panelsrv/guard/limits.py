@@ -36,6 +36,7 @@ import msgspec
 from panelsrv.guard.blocklist import Blocklist
 from panelsrv.guard.coord import Coordinator, Limiter
 from panelsrv.guard.sync import Backend, Syncer
+from panelsrv.outages import Outage
 
 
 class GuardSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,7 +82,9 @@ class Guard:
         settings: GuardSettings,
         clock: Callable[[], float] = time.monotonic,
         pid: str | None = None,
+        outage: Outage | None = None,
     ) -> None:
+        """`outage`: where the backend's outages are reported (default: the log only)."""
         s = settings
         self._clock = clock
         pid = pid or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -95,7 +98,9 @@ class Guard:
         self._ip = self.coord.ip
         self._user = self.coord.user
         self._blocks = self.coord.blocks
-        self._syncer = Syncer(self.coord, None, s.sync_interval, s.sync_timeout, clock=clock)
+        self._syncer = Syncer(
+            self.coord, None, s.sync_interval, s.sync_timeout, clock=clock, outage=outage
+        )
 
     # -- hot path --
 

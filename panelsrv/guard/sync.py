@@ -28,8 +28,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from panelsrv.guard.coord import Coordinator, SyncReply, SyncRequest
+from panelsrv.outages import Outage
 
 log = logging.getLogger("panelsrv.guard")
+MEANWHILE = "enforcing limits per process until it returns"
 
 SWEEP_EVERY = 1.0
 
@@ -53,6 +55,7 @@ class Syncer:
         "coord",
         "interval",
         "max_backoff",
+        "outage",
         "timeout",
         "up",
     )
@@ -65,8 +68,10 @@ class Syncer:
         timeout: float = 0.5,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        outage: Outage | None = None,
     ) -> None:
         self.coord = coord
+        self.outage = outage or Outage("limits backend", log, meanwhile=MEANWHILE, clock=clock)
         self.backend = backend
         self.interval = interval
         self.timeout = timeout
@@ -115,7 +120,12 @@ class Syncer:
         else:
             self.coord.apply(reply, self._clock())
             if not self.up:
-                _log_shared(reply.procs, recovered=self._failures > 0)
+                self.outage.recovered()
+                log.info(
+                    "limits shared through the backend (%d %s)",
+                    reply.procs,
+                    "process" if reply.procs == 1 else "processes",
+                )
             self.up = True
             self._failures = 0
             return self.interval
@@ -124,25 +134,7 @@ class Syncer:
 
     def _fail(self, exc: BaseException, *, bug: bool) -> None:
         self.coord.fail(self._clock())
-        if self.up or self._failures == 0:  # the first failure of this outage: say it once
-            if bug:
-                log.error(
-                    "limits sync failed unexpectedly; enforcing limits per process", exc_info=exc
-                )
-            else:
-                log.warning(
-                    "limits backend unreachable (%s); enforcing limits per process until it"
-                    " returns",
-                    str(exc) or type(exc).__name__,
-                )
+        if bug and not self.outage.down:
+            log.error("limits sync failed unexpectedly", exc_info=exc)
+        self.outage.failed(str(exc) or type(exc).__name__)
         self.up = False
-
-
-def _log_shared(procs: int, *, recovered: bool) -> None:
-    how = log.warning if recovered else log.info  # a recovery closes a logged outage
-    how(
-        "limits shared through the backend (%d %s)%s",
-        procs,
-        "process" if procs == 1 else "processes",
-        " again" if recovered else "",
-    )

@@ -22,7 +22,8 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import orjson
 
-from panelsrv.store.pool import Pool
+from panelsrv.outages import Outage
+from panelsrv.store.pool import UNAVAILABLE, Pool
 
 log = logging.getLogger("panelsrv.db")
 
@@ -33,20 +34,6 @@ CONNECT_TIMEOUT = 5.0  # seconds for a new connection (asyncpg's default is 60)
 
 class DatabaseError(RuntimeError):
     """The database cannot be reached or prepared; the message says what to do."""
-
-
-# Errors that mean "the database is not there right now" (down, restarting, starting up, full,
-# unreachable) rather than "this is wrong": worth retrying, and answered 503 meanwhile.
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -145,9 +132,10 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
 
 
-async def create_pool(url: str, size: int) -> Pool:
-    """`size` connections, opened now, each initialised (jsonb codec)."""
-    pool = Pool(functools.partial(_open, url), size)
+async def create_pool(url: str, size: int, outage: Outage | None = None) -> Pool:
+    """`size` connections, opened now, each initialised (jsonb codec); outages reported to
+    `outage`."""
+    pool = Pool(functools.partial(_open, url), size, outage)
     try:
         await pool.start()
     except (OSError, asyncpg.PostgresError) as exc:

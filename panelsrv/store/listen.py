@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from panelsrv.outages import Outage
+
 log = logging.getLogger("panelsrv.listen")
 
 KEYS_CHANNEL = "panelsrv_keys"
@@ -54,6 +56,9 @@ class Listener:
         self._on_reset = on_reset
         self._on_alive = on_alive
         self._clock = clock
+        self._outage = Outage(
+            "notification listener", log, meanwhile="caches bypassed until it is back", clock=clock
+        )
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -80,7 +85,7 @@ class Listener:
                     self._url, server_settings={"application_name": "panelsrv-listen"}
                 )
             except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("notification listener cannot connect (%s); retrying", exc)
+                self._outage.failed(str(exc) or type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -93,10 +98,11 @@ class Listener:
             await conn.add_listener(CATALOG_CHANNEL, self._dispatch)
             await self._on_reset(True)
             self._on_alive(sent + MAX_STALENESS)
+            self._outage.recovered()
             self.connected.set()
             await self._watch(conn)
             self.connected.clear()
-            log.warning("notification listener lost its connection; caches bypassed until back")
+            self._outage.failed("connection lost")
             await self._on_reset(False)
 
     async def _watch(self, conn: asyncpg.Connection) -> None:

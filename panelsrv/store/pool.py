@@ -15,6 +15,10 @@ woken waiter can lose its connection to a newcomer, which is what made p99 spike
   handed out: `acquire` sees it closed (asyncpg noticed the socket close; no round trip) and
   opens a fresh one in its slot, so the first request after a restart succeeds.
 - Connections are opened eagerly (`min = max = size`) and initialised with `init`.
+- Outages are reported to `outage` (outages.Outage): a failure to connect, or a connection lost
+  to the database being away, begins one (one log line, whatever the number of requests); the
+  next connection opened ends it. Every such failure discards its connection, so the recovery
+  is always seen on a connect: the hot path does nothing for this.
 """
 
 from __future__ import annotations
@@ -27,14 +31,30 @@ from typing import Any
 
 import asyncpg
 
+from panelsrv.outages import Outage
+
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+# Errors that mean "the database is not there right now" (down, restarting, starting up, full,
+# unreachable) rather than "this is wrong": worth retrying, and answered 503 meanwhile.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 
 
 class Pool:
-    __slots__ = ("_closed", "_connect", "_free", "_missing", "_size", "_waiters")
+    __slots__ = ("_closed", "_connect", "_free", "_missing", "_outage", "_size", "_waiters")
 
-    def __init__(self, connect: Connect, size: int) -> None:
+    def __init__(self, connect: Connect, size: int, outage: Outage | None = None) -> None:
         self._connect = connect
+        self._outage = outage
         self._size = size
         self._free: list[asyncpg.Connection] = []
         self._missing = size  # slots without a connection: opened on demand
@@ -71,10 +91,14 @@ class Pool:
             if self._missing:
                 self._missing -= 1
                 try:
-                    return await self._connect()
-                except BaseException:
+                    conn = await self._connect()
+                except BaseException as exc:
                     self._lost()
+                    self._report(exc)
                     raise
+                if self._outage is not None:
+                    self._outage.recovered()
+                return conn
             waiter: asyncio.Future[asyncpg.Connection | None] = (
                 asyncio.get_running_loop().create_future()
             )
@@ -120,6 +144,12 @@ class Pool:
             self._give(conn)
         else:
             self._discard(conn)
+            if exc is not None:
+                self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        if self._outage is not None and isinstance(exc, UNAVAILABLE):
+            self._outage.failed(str(exc) or type(exc).__name__)
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from panelsrv.store import jobs
-from panelsrv.store.pool import Pool
+from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker import importer
 from panelsrv.worker.dispatch import Dispatcher
 from panelsrv.worker.registry import ProviderSettings, Registry
@@ -79,8 +79,11 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 worked = await step()
-            except Exception:
-                log.exception("worker %s step failed; retrying", name)
+            except Exception as exc:
+                if isinstance(exc, UNAVAILABLE):  # the pool has logged the outage, once
+                    log.debug("worker %s step: database unavailable (%s)", name, exc)
+                else:
+                    log.exception("worker %s step failed; retrying", name)
                 worked = 0
             if not worked:
                 with contextlib.suppress(TimeoutError):

@@ -21,13 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from panelsrv.store import db
 from tests.availability.cluster import Cluster, until_answering
 from tests.e2e.served import Served, World, call, visible
 from tests.e2e.test_unavailable import readyz
+from tests.http.httpkit import Client
 
 pytestmark = pytest.mark.slow
 
 RATE = 50  # requests per second during the outage
+OUTAGES = 'panelsrv_dependency_outages_total{dependency="database"}'
+RECOVERIES = 'panelsrv_dependency_recoveries_total{dependency="database"}'
 NO_HANG = 3.0  # seconds: an answer later than this is a hang
 
 
@@ -45,8 +49,20 @@ async def balance(port: int, domain: str, key: str) -> tuple[int, str | None]:
     return r.status, r.headers.get("retry-after")
 
 
+async def metric(ops_port: int, name: str) -> float:
+    client = await Client.connect(ops_port)
+    try:
+        await client.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await client.final(timeout=10)
+        assert response is not None
+    finally:
+        await client.close()
+    lines = [line for line in response.body.decode().splitlines() if line.startswith(name)]
+    return sum(float(line.split()[-1]) for line in lines)
+
+
 async def test_a_restart_under_load_answers_503_while_down_and_nothing_but_200_after(
-    cluster: Cluster,
+    cluster: Cluster, capfd: pytest.CaptureFixture[str]
 ) -> None:
     url = cluster.url()
     with Served(url, workers=2) as served:  # 8 pooled connections per process
@@ -71,6 +87,17 @@ async def test_a_restart_under_load_answers_503_while_down_and_nothing_but_200_a
         stop_load.set()
         await loader
         after = [await balance(served.port, domain, key) for _ in range(20)]
+        # Each process that met the outage says so once, and once that it is over; /metrics
+        # (every process's, summed) counts the same outages and recoveries.
+        log = capfd.readouterr().err
+        began = log.count("database unavailable (")
+        assert 1 <= began <= 2 and log.count("database available again after") == began, log
+        deadline = time.monotonic() + 5.0  # each process shares its metrics about once a second
+        while (await metric(served.ops_port, RECOVERIES)) < began:
+            assert time.monotonic() < deadline, "recoveries not counted"
+            await asyncio.sleep(0.1)
+        assert await metric(served.ops_port, OUTAGES) == began
+        assert await metric(served.ops_port, RECOVERIES) == began
     assert all(status in (200, 503) for status, _ in answers), answers
     assert all(int(ra or 0) >= 1 for status, ra in answers if status == 503)
     assert after == [(200, None)] * 20  # fresh connections: both processes answered some
@@ -80,6 +107,7 @@ async def test_serve_and_worker_started_while_the_database_is_down_serve_once_it
     cluster: Cluster, tmp_path: Path
 ) -> None:
     url = cluster.url()
+    await (await db.open_migrated(url)).close()  # an installation whose database went down
     cluster.stop()
     served = Served(url, workers=2).start(until="/healthz")
     worker_log = tmp_path / "worker.log"
@@ -101,10 +129,10 @@ async def test_serve_and_worker_started_while_the_database_is_down_serve_once_it
         while await readyz(served.ops_port) != 200:
             assert time.monotonic() - back < 2.0, "serve not ready 2 s after the database"
             await asyncio.sleep(0.05)
-        while b"database reachable again" not in worker_log.read_bytes():
+        while b"database available again after" not in worker_log.read_bytes():
             assert time.monotonic() - back < 2.0, worker_log.read_text()
             await asyncio.sleep(0.05)
-        world = World(url)  # the processes migrated the new database when they connected
+        world = World(url)
         domain = await world.panel()
         _, key = await world.user(domain, balance="2.00")
         await visible(served.port, domain, key)
