@@ -182,7 +182,9 @@ class Hooks:
 
     async def deliveries(self, webhook_id: int) -> list[asyncpg.Record]:
         return await self.conn.fetch(
-            "SELECT attempts, delivered_at, run_after - now() AS wait, lease_until, last_error"
+            "SELECT attempts, delivered_at, lease_until, last_error,"
+            " run_after = 'infinity' AS never,"
+            " CASE WHEN run_after < 'infinity' THEN run_after - now() END AS wait"
             " FROM webhook_deliveries WHERE webhook_id = $1 ORDER BY id",
             webhook_id,
         )
