@@ -79,6 +79,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     provider_breaker_cooldown: Positive = 30.0
     webhook_allow_http: bool = False
     webhook_allow_private: bool = False
+    webhook_timeout: Positive = 10.0
+    webhook_slow: Positive = 5.0
+    webhook_concurrency: Count = 20
+    webhook_endpoint_concurrency: Count = 4
+    webhook_user_concurrency: Count = 8
+    webhook_breaker_threshold: Count = 5
+    webhook_breaker_cooldown: Positive = 60.0
 
 
 class ConfigError(ValueError):

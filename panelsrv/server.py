@@ -40,6 +40,7 @@ from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
 from panelsrv.worker.sim import Simulator
+from panelsrv.worker.webhooks import WebhookSettings
 
 log = logging.getLogger("panelsrv.server")
 T = TypeVar("T")
@@ -71,6 +72,15 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         price_sync_interval=cfg.price_sync_interval,
         webhook_allow_http=cfg.webhook_allow_http,
         webhook_allow_private=cfg.webhook_allow_private,
+        webhooks=WebhookSettings(
+            timeout=cfg.webhook_timeout,
+            slow=cfg.webhook_slow,
+            concurrency=cfg.webhook_concurrency,
+            per_endpoint=cfg.webhook_endpoint_concurrency,
+            per_user=cfg.webhook_user_concurrency,
+            breaker_threshold=cfg.webhook_breaker_threshold,
+            breaker_cooldown=cfg.webhook_breaker_cooldown,
+        ),
         providers=ProviderSettings(
             timeout=cfg.provider_timeout,
             connect_timeout=cfg.provider_connect_timeout,

@@ -2,8 +2,10 @@
 
 Imports asyncpg. Events and their deliveries are written by the status-changing SQL functions
 (order_event/refill_event in 002_money.sql) inside the transaction that changes the status;
-this module only adds and removes endpoints and moves deliveries along: claim (lease, SKIP
-LOCKED), delivered, or failed with the next attempt scheduled.
+this module only adds and removes endpoints and moves deliveries along: claim (a lease, within
+the per-endpoint and per-user caps, skipping endpoints whose breaker is open) and finish
+(delivered, or the next attempt scheduled; the endpoint's breaker updated). The SQL is in
+006_webhook_fairness.sql.
 """
 
 from __future__ import annotations
@@ -34,49 +36,13 @@ DELETE = """
 UPDATE webhooks SET deleted_at = now(), active = false
  WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING id
 """
-# $1 batch size, $2 lease seconds -> due deliveries with everything needed to send them.
-CLAIM = """
-WITH c AS (
-    SELECT d.id FROM webhook_deliveries d
-     WHERE d.delivered_at IS NULL AND d.run_after <= now()
-       AND (d.lease_until IS NULL OR d.lease_until < now())
-     ORDER BY d.run_after, d.id
-     LIMIT $1
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE webhook_deliveries d
-   SET lease_until = now() + make_interval(secs => $2), attempts = d.attempts + 1
-  FROM c, webhooks w, webhook_events e
- WHERE d.id = c.id AND w.id = d.webhook_id AND e.id = d.event_id
-RETURNING d.id, d.attempts, w.id, w.url, w.secret, w.active, e.public_id, e.type,
-          extract(epoch FROM e.created_at)::bigint, e.data
-"""
-DELIVERED = """
-WITH d AS (
-    UPDATE webhook_deliveries SET delivered_at = now(), lease_until = NULL, last_error = NULL
-     WHERE id = $1 RETURNING webhook_id
-)
-UPDATE webhooks SET failing_since = NULL FROM d WHERE webhooks.id = d.webhook_id
-"""
-# $1 delivery, $2 error, $3 seconds until the next attempt. Gives up on an event older than
-# GIVE_UP_AFTER_HOURS; disables an endpoint failing that long.
-FAILED = f"""
-WITH d AS (
-    UPDATE webhook_deliveries dl
-       SET lease_until = NULL, last_error = left($2, 500),
-           run_after = CASE WHEN e.created_at < now() - interval '{GIVE_UP_AFTER_HOURS} hours'
-                            THEN 'infinity' ELSE now() + make_interval(secs => $3) END
-      FROM webhook_events e
-     WHERE dl.id = $1 AND e.id = dl.event_id
- RETURNING dl.webhook_id
-)
-UPDATE webhooks w
-   SET failing_since = coalesce(w.failing_since, now()),
-       active = w.active AND coalesce(w.failing_since, now())
-                             > now() - interval '{GIVE_UP_AFTER_HOURS} hours'
-  FROM d WHERE w.id = d.webhook_id
-"""
-DROP = "UPDATE webhook_deliveries SET run_after = 'infinity', lease_until = NULL WHERE id = $1"
+# $1 deliveries wanted, $2 lease seconds, $3 in flight per endpoint, $4 per user -> due
+# deliveries with everything needed to send them (006_webhook_fairness.sql says which).
+CLAIM = "SELECT * FROM claim_webhook_deliveries($1, $2, $3, $4)"
+# $1 delivery, $2 delivered, $3 endpoint behaved, $4 error, $5 seconds to the next attempt,
+# $6 breaker threshold, $7 cooldown seconds, $8 give-up hours -> 'opened' | 'closed' |
+# 'disabled' | NULL (the endpoint's change). Locks the endpoint row, then the delivery.
+FINISH = "SELECT finish_webhook_delivery($1, $2, $3, $4, $5, $6, $7, $8)"
 
 
 class TooManyWebhooks(Exception):
@@ -98,7 +64,6 @@ class Delivery:
     webhook_id: int
     url: str
     secret: str
-    active: bool
     event_id: str
     type: str
     created: int
@@ -127,20 +92,32 @@ async def delete(pool: Pool, user_id: int, webhook_id: int) -> bool:
     return await pool.fetchval(DELETE, webhook_id, user_id) is not None
 
 
-async def claim(pool: Pool, batch: int, lease_seconds: float) -> list[Delivery]:
-    return [Delivery(*r) for r in await pool.fetch(CLAIM, batch, lease_seconds)]
+async def claim(
+    pool: Pool, want: int, lease_seconds: float, per_endpoint: int, per_user: int
+) -> list[Delivery]:
+    """Up to `want` due deliveries, leased; at most `per_endpoint` in flight per endpoint and
+    `per_user` per user, over every worker."""
+    rows = await pool.fetch(CLAIM, want, lease_seconds, per_endpoint, per_user)
+    return [Delivery(*r) for r in rows]
 
 
-async def delivered(pool: Pool, delivery_id: int) -> None:
-    await pool.execute(DELIVERED, delivery_id)
+async def finish(
+    pool: Pool,
+    delivery: Delivery,
+    *,
+    delivered: bool,
+    error: str | None,
+    breaker: tuple[int, float],
+) -> str | None:
+    """Record an attempt -> the endpoint's change ('opened', 'closed', 'disabled') or None.
 
-
-async def failed(pool: Pool, delivery: Delivery, error: str) -> None:
+    `delivered`: the receiver answered 2xx. `error`: why the endpoint did not behave (a failure,
+    or a 2xx too slow, delivered all the same); None for a fast 2xx. `breaker`: (failures in a
+    row that open it, seconds it stays open)."""
     delay = min(BACKOFF_FIRST * 2 ** (delivery.attempt - 1), BACKOFF_CAP)
     delay *= 0.8 + 0.4 * secrets.randbelow(1000) / 1000  # jitter: no synchronized retry storms
-    await pool.execute(FAILED, delivery.id, error, delay)
-
-
-async def drop(pool: Pool, delivery_id: int) -> None:
-    """Never deliver this one (its endpoint was deleted or disabled)."""
-    await pool.execute(DROP, delivery_id)
+    threshold, cooldown = breaker
+    return await pool.fetchval(
+        FINISH, delivery.id, delivered, error is None, error, delay, threshold, cooldown,
+        GIVE_UP_AFTER_HOURS,
+    )  # fmt: skip

@@ -22,7 +22,7 @@ from panelsrv.worker.dispatch import Dispatcher
 from panelsrv.worker.registry import ProviderSettings, Registry
 from panelsrv.worker.sync import Syncer
 from panelsrv.worker.upstream import ProviderFailure
-from panelsrv.worker.webhooks import Sender
+from panelsrv.worker.webhooks import Sender, WebhookSettings
 
 log = logging.getLogger("panelsrv.worker")
 
@@ -33,6 +33,7 @@ class WorkerSettings:
     price_sync_interval: float = 3600.0
     webhook_allow_http: bool = False
     webhook_allow_private: bool = False
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     providers: ProviderSettings = field(default_factory=ProviderSettings)
     idle: float = 0.5  # seconds between polls when there was nothing to do
 
@@ -46,6 +47,7 @@ class Worker:
         self.syncer = Syncer(pool, self.registry, settings.sync_interval)
         self.sender = Sender(
             pool,
+            settings.webhooks,
             allow_http=settings.webhook_allow_http,
             allow_private=settings.webhook_allow_private,
         )
@@ -60,16 +62,17 @@ class Worker:
             for name, step, idle in (
                 ("dispatch", self.dispatcher.run_once, self.settings.idle),
                 ("sync", self.syncer.run_once, 1.0),
-                ("webhooks", self.sender.run_once, 1.0),
+                ("webhooks", self.sender.run_once, self.settings.idle),
                 ("maintenance", self._maintenance, 30.0),
             )
         ]
         await self._stopping.wait()
+        deadline = time.monotonic() + grace
         _, pending = await asyncio.wait(loops, timeout=grace)
         for task in pending:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        await self.sender.close()
+        await self.sender.close(grace=max(0.0, deadline - time.monotonic()))
         await self.registry.close()
 
     def stop(self) -> None:

@@ -47,8 +47,15 @@ log = logging.getLogger("panelsrv.worker.providers")
 
 T = TypeVar("T")
 USER_AGENT = "panelsrv/0.1 (+api-v2 client)"
-_HEADERS = {"Accept": "application/json", "User-Agent": USER_AGENT}
+# identity: aiohttp offers gzip/deflate/br by default; a compressed answer is refused unread.
+_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
 _RESERVED = frozenset(("key", "action"))
+# The most an answer may weigh, from its shape, with room for the fields a provider adds: one
+# object (add, status, refill, balance, an error), plus one per id of a batch (status, cancel,
+# refill and refill_status of up to 100). A 100-id status answer is about 12 KB; its bound is
+# 216 KiB. Only the catalogue (services: thousands of entries) may reach `max_answer_bytes`.
+ANSWER_BYTES = 16 << 10
+ANSWER_BYTES_PER_ID = 2 << 10
 
 
 class ProviderStats:
@@ -71,6 +78,8 @@ class Provider:
     closed here. Without one, the first call opens a private pool of `max_concurrency`
     keep-alive connections. `timeout` bounds each HTTP exchange (connect, send, full answer);
     waiting for a concurrency or rate slot is not part of it. `rate_per_sec=None`: no rate cap.
+    Answers are read undecompressed, each bounded by what its call can need (`ANSWER_BYTES`);
+    `max_answer_bytes` bounds the largest, the catalogue.
     """
 
     __slots__ = (
@@ -104,7 +113,7 @@ class Provider:
         rate_burst: int | None = None,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 30.0,
-        max_answer_bytes: int = 16 << 20,
+        max_answer_bytes: int = 8 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_concurrency < 1 or timeout <= 0:
@@ -297,8 +306,9 @@ class Provider:
                     headers=headers,
                     allow_redirects=False,
                     timeout=self._client_timeout,
+                    auto_decompress=False,  # also when the session is a caller's
                 ) as resp:
-                    body = await self._read(resp)
+                    body = await self._read(resp, self._answer_bound(form))
                     return interpret(
                         resp.status,
                         resp.headers.get("Content-Type", ""),
@@ -314,20 +324,33 @@ class Provider:
         except (aiohttp.ClientError, OSError) as exc:
             raise ProviderUnavailable(f"transport: {exc!r}", maybe_sent=True) from None
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > self._max_answer:
+    def _answer_bound(self, form: dict[str, str]) -> int:
+        if form["action"] == "services":
+            return self._max_answer
+        batch = form.get("orders") or form.get("refills")
+        ids = batch.count(",") + 1 if batch else 0
+        return min(ANSWER_BYTES + ids * ANSWER_BYTES_PER_ID, self._max_answer)
+
+    @staticmethod
+    async def _read(resp: aiohttp.ClientResponse, bound: int) -> bytes:
+        """The raw body, at most `bound` bytes: a compressed or larger answer is refused (and its
+        connection dropped, as the body is left unread)."""
+        coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding != "identity":
+            raise ProviderUnavailable(f"compressed answer ({coding[:40]})", maybe_sent=True)
+        if resp.content_length is not None and resp.content_length > bound:
             raise ProviderUnavailable("answer too large", maybe_sent=True)
         body = bytearray()
         async for chunk in resp.content.iter_any():
             body += chunk
-            if len(body) > self._max_answer:
+            if len(body) > bound:
                 raise ProviderUnavailable("answer too large", maybe_sent=True)
         return bytes(body)
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_concurrency, keepalive_timeout=30.0)
         self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
         )
         return self._session
 

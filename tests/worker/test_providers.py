@@ -28,8 +28,8 @@ from panelsrv.worker.upstream import (
 class Canned:
     """A loopback upstream that records each request and plays back prepared answers."""
 
-    def __init__(self, *answers: tuple[int, str, bytes]) -> None:
-        self.answers = list(answers)
+    def __init__(self, *answers: tuple[int, str, bytes] | tuple[int, str, bytes, str]) -> None:
+        self.answers = list(answers)  # (status, content type, body[, more header lines])
         self.requests: list[tuple[dict[str, str], dict[str, str]]] = []  # (headers, form)
 
     async def __aenter__(self) -> Canned:
@@ -50,10 +50,10 @@ class Canned:
                 }
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
                 self.requests.append((headers, dict(parse_qsl(body.decode()))))
-                status, ctype, payload = self.answers.pop(0)
+                status, ctype, payload, *more = self.answers.pop(0)
                 writer.write(
                     f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nRetry-After: 2\r\n"
-                    f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                    f"{''.join(more)}Content-Length: {len(payload)}\r\n\r\n".encode()
                     + payload
                 )
                 await writer.drain()
