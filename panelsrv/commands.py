@@ -17,7 +17,7 @@ from panelsrv import money
 from panelsrv.store import admin, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import ProviderFailure
+from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure
 
 Result = tuple[Any, str]
 
@@ -160,7 +160,7 @@ async def audit(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
 async def service_import(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     provider_id = await admin.provider_id(conn, args.provider)
     try:
-        markup_bp = money.parse_percent_bp(args.markup, maximum=10_000)
+        markup_bp = money.parse_percent_bp(args.markup, maximum=MAX_MARKUP_PERCENT)
     except money.MoneyError as exc:
         raise admin.InputError(f"markup: {exc}") from None
     row = await conn.fetchrow("SELECT name, url, api_key FROM providers WHERE id = $1", provider_id)

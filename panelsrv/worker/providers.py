@@ -23,6 +23,7 @@ import aiohttp
 
 from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
 from panelsrv.worker.upstream import (
+    MAX_RATE,
     Balance,
     CircuitOpen,
     ItemError,
@@ -166,10 +167,16 @@ class Provider:
     # -- actions ----------------------------------------------------------------------------
 
     async def services(self) -> list[Service]:
-        """The provider's catalogue; malformed entries are skipped (and logged)."""
+        """The provider's catalogue; malformed or out-of-range entries are skipped (and logged)."""
         services, skipped = await self._call(self._form("services"), parse_services)
         if skipped:
-            log.warning("provider %s: skipped %d malformed service entries", self.name, skipped)
+            log.warning(
+                "provider %s: skipped %d malformed or out-of-range service entries (a rate "
+                "above %.2f, counts past bigint, min < 1 or max < min)",
+                self.name,
+                skipped,
+                MAX_RATE,
+            )
         return services
 
     async def add(self, fields: Mapping[str, Any], idempotency_key: str | None = None) -> str:
@@ -304,6 +311,7 @@ class Provider:
                         resp.headers.get("Content-Type", ""),
                         body,
                         resp.headers.get("Retry-After"),
+                        time.time(),
                     )
         except aiohttp.ClientConnectorError as exc:  # incl. connect timeout: nothing was sent
             raise ProviderUnavailable(f"cannot connect: {exc}", maybe_sent=False) from None
