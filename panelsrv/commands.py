@@ -133,6 +133,18 @@ async def service_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Res
     return {"service": service_id, "local_id": local_id}, f"service {service_id}{shown}"
 
 
+async def order_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    found = await admin.list_orders(conn, args.status, args.provider, args.domain, args.limit)
+    lines = [
+        f"{o['order']}  {o['status']}  {o['charge']} {o['currency']} (refunded {o['refunded']})"
+        f"  {o['user']} on {o['panel']}  provider {o['provider'] or '-'}"
+        f" upstream {o['upstream_id'] or '-'}  updated {o['updated']}"
+        + (f"  error: {o['error']}" if o["error"] else "")
+        for o in found
+    ]
+    return found, "\n".join(lines) or "no orders"
+
+
 async def rate_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     user_id, service_id = await admin.set_rate(conn, args.email, args.service, args.rate)
     return (

@@ -4,15 +4,22 @@ Imports asyncpg. Claims use FOR UPDATE SKIP LOCKED plus an expiring lease, so an
 workers on any number of hosts share the work without sending anything twice; a job is only
 finished or rescheduled by the holder of the attempt that claimed it (`attempts` is the fence).
 Status reports of a whole batch are applied in one statement (one transaction), rows locked in
-ascending id order, through the forward-only SQL functions of 003_worker.sql.
+ascending id order, through the forward-only SQL functions of 003_worker.sql and 005; a report
+the database refuses is isolated: the others still apply.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from panelsrv.store.pool import Pool
+
+log = logging.getLogger("panelsrv.worker")
 
 # $1 kind, $2 batch, $3 lease seconds -> claimed jobs with the order (and refill) they concern.
 # An expired lease means a worker died holding it: that attempt's outcome is unknown.
@@ -176,13 +183,7 @@ async def apply_order_statuses(
     pool: Pool, reports: list[tuple[int, str, int | None, int | None]]
 ) -> dict[int, str]:
     """reports: (order id, status, start_count, remains) -> {order id: changed|progress|ignored}"""
-    if not reports:
-        return {}
-    ids, statuses, starts, remains = zip(*reports, strict=True)
-    rows = await pool.fetch(
-        APPLY_ORDER_STATUSES, list(ids), list(statuses), list(starts), list(remains)
-    )
-    return {r[0]: r[1] for r in rows}
+    return await _apply(pool, APPLY_ORDER_STATUSES, reports, "order")
 
 
 async def refills_to_sync(
@@ -193,11 +194,34 @@ async def refills_to_sync(
 
 
 async def apply_refill_statuses(pool: Pool, reports: list[tuple[int, str]]) -> dict[int, str]:
+    return await _apply(pool, APPLY_REFILL_STATUSES, reports, "refill")
+
+
+# What one bad report can make the database refuse (a value out of range, a violated check):
+# the batch's transaction is rolled back, so each report is then applied alone.
+_REPORT_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+async def _apply(
+    pool: Pool, sql: str, reports: Sequence[tuple[Any, ...]], what: str
+) -> dict[int, str]:
+    """Apply a batch of reports (id first) in one statement; if the database refuses it, apply
+    them one by one and log each refused one, so that one bad report stalls only its own row."""
     if not reports:
         return {}
-    ids, statuses = zip(*reports, strict=True)
-    rows = await pool.fetch(APPLY_REFILL_STATUSES, list(ids), list(statuses))
-    return {r[0]: r[1] for r in rows}
+    try:
+        return dict(await pool.fetch(sql, *map(list, zip(*reports, strict=True))))
+    except _REPORT_ERRORS as exc:
+        log.warning(
+            "%d %s reports refused together (%s); applying them one by one", len(reports), what, exc
+        )
+    results: dict[Any, Any] = {}
+    for report in reports:
+        try:
+            results.update(await pool.fetch(sql, *([value] for value in report)))
+        except _REPORT_ERRORS as exc:
+            log.error("%s %s: provider report %r not applied: %s", what, report[0], report[1:], exc)
+    return results
 
 
 async def prune(pool: Pool) -> None:

@@ -19,7 +19,13 @@ from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
 from panelsrv.store.pool import Pool
 from panelsrv.worker.registry import ProviderSettings, Registry
-from panelsrv.worker.upstream import CircuitOpen, ItemError, ProviderError, ProviderUnavailable
+from panelsrv.worker.upstream import (
+    CircuitOpen,
+    ItemError,
+    ProviderError,
+    ProviderUnavailable,
+    usable_id,
+)
 
 log = logging.getLogger("panelsrv.worker")
 
@@ -126,6 +132,10 @@ class Dispatcher:
             # Still being dispatched: forward the cancel once the provider has the order.
             await jobs.retry(self._pool, job, WAIT_FOR_DISPATCH_SECONDS, "not sent yet", False)
             return
+        if not usable_id(job.upstream_id):
+            _unusable(job, "cancel not forwarded")
+            await jobs.done(self._pool, job)
+            return
         try:
             result = (await provider.cancel([job.upstream_id])).get(job.upstream_id)
         except ProviderUnavailable as exc:
@@ -145,6 +155,10 @@ class Dispatcher:
         if job.upstream_id is None or provider is None:
             await jobs.refill_rejected(self._pool, job)
             return
+        if not usable_id(job.upstream_id):
+            _unusable(job, "refill rejected")
+            await jobs.refill_rejected(self._pool, job)
+            return
         try:
             upstream_id = await provider.refill(
                 job.upstream_id, idempotency_key=f"panelsrv-refill-{job.refill_id}"
@@ -160,3 +174,12 @@ class Dispatcher:
                 await jobs.refill_rejected(self._pool, job)
         else:
             await jobs.refill_sent(self._pool, job, upstream_id)
+
+
+def _unusable(job: jobs.Job, consequence: str) -> None:
+    log.warning(
+        "order %s: its stored upstream id %r cannot be sent to the provider; %s",
+        job.order_id,
+        job.upstream_id,
+        consequence,
+    )
