@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,6 +47,7 @@ from panelsrv.worker.upstream import (
 log = logging.getLogger("panelsrv.worker.providers")
 
 T = TypeVar("T")
+BeforeSend = Callable[[], Awaitable[None]]
 USER_AGENT = "panelsrv/0.1 (+api-v2 client)"
 _HEADERS = {"Accept": "application/json", "User-Agent": USER_AGENT}
 _RESERVED = frozenset(("key", "action"))
@@ -179,13 +180,20 @@ class Provider:
             )
         return services
 
-    async def add(self, fields: Mapping[str, Any], idempotency_key: str | None = None) -> str:
+    async def add(
+        self,
+        fields: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        before_send: BeforeSend | None = None,
+    ) -> str:
         """Place an order; -> the upstream order id.
 
         `fields`: service, link, quantity, runs, interval and any type's extras (comments,
         usernames, username, hashtags, hashtag, posts, old_posts, delay, expiry, media, min,
         max, answer_number...), sent as given; None values are left out, lists are joined by
         newlines, booleans become 1/0. `idempotency_key` goes in the `Idempotency-Key` header.
+        `before_send` is awaited once the call has its concurrency and rate slot, right before
+        the request goes out; whatever it raises ends the call with nothing sent.
         """
         form = self._form("add")
         for name, value in fields.items():
@@ -194,7 +202,7 @@ class Provider:
             text = _form_value(value)
             if text is not None:
                 form[name] = text
-        return await self._call(form, _order_id, idempotency_key)
+        return await self._call(form, _order_id, idempotency_key, before_send)
 
     async def status(self, order_id: str | int) -> OrderStatus:
         return await self._call(self._form("status", order=str(order_id)), parse_status)
@@ -213,10 +221,15 @@ class Provider:
             form, lambda data: parse_per_id(data, batch, "order", "cancel", cancel_accepted)
         )
 
-    async def refill(self, order_id: str | int, idempotency_key: str | None = None) -> str:
-        """Request a refill; -> the upstream refill id."""
+    async def refill(
+        self,
+        order_id: str | int,
+        idempotency_key: str | None = None,
+        before_send: BeforeSend | None = None,
+    ) -> str:
+        """Request a refill; -> the upstream refill id. `before_send`: as for `add`."""
         form = self._form("refill", order=str(order_id))
-        return await self._call(form, _refill_id, idempotency_key)
+        return await self._call(form, _refill_id, idempotency_key, before_send)
 
     async def multi_refill(
         self, ids: Iterable[str | int], idempotency_key: str | None = None
@@ -247,7 +260,11 @@ class Provider:
         return {"key": self._key, "action": action, **extra}
 
     async def _call(
-        self, form: dict[str, str], parse: Callable[[Any], T], idempotency_key: str | None = None
+        self,
+        form: dict[str, str],
+        parse: Callable[[Any], T],
+        idempotency_key: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> T:
         async with self._semaphore:
             wait = self._breaker.admit(self._clock())
@@ -260,6 +277,8 @@ class Provider:
                     delay = self._bucket.reserve(self._clock())
                     if delay > 0:
                         await asyncio.sleep(delay)
+                if before_send is not None:
+                    await before_send()
                 result = parse(await self._exchange(form, idempotency_key))
             except ProviderUnavailable as exc:
                 self.stats.unavailable += 1
@@ -278,8 +297,8 @@ class Provider:
                 self._record_answer()
                 raise
             except BaseException:
-                # Cancelled: no verdict on the provider, but a half-open probe must not stay
-                # taken forever.
+                # Cancelled, or refused by `before_send`: no verdict on the provider, but a
+                # half-open probe must not stay taken forever.
                 if probe:
                     self._breaker.abandoned()
                 raise
