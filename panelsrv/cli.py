@@ -203,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="only this category")
     p.set_defaults(func=commands.service_import)
 
+    order = group("order", "orders, as the operator sees them")
+    p = subcommand(
+        order,
+        "list",
+        "orders, newest first; --status Error lists those a provider reported as failed "
+        "(refunded in full)",
+    )
+    p.add_argument("--status", choices=admin.ORDER_STATUSES, help="only orders in this status")
+    p.add_argument("--provider", help="only this provider's orders (name or id)")
+    p.add_argument("--domain", help="only this panel's orders")
+    p.add_argument(
+        "--limit", type=int, default=100, help=f"at most this many (1..{admin.MAX_LISTED})"
+    )
+    p.set_defaults(func=commands.order_list)
+
     rate = group("rate", "user-specific prices")
     p = subcommand(rate, "set", "set a user's price for a service")
     p.add_argument("--email", required=True)

@@ -17,7 +17,7 @@ from panelsrv import money
 from panelsrv.store import admin, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import ProviderFailure
+from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure
 
 Result = tuple[Any, str]
 
@@ -149,6 +149,18 @@ async def service_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Res
     return {"service": service_id, "local_id": local_id}, f"service {service_id}{shown}"
 
 
+async def order_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    found = await admin.list_orders(conn, args.status, args.provider, args.domain, args.limit)
+    lines = [
+        f"{o['order']}  {o['status']}  {o['charge']} {o['currency']} (refunded {o['refunded']})"
+        f"  {o['user']} on {o['panel']}  provider {o['provider'] or '-'}"
+        f" upstream {o['upstream_id'] or '-'}  updated {o['updated']}"
+        + (f"  error: {o['error']}" if o["error"] else "")
+        for o in found
+    ]
+    return found, "\n".join(lines) or "no orders"
+
+
 async def rate_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     user_id, service_id = await admin.set_rate(conn, args.email, args.service, args.rate)
     return (
@@ -176,7 +188,7 @@ async def audit(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
 async def service_import(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     provider_id = await admin.provider_id(conn, args.provider)
     try:
-        markup_bp = money.parse_percent_bp(args.markup, maximum=10_000)
+        markup_bp = money.parse_percent_bp(args.markup, maximum=MAX_MARKUP_PERCENT)
     except money.MoneyError as exc:
         raise admin.InputError(f"markup: {exc}") from None
     row = await conn.fetchrow("SELECT name, url, api_key FROM providers WHERE id = $1", provider_id)

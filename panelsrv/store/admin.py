@@ -1,5 +1,5 @@
 """Operator writes behind the admin CLI: panels, users, providers, services, user rates,
-exchange rates.
+exchange rates; and the order listing it shows.
 
 Imports asyncpg, money, panelconf and the ledger. Every function validates its input before
 writing and runs in one transaction, so bad input raises `InputError` and writes nothing.
@@ -21,6 +21,8 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+ORDER_STATUSES = ("Pending", "In progress", "Completed", "Partial", "Canceled", "Refunded", "Error")
+MAX_LISTED = 10_000
 
 
 class InputError(ValueError):
@@ -344,3 +346,53 @@ async def set_rate(
         units,
     )
     return user.id, service_id
+
+
+# $1 status, $2 provider, $3 panel (NULL: any), $4 limit -> orders, newest first.
+LIST_ORDERS = """
+SELECT o.id, p.domain, u.email, o.status, o.charge,
+       coalesce((SELECT e.amount FROM ledger_entries e
+                  WHERE e.order_id = o.id AND e.kind = 'refund'), 0) AS refunded,
+       p.currency, pr.name AS provider, o.upstream_id, o.error, o.created_at, o.updated_at
+  FROM orders o JOIN panels p ON p.id = o.panel_id JOIN users u ON u.id = o.user_id
+  LEFT JOIN providers pr ON pr.id = o.provider_id
+ WHERE ($1::text IS NULL OR o.status = $1) AND ($2::bigint IS NULL OR o.provider_id = $2)
+   AND ($3::bigint IS NULL OR o.panel_id = $3)
+ ORDER BY o.id DESC
+ LIMIT $4
+"""
+
+
+async def list_orders(
+    conn: asyncpg.Connection,
+    status: str | None = None,
+    provider: str | None = None,
+    domain: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, object]]:
+    """Orders for the operator, newest first: e.g. `status="Error"`, those a provider reported
+    as failed (refunded in full). Amounts are decimal text in the panel's currency."""
+    if status is not None and status not in ORDER_STATUSES:
+        raise InputError(f"status must be one of: {', '.join(ORDER_STATUSES)}")
+    if not 1 <= limit <= MAX_LISTED:
+        raise InputError(f"limit must be between 1 and {MAX_LISTED}")
+    prov = await provider_id(conn, provider) if provider else None
+    panel = (await panel_by_domain(conn, domain))[0] if domain else None
+    rows = await conn.fetch(LIST_ORDERS, status, prov, panel, limit)
+    return [
+        {
+            "order": r["id"],
+            "panel": r["domain"],
+            "user": r["email"],
+            "status": r["status"],
+            "charge": money.format(r["charge"]),
+            "refunded": money.format(r["refunded"]),
+            "currency": r["currency"],
+            "provider": r["provider"],
+            "upstream_id": r["upstream_id"],
+            "error": r["error"],
+            "created": r["created_at"].isoformat(),
+            "updated": r["updated_at"].isoformat(),
+        }
+        for r in rows
+    ]

@@ -2,17 +2,25 @@
 
 Imports asyncpg. Claims use FOR UPDATE SKIP LOCKED plus an expiring lease, so any number of
 workers on any number of hosts share the work without sending anything twice; a job is only
-finished or rescheduled by the holder of the attempt that claimed it (`attempts` is the fence).
-Status reports of a whole batch are applied in one statement (one transaction), rows locked in
-ascending id order, through the forward-only SQL functions of 003_worker.sql.
+finished, rescheduled or renewed by the holder of the attempt that claimed it (`attempts` is
+the fence). An attempt's outcome locks the order before its job (005_worker_fences.sql), as a
+customer's cancel does. Status reports of a whole batch are applied in one statement (one
+transaction), rows locked in ascending id order, through the forward-only SQL functions of
+003_worker.sql and 005; a report the database refuses is isolated: the others still apply.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from panelsrv.store.pool import Pool
+
+log = logging.getLogger("panelsrv.worker")
 
 # $1 kind, $2 batch, $3 lease seconds -> claimed jobs with the order (and refill) they concern.
 # An expired lease means a worker died holding it: that attempt's outcome is unknown.
@@ -29,29 +37,32 @@ WITH c AS (
        SET lease_until = now() + make_interval(secs => $3), attempts = x.attempts + 1,
            ambiguous = x.ambiguous OR x.lease_until IS NOT NULL
       FROM c WHERE x.id = c.id
- RETURNING x.id, x.attempts, x.ambiguous, x.order_id, x.refill_id
+ RETURNING x.id, x.attempts, x.ambiguous, x.order_id, x.refill_id, x.upstream_key
 )
 SELECT cl.id, cl.attempts, cl.ambiguous, cl.refill_id, o.id AS order_id, o.status,
        o.provider_id, o.upstream_id, o.link, o.quantity, o.runs, o.run_interval, o.extras,
-       o.cancel_requested, s.type, s.provider_service
+       o.cancel_requested, s.type, s.provider_service, cl.upstream_key
   FROM claimed cl JOIN orders o ON o.id = cl.order_id JOIN services s ON s.id = o.service_id
 """
-# $1 job, $2 attempt, $3 order, $4 upstream id
+# $1 job, $2 attempt, $3 order, $4 upstream id. Recorded whichever attempt got it (the order
+# exists upstream); the job is finished only by its holder. The EXISTS makes the order's lock
+# come first (an unreferenced CTE would run after the DELETE).
 SENT = """
 WITH o AS (
     UPDATE orders SET upstream_id = coalesce(upstream_id, $4), updated_at = now()
      WHERE id = $3 RETURNING id
 )
-DELETE FROM outbox WHERE id = $1 AND attempts = $2
+DELETE FROM outbox WHERE id = $1 AND attempts = $2 AND EXISTS (SELECT 1 FROM o)
 """
 # $1 job, $2 attempt, $3 seconds, $4 error, $5 the attempt may have reached the provider
-RETRY = """
-UPDATE outbox SET lease_until = NULL, run_after = now() + make_interval(secs => $3),
-                  last_error = left($4, 500), ambiguous = ambiguous OR $5
+RETRY = "SELECT outbox_retry($1, $2, $3, $4, $5)"
+# $1 job, $2 attempt, $3 seconds from now: the holder keeps its claim for the call it starts.
+RENEW = """
+UPDATE outbox SET lease_until = greatest(lease_until, now() + make_interval(secs => $3))
  WHERE id = $1 AND attempts = $2
 """
 DONE = "DELETE FROM outbox WHERE id = $1 AND attempts = $2"
-FAIL_ORDER = "SELECT fail_order($1, $2)"
+FAIL_DISPATCH = "SELECT fail_dispatch($1, $2, $3)"
 REFILL_SENT = """
 WITH r AS (
     UPDATE refills SET upstream_id = $3, updated_at = now() WHERE id = $4 RETURNING id
@@ -135,6 +146,7 @@ class Job:
     cancel_requested: bool
     service_type: str
     provider_service: str | None
+    upstream_key: str  # the Idempotency-Key of this job's order or refill
 
 
 async def claim(pool: Pool, kind: str, batch: int, lease: float) -> list[Job]:
@@ -145,16 +157,26 @@ async def sent(pool: Pool, job: Job, upstream_id: str) -> None:
     await pool.execute(SENT, job.id, job.attempt, job.order_id, upstream_id)
 
 
-async def retry(pool: Pool, job: Job, seconds: float, error: str, maybe_sent: bool) -> None:
-    await pool.execute(RETRY, job.id, job.attempt, seconds, error, maybe_sent)
+async def retry(pool: Pool, job: Job, seconds: float, error: str, maybe_sent: bool) -> str:
+    """Reschedule the job in `seconds` -> 'retry'; or, for a dispatch attempt that certainly
+    did not reach the provider, of an order canceled meanwhile and never maybe-sent before,
+    cancel and refund the order -> 'canceled'. 'stale' when the attempt no longer holds it."""
+    return await pool.fetchval(RETRY, job.id, job.attempt, seconds, error, maybe_sent)
+
+
+async def renew(pool: Pool, job: Job, seconds: float) -> bool:
+    """Extend the attempt's lease to at least `seconds` from now; False when it was lost."""
+    return await pool.execute(RENEW, job.id, job.attempt, seconds) == "UPDATE 1"
 
 
 async def done(pool: Pool, job: Job) -> None:
     await pool.execute(DONE, job.id, job.attempt)
 
 
-async def fail_order(pool: Pool, order_id: int, error: str) -> None:
-    await pool.execute(FAIL_ORDER, order_id, error)
+async def fail_dispatch(pool: Pool, job: Job, error: str) -> str:
+    """The provider refused the attempt's order for good -> 'failed' (Canceled and refunded),
+    'sent' (another attempt placed it upstream) or 'stale' (the attempt no longer holds it)."""
+    return await pool.fetchval(FAIL_DISPATCH, job.id, job.attempt, error)
 
 
 async def refill_sent(pool: Pool, job: Job, upstream_id: str) -> None:
@@ -176,13 +198,7 @@ async def apply_order_statuses(
     pool: Pool, reports: list[tuple[int, str, int | None, int | None]]
 ) -> dict[int, str]:
     """reports: (order id, status, start_count, remains) -> {order id: changed|progress|ignored}"""
-    if not reports:
-        return {}
-    ids, statuses, starts, remains = zip(*reports, strict=True)
-    rows = await pool.fetch(
-        APPLY_ORDER_STATUSES, list(ids), list(statuses), list(starts), list(remains)
-    )
-    return {r[0]: r[1] for r in rows}
+    return await _apply(pool, APPLY_ORDER_STATUSES, reports, "order")
 
 
 async def refills_to_sync(
@@ -193,11 +209,34 @@ async def refills_to_sync(
 
 
 async def apply_refill_statuses(pool: Pool, reports: list[tuple[int, str]]) -> dict[int, str]:
+    return await _apply(pool, APPLY_REFILL_STATUSES, reports, "refill")
+
+
+# What one bad report can make the database refuse (a value out of range, a violated check):
+# the batch's transaction is rolled back, so each report is then applied alone.
+_REPORT_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+async def _apply(
+    pool: Pool, sql: str, reports: Sequence[tuple[Any, ...]], what: str
+) -> dict[int, str]:
+    """Apply a batch of reports (id first) in one statement; if the database refuses it, apply
+    them one by one and log each refused one, so that one bad report stalls only its own row."""
     if not reports:
         return {}
-    ids, statuses = zip(*reports, strict=True)
-    rows = await pool.fetch(APPLY_REFILL_STATUSES, list(ids), list(statuses))
-    return {r[0]: r[1] for r in rows}
+    try:
+        return dict(await pool.fetch(sql, *map(list, zip(*reports, strict=True))))
+    except _REPORT_ERRORS as exc:
+        log.warning(
+            "%d %s reports refused together (%s); applying them one by one", len(reports), what, exc
+        )
+    results: dict[Any, Any] = {}
+    for report in reports:
+        try:
+            results.update(await pool.fetch(sql, *([value] for value in report)))
+        except _REPORT_ERRORS as exc:
+            log.error("%s %s: provider report %r not applied: %s", what, report[0], report[1:], exc)
+    return results
 
 
 async def prune(pool: Pool) -> None:

@@ -1,12 +1,18 @@
 """Outbox jobs: send orders to their provider (never twice), forward cancels and refills.
 
 Imports store.jobs and the provider client. A job is claimed with a lease; only the claimed
-attempt may finish it. Orders go upstream with `Idempotency-Key: panelsrv-order-<id>`, so a
-resend after an attempt with an unknown outcome (timeout, a worker killed mid-send) returns the
-same upstream order from any provider that honours the key, as panelsrv does. Outcomes:
+attempt may finish it, and it renews the lease right before its request goes out (once the
+provider's concurrency and rate slot is its turn): a lease that ran out while the call waited
+lets another worker take the job over, never both send it. Orders and refills go upstream with
+their job's `Idempotency-Key` (random, stored with the job), so a resend after an attempt with
+an unknown outcome (timeout, a worker killed mid-send) returns the same upstream order from any
+provider that honours the key, as panelsrv does. Outcomes:
 accepted -> upstream id recorded; "Not enough funds" / "active order with this link" (and a
 provider refusing our own key) -> held and retried later, the operator told in the log;
 unavailable -> retried with backoff; any other refusal -> the order is Canceled and refunded.
+A customer's cancel that arrives while an attempt is in flight is forwarded upstream, unless
+that attempt ends without reaching the provider and none before it may have: then the order is
+canceled and refunded at once.
 """
 
 from __future__ import annotations
@@ -18,20 +24,28 @@ from typing import Any
 from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
 from panelsrv.store.pool import Pool
+from panelsrv.worker.providers import BeforeSend
 from panelsrv.worker.registry import ProviderSettings, Registry
-from panelsrv.worker.upstream import CircuitOpen, ItemError, ProviderError, ProviderUnavailable
+from panelsrv.worker.upstream import ItemError, ProviderError, ProviderUnavailable, usable_id
 
 log = logging.getLogger("panelsrv.worker")
 
-# Jobs claimed at once per kind; the lease must outlast the slowest batch (every call waiting
-# its turn behind the provider's concurrency limit, each up to the provider timeout).
-BATCH = 32
+BATCH = 32  # jobs claimed at once per kind
 HOLD_SECONDS = 300.0
 WAIT_FOR_DISPATCH_SECONDS = 30.0
+MARGIN_SECONDS = 5.0  # for the database writes around a call
+
+
+class LeaseLost(Exception):
+    """The attempt's lease ran out while its call waited and another attempt claimed the job."""
 
 
 def lease_seconds(settings: ProviderSettings) -> float:
-    return settings.timeout * (BATCH / settings.max_concurrency + 1) + 5.0
+    """A claimed batch's lease: long enough for BATCH calls to one provider, queued behind its
+    concurrency cap (each up to the timeout) and spaced by its rate limit. Each call renews its
+    job's lease before it is sent, so a longer queue costs a takeover, never a second send."""
+    rate_wait = BATCH / settings.rate if settings.rate else 0.0
+    return settings.timeout * (BATCH / settings.max_concurrency + 1) + rate_wait + MARGIN_SECONDS
 
 
 def backoff(attempt: int) -> float:
@@ -55,6 +69,7 @@ class Dispatcher:
         self._pool = pool
         self._registry = registry
         self._lease = lease_seconds(settings)
+        self._send_lease = settings.timeout + MARGIN_SECONDS
         self.held = 0  # orders held back by a provider's hold answer (a metric for operators)
 
     async def run_once(self) -> int:
@@ -70,13 +85,27 @@ class Dispatcher:
             handled += len(claimed)
         return handled
 
+    def _holding(self, job: jobs.Job) -> BeforeSend:
+        """Run right before the job's request goes out: keep the claim for the whole call, or
+        raise LeaseLost (nothing is sent) when another attempt has claimed the job since."""
+
+        async def renew() -> None:
+            if not await jobs.renew(self._pool, job, self._send_lease):
+                raise LeaseLost
+
+        return renew
+
     async def _dispatch(self, job: jobs.Job) -> None:
         if job.status != "Pending" or job.upstream_id is not None:
             await jobs.done(self._pool, job)
             return
+        if job.cancel_requested and not job.ambiguous:
+            # Canceled while an earlier attempt held the job; none of them reached the provider.
+            await self._not_sent(job, 0.0, "canceled before dispatch")
+            return
         provider = self._registry.get(job.provider_id)
         if provider is None:
-            await jobs.retry(self._pool, job, HOLD_SECONDS, "provider inactive or missing", False)
+            await self._not_sent(job, HOLD_SECONDS, "provider inactive or missing")
             return
         if job.ambiguous:
             log.warning(
@@ -86,16 +115,16 @@ class Dispatcher:
             )
         try:
             upstream_id = await provider.add(
-                order_fields(job), idempotency_key=f"panelsrv-order-{job.order_id}"
+                order_fields(job), job.upstream_key, self._holding(job)
             )
-        except CircuitOpen as exc:
-            await jobs.retry(
-                self._pool, job, exc.retry_after or backoff(job.attempt), str(exc), False
-            )
-        except ProviderUnavailable as exc:
-            await jobs.retry(
-                self._pool, job, exc.retry_after or backoff(job.attempt), exc.reason, exc.maybe_sent
-            )
+        except LeaseLost:
+            log.info("order %s: claim lost while waiting for the provider; not sent", job.order_id)
+        except ProviderUnavailable as exc:  # CircuitOpen included: certainly not sent
+            seconds = exc.retry_after or backoff(job.attempt)
+            if exc.maybe_sent:
+                await jobs.retry(self._pool, job, seconds, exc.reason, True)
+            else:
+                await self._not_sent(job, seconds, exc.reason)
         except ProviderError as exc:
             if exc.hold:
                 self.held += 1
@@ -106,16 +135,26 @@ class Dispatcher:
                     exc.message,
                     HOLD_SECONDS,
                 )
-                await jobs.retry(self._pool, job, HOLD_SECONDS, exc.message, False)
-            else:
+                await self._not_sent(job, HOLD_SECONDS, exc.message)
+            elif await jobs.fail_dispatch(self._pool, job, exc.message) == "failed":
                 log.info(
                     "order %s refused by the provider (%s): canceled and refunded",
                     job.order_id,
                     exc.message,
                 )
-                await jobs.fail_order(self._pool, job.order_id, exc.message)
         else:
             await jobs.sent(self._pool, job, upstream_id)
+
+    async def _not_sent(self, job: jobs.Job, seconds: float, error: str) -> None:
+        """The attempt ended without reaching the provider: retry in `seconds`, or, when the
+        customer canceled meanwhile, the order is canceled and refunded now (jobs.retry)."""
+        if await jobs.retry(self._pool, job, seconds, error, False) == "canceled":
+            log.info(
+                "order %s canceled and refunded: the customer canceled while an attempt that "
+                "never reached the provider was in flight (%s)",
+                job.order_id,
+                error,
+            )
 
     async def _cancel(self, job: jobs.Job) -> None:
         if job.status not in ("Pending", "In progress"):
@@ -125,6 +164,10 @@ class Dispatcher:
         if job.upstream_id is None or provider is None:
             # Still being dispatched: forward the cancel once the provider has the order.
             await jobs.retry(self._pool, job, WAIT_FOR_DISPATCH_SECONDS, "not sent yet", False)
+            return
+        if not usable_id(job.upstream_id):
+            _unusable(job, "cancel not forwarded")
+            await jobs.done(self._pool, job)
             return
         try:
             result = (await provider.cancel([job.upstream_id])).get(job.upstream_id)
@@ -145,10 +188,14 @@ class Dispatcher:
         if job.upstream_id is None or provider is None:
             await jobs.refill_rejected(self._pool, job)
             return
+        if not usable_id(job.upstream_id):
+            _unusable(job, "refill rejected")
+            await jobs.refill_rejected(self._pool, job)
+            return
         try:
-            upstream_id = await provider.refill(
-                job.upstream_id, idempotency_key=f"panelsrv-refill-{job.refill_id}"
-            )
+            refill_id = await provider.refill(job.upstream_id, job.upstream_key, self._holding(job))
+        except LeaseLost:
+            log.info("refill %s: claim lost while waiting for the provider", job.refill_id)
         except ProviderUnavailable as exc:
             await jobs.retry(
                 self._pool, job, exc.retry_after or backoff(job.attempt), exc.reason, exc.maybe_sent
@@ -159,4 +206,13 @@ class Dispatcher:
             else:
                 await jobs.refill_rejected(self._pool, job)
         else:
-            await jobs.refill_sent(self._pool, job, upstream_id)
+            await jobs.refill_sent(self._pool, job, refill_id)
+
+
+def _unusable(job: jobs.Job, consequence: str) -> None:
+    log.warning(
+        "order %s: its stored upstream id %r cannot be sent to the provider; %s",
+        job.order_id,
+        job.upstream_id,
+        consequence,
+    )

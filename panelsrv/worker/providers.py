@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ import aiohttp
 
 from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
 from panelsrv.worker.upstream import (
+    MAX_RATE,
     Balance,
     CircuitOpen,
     ItemError,
@@ -46,6 +47,7 @@ from panelsrv.worker.upstream import (
 log = logging.getLogger("panelsrv.worker.providers")
 
 T = TypeVar("T")
+BeforeSend = Callable[[], Awaitable[None]]
 USER_AGENT = "panelsrv/0.1 (+api-v2 client)"
 # identity: aiohttp offers gzip/deflate/br by default; a compressed answer is refused unread.
 _HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
@@ -175,19 +177,32 @@ class Provider:
     # -- actions ----------------------------------------------------------------------------
 
     async def services(self) -> list[Service]:
-        """The provider's catalogue; malformed entries are skipped (and logged)."""
+        """The provider's catalogue; malformed or out-of-range entries are skipped (and logged)."""
         services, skipped = await self._call(self._form("services"), parse_services)
         if skipped:
-            log.warning("provider %s: skipped %d malformed service entries", self.name, skipped)
+            log.warning(
+                "provider %s: skipped %d malformed or out-of-range service entries (a rate "
+                "above %.2f, counts past bigint, min < 1 or max < min)",
+                self.name,
+                skipped,
+                MAX_RATE,
+            )
         return services
 
-    async def add(self, fields: Mapping[str, Any], idempotency_key: str | None = None) -> str:
+    async def add(
+        self,
+        fields: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        before_send: BeforeSend | None = None,
+    ) -> str:
         """Place an order; -> the upstream order id.
 
         `fields`: service, link, quantity, runs, interval and any type's extras (comments,
         usernames, username, hashtags, hashtag, posts, old_posts, delay, expiry, media, min,
         max, answer_number...), sent as given; None values are left out, lists are joined by
         newlines, booleans become 1/0. `idempotency_key` goes in the `Idempotency-Key` header.
+        `before_send` is awaited once the call has its concurrency and rate slot, right before
+        the request goes out; whatever it raises ends the call with nothing sent.
         """
         form = self._form("add")
         for name, value in fields.items():
@@ -196,7 +211,7 @@ class Provider:
             text = _form_value(value)
             if text is not None:
                 form[name] = text
-        return await self._call(form, _order_id, idempotency_key)
+        return await self._call(form, _order_id, idempotency_key, before_send)
 
     async def status(self, order_id: str | int) -> OrderStatus:
         return await self._call(self._form("status", order=str(order_id)), parse_status)
@@ -215,10 +230,15 @@ class Provider:
             form, lambda data: parse_per_id(data, batch, "order", "cancel", cancel_accepted)
         )
 
-    async def refill(self, order_id: str | int, idempotency_key: str | None = None) -> str:
-        """Request a refill; -> the upstream refill id."""
+    async def refill(
+        self,
+        order_id: str | int,
+        idempotency_key: str | None = None,
+        before_send: BeforeSend | None = None,
+    ) -> str:
+        """Request a refill; -> the upstream refill id. `before_send`: as for `add`."""
         form = self._form("refill", order=str(order_id))
-        return await self._call(form, _refill_id, idempotency_key)
+        return await self._call(form, _refill_id, idempotency_key, before_send)
 
     async def multi_refill(
         self, ids: Iterable[str | int], idempotency_key: str | None = None
@@ -249,7 +269,11 @@ class Provider:
         return {"key": self._key, "action": action, **extra}
 
     async def _call(
-        self, form: dict[str, str], parse: Callable[[Any], T], idempotency_key: str | None = None
+        self,
+        form: dict[str, str],
+        parse: Callable[[Any], T],
+        idempotency_key: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> T:
         async with self._semaphore:
             wait = self._breaker.admit(self._clock())
@@ -262,6 +286,8 @@ class Provider:
                     delay = self._bucket.reserve(self._clock())
                     if delay > 0:
                         await asyncio.sleep(delay)
+                if before_send is not None:
+                    await before_send()
                 result = parse(await self._exchange(form, idempotency_key))
             except ProviderUnavailable as exc:
                 self.stats.unavailable += 1
@@ -280,8 +306,8 @@ class Provider:
                 self._record_answer()
                 raise
             except BaseException:
-                # Cancelled: no verdict on the provider, but a half-open probe must not stay
-                # taken forever.
+                # Cancelled, or refused by `before_send`: no verdict on the provider, but a
+                # half-open probe must not stay taken forever.
                 if probe:
                     self._breaker.abandoned()
                 raise
@@ -314,6 +340,7 @@ class Provider:
                         resp.headers.get("Content-Type", ""),
                         body,
                         resp.headers.get("Retry-After"),
+                        time.time(),
                     )
         except aiohttp.ClientConnectorError as exc:  # incl. connect timeout: nothing was sent
             raise ProviderUnavailable(f"cannot connect: {exc}", maybe_sent=False) from None

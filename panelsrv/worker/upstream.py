@@ -1,9 +1,11 @@
 """What an API v2 provider's answers mean: typed results, the status tables, the failure types.
 
-Pure: imports nothing from panelsrv, does no I/O and never reads a clock (times are passed in).
+Pure: imports only the leaf `money`, does no I/O and never reads a clock (times are passed in).
 The I/O shell is `providers.py`. Invariant: `interpret` and the `parse_*` functions either
 return a typed value or raise `ProviderUnavailable` / `ProviderError`; nothing a provider sends
-can raise anything else, and an unknown status never maps to one that moves money.
+can raise anything else, and an unknown status never maps to one that moves money. Every
+number a provider sends is bounded here to the column it is stored in (counts: 0 to 2**63-1),
+and an upstream id is one that can be sent back in a comma-separated batch.
 
 Status table (keys compared after lower-casing, `_`/`-` -> space, runs of spaces collapsed):
 
@@ -19,20 +21,32 @@ Status table (keys compared after lower-casing, `_`/`-` -> space, runs of spaces
 
 Refill statuses: pending/awaiting/queued -> Pending; in progress/inprogress/processing ->
 In progress; completed/complete/success -> Completed; rejected/refused/canceled/cancelled ->
-Rejected; error/failed/fail -> Error. Anything else is an `ItemError`, never a guess.
+Rejected; error/failed/fail -> Error. Anything else is an `ItemError`, never a guess, and so
+is a `Partial` without a usable `remains` (its refund depends on it): the order stays active.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import Annotated, Any
 
 import msgspec
 
+from panelsrv import money
+
 MAX_BATCH = 100  # ids per multi call: the API's limit
 MISSING = "Missing from provider answer"
+BIGINT_MAX = 2**63 - 1  # counts (start_count, remains, min, max) are bigint columns
+INT_MAX = 2**31 - 1  # avg_time is an integer column
+MAX_RETRY_AFTER = 3600.0  # seconds: a provider's Retry-After is clamped to [0, 1 h]
+# The largest markup `service import` takes, and so the largest rate it can import: marked up,
+# it stays within money.MAX_UNITS (and every product of it within bigint).
+MAX_MARKUP_PERCENT = 10_000
+MAX_RATE = Decimal(money.MAX_UNITS) / money.SCALE / (1 + Decimal(MAX_MARKUP_PERCENT) / 100)
 
 ORDER_STATUSES = {
     **dict.fromkeys(("pending", "awaiting", "queued"), "Pending"),
@@ -126,12 +140,15 @@ class ProviderError(ProviderFailure):
 # -- results ----------------------------------------------------------------------------------
 
 
+Count = Annotated[int, msgspec.Meta(ge=0, le=BIGINT_MAX)]
+
+
 class Service(msgspec.Struct, frozen=True, kw_only=True):
     service: str
     name: str
-    rate: Decimal  # per 1000, in the provider's currency
-    min: int
-    max: int
+    rate: Decimal  # per 1000, in the provider's currency; 0..MAX_RATE
+    min: Count
+    max: Count
     type: str = "default"
     category: str = ""
     dripfeed: bool = False
@@ -168,13 +185,16 @@ class Balance(msgspec.Struct, frozen=True):
 _DECODER = msgspec.json.Decoder(float_hook=Decimal)  # floats stay exact: rates are money
 
 
-def interpret(http_status: int, content_type: str, body: bytes, retry_after: str | None) -> Any:
-    """An HTTP answer -> its decoded JSON, or the failure it means."""
+def interpret(
+    http_status: int, content_type: str, body: bytes, retry_after: str | None, now: float
+) -> Any:
+    """An HTTP answer -> its decoded JSON, or the failure it means. `now`: the wall clock (Unix
+    seconds), for a Retry-After given as an HTTP-date."""
     if http_status in _NOT_PROCESSED or not (200 <= http_status < 300 or 400 <= http_status < 500):
         raise ProviderUnavailable(
             f"HTTP {http_status}",
             maybe_sent=http_status not in _NOT_PROCESSED,
-            retry_after=_seconds(retry_after),
+            retry_after=retry_after_seconds(retry_after, now),
         )
     if "html" in content_type.lower() or body.lstrip()[:1] == b"<":
         raise ProviderUnavailable(f"HTML answer (HTTP {http_status})", maybe_sent=True)
@@ -196,47 +216,69 @@ def interpret(http_status: int, content_type: str, body: bytes, retry_after: str
 _NOT_PROCESSED = frozenset((404, 405, 429))
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A Retry-After header (delay-seconds or an HTTP-date) -> seconds in [0, MAX_RETRY_AFTER];
+    None when absent or not understood. Never inf or NaN: the delay goes into a timestamp."""
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def wrong_shape(what: str) -> ProviderUnavailable:
     return ProviderUnavailable(f"unexpected answer shape: {what}", maybe_sent=True)
 
 
-def as_int(value: Any) -> int | None:
-    """14523, "14523", "14523.0", 14523.0 -> 14523; None, "" -> None; else ValueError."""
+def as_int(value: Any, maximum: int = BIGINT_MAX) -> int | None:
+    """A count, 0 to `maximum`: 14523, "14523", "14523.0", 14523.0 -> 14523; None, "" -> None;
+    anything else (negative, too large, fractional, not a number) -> ValueError."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise ValueError("boolean")
     if isinstance(value, int):
-        return value
-    number = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
-    # Bound the exponent before int(): "1e999999" would otherwise build a million-digit int.
-    if not number.is_finite() or number.adjusted() > 18 or number != number.to_integral_value():
-        raise ValueError(f"not an integer: {value!r}")
-    return int(number)
+        number = value
+    else:
+        exact = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
+        # Bound the exponent before int(): "1e999999" would otherwise build a million-digit int.
+        if not exact.is_finite() or exact.adjusted() > 18 or exact != exact.to_integral_value():
+            raise ValueError(f"not an integer: {value!r}")
+        number = int(exact)
+    if not 0 <= number <= maximum:
+        raise ValueError(f"out of range 0..{maximum}: {value!r}")
+    return number
 
 
-def as_amount(value: Any) -> Decimal | None:
-    """A money amount: a finite decimal below 1e15 (string or number); None, "" -> None."""
+def as_amount(value: Any, *, allow_negative: bool = False) -> Decimal | None:
+    """A money amount: a finite decimal below 1e15 in size (string or number), not negative
+    unless allowed; None, "" -> None."""
     if value is None or value == "":
         return None
     number = Decimal(str(value).strip())
-    if not number.is_finite() or number.adjusted() >= 15:
+    if not number.is_finite() or number.adjusted() >= 15 or (number < 0 and not allow_negative):
         raise ValueError(f"not an amount: {value!r}")
     return number
 
 
+def usable_id(text: str) -> bool:
+    """An upstream id we can send back: 1..64 printable characters, no comma (ids are joined
+    by commas in batch calls), no surrounding space."""
+    return 0 < len(text) <= 64 and text.isprintable() and "," not in text and text == text.strip()
+
+
 def as_id(value: Any) -> str | None:
-    """An upstream id (int or short string) as text; None when it is not one."""
+    """An upstream id (int or short string) as text; None when it is not a usable one."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return str(value)
-    if isinstance(value, str) and 0 < len(value.strip()) <= 64 and value.strip().isprintable():
+    if isinstance(value, str) and usable_id(value.strip()):
         return value.strip()
     return None
 
@@ -248,7 +290,8 @@ def canonical(table: dict[str, str], status: Any) -> str | None:
 
 
 def parse_services(data: Any) -> tuple[list[Service], int]:
-    """-> (services, how many entries were skipped as malformed)."""
+    """-> (services, how many entries were skipped as malformed or out of range: a rate above
+    MAX_RATE, counts outside bigint, min < 1 or max < min)."""
     if not isinstance(data, list):
         raise wrong_shape("services is not a list")
     services: list[Service] = []
@@ -258,22 +301,22 @@ def parse_services(data: Any) -> tuple[list[Service], int]:
             fields = dict(item)
             fields["service"] = as_id(fields.get("service"))
             fields["rate"] = as_amount(fields.get("rate"))
-            fields["avg_time"] = _optional_int(fields.get("avg_time"))
+            fields["avg_time"] = _optional_int(fields.get("avg_time"), INT_MAX)
             service = msgspec.convert(fields, Service, strict=False)
         except (TypeError, ValueError, ArithmeticError, msgspec.ValidationError):
             skipped += 1
             continue
-        if service.rate < 0 or not 1 <= service.min <= service.max:
+        if service.rate > MAX_RATE or not 1 <= service.min <= service.max:
             skipped += 1
             continue
         services.append(service)
     return services, skipped
 
 
-def _optional_int(value: Any) -> int | None:
-    """For cosmetic fields (avg_time): anything that is not an integer is just unknown."""
+def _optional_int(value: Any, maximum: int) -> int | None:
+    """For cosmetic fields (avg_time): anything that is not a count up to `maximum` is unknown."""
     try:
-        return as_int(value)
+        return as_int(value, maximum)
     except (TypeError, ValueError, ArithmeticError):
         return None
 
@@ -295,7 +338,7 @@ def parse_status_entry(entry: Any) -> OrderStatus | ItemError:
     if status is None:
         return ItemError(f"unknown status {entry.get('status')!r}")
     try:
-        return OrderStatus(
+        result = OrderStatus(
             status=status,
             start_count=as_int(entry.get("start_count")),
             remains=as_int(entry.get("remains")),
@@ -303,7 +346,10 @@ def parse_status_entry(entry: Any) -> OrderStatus | ItemError:
             currency=str(entry["currency"]) if entry.get("currency") else None,
         )
     except (TypeError, ValueError, ArithmeticError):
-        return ItemError("malformed numbers in status entry")
+        return ItemError("malformed or out-of-range numbers in status entry")
+    if result.status == "Partial" and result.remains is None:
+        return ItemError("Partial without remains")
+    return result
 
 
 def parse_status(data: Any) -> OrderStatus:
@@ -354,7 +400,7 @@ def refill_state(value: Any) -> str | None:
 
 def parse_balance(data: Any) -> Balance:
     try:
-        amount = as_amount(data["balance"])
+        amount = as_amount(data["balance"], allow_negative=True)  # an account on credit
         if amount is None:
             raise ValueError("empty")
         return Balance(amount, str(data.get("currency") or ""))
@@ -367,6 +413,6 @@ def join_ids(ids: Iterable[str | int]) -> list[str]:
     text = [str(i).strip() for i in ids]
     if not 0 < len(text) <= MAX_BATCH:
         raise ValueError(f"between 1 and {MAX_BATCH} ids per call, got {len(text)}")
-    if any(not t or "," in t for t in text):
-        raise ValueError("ids must be non-empty and contain no commas")
+    if not all(map(usable_id, text)):
+        raise ValueError("ids must be 1..64 printable characters without commas")
     return text

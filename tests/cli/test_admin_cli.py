@@ -12,8 +12,10 @@ import asyncpg
 import orjson
 import pytest
 
+from panelsrv import money
+from panelsrv.store import admin, db, ledger
 from tests.conftest import run_async
-from tests.store.helpers import unique
+from tests.store.helpers import new_service, order_of, unique
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT")
 
@@ -162,6 +164,40 @@ def test_documented_json_shapes(database_url: str, world: dict[str, str]) -> Non
     assert ok_json(database_url, "migrate")["migrations"][0] == "001_init"
 
 
+def test_order_list_shows_what_a_provider_reported_as_error(
+    database_url: str, world: dict[str, str]
+) -> None:
+    async def order_in_error() -> int:
+        conn = await db.connect(database_url)
+        try:
+            user = await admin.user_by_email(conn, world["email"])
+            service = await new_service(conn)
+            order = order_of(user.panel_id, user.id, service, charge=money.parse("2.50"))
+            order_id = (await ledger.place_order(conn, order, b"{}")).order_id
+            await conn.execute("UPDATE orders SET upstream_id = 'U-1' WHERE id = $1", order_id)
+            await conn.execute("SELECT apply_order_status($1, 'Error', NULL, NULL)", order_id)
+            assert order_id is not None
+            return order_id
+        finally:
+            await conn.close()
+
+    order_id = run_async(order_in_error())
+    args = ("order", "list", "--status", "Error", "--domain", world["domain"])
+    listed = ok_json(database_url, *args)
+    assert listed == [
+        {"order": order_id, "panel": world["domain"], "user": world["email"], "status": "Error",
+         "charge": "2.50", "refunded": "2.50", "currency": "EUR", "provider": None,
+         "upstream_id": "U-1", "error": None, "created": listed[0]["created"],
+         "updated": listed[0]["updated"]},
+    ]  # fmt: skip
+    assert ISO.match(listed[0]["created"]) and ISO.match(listed[0]["updated"])
+    text = panelsrv(database_url, *args)
+    assert text.returncode == 0
+    assert text.stdout.startswith(f"{order_id}  Error  2.50 EUR (refunded 2.50)  {world['email']}")
+    assert ok_json(database_url, "order", "list", "--status", "Refunded", "--domain",
+                   world["domain"]) == []  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -229,6 +265,9 @@ def test_documented_json_shapes(database_url: str, world: dict[str, str]) -> Non
             "1",
         ),
         ("rate", "set", "--email", "{email}", "--service", "999999", "--rate", "1"),
+        ("order", "list", "--status", "Failed"),
+        ("order", "list", "--limit", "0"),
+        ("order", "list", "--provider", "no-such-provider"),
         ("user", "add"),
         ("no-such-command",),
         ("audit", "--set", "port=notanumber"),

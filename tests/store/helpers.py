@@ -51,3 +51,62 @@ def order_of(panel_id: int, user_id: int, service_id: int, **fields: object) -> 
     }  # fmt: skip
     values.update(fields)
     return ledger.NewOrder(**values)  # type: ignore[arg-type]
+
+
+class World:
+    """`async with World(url) as w`: a connection, a pool, a panel in `currency`, a user with
+    `balance` and a service with cancel and refill sold through a provider at `provider_url`;
+    `place` makes orders, each with a link of its own (https://x.test/0, /1, ...)."""
+
+    def __init__(
+        self,
+        url: str,
+        provider_url: str = "http://127.0.0.1:9/api/v2",
+        provider_key: str = "k",
+        currency: str = "USD",
+        balance: str = "100.00",
+    ) -> None:
+        self._args = (url, provider_url, provider_key, currency, balance)
+        self._links = 0
+
+    async def __aenter__(self) -> World:
+        url, provider_url, provider_key, currency, balance = self._args
+        self.conn = await connect(url)
+        self.pool = await db.create_pool(url, 8)
+        self.panel_id, domain = await new_panel(self.conn, currency)
+        self.user = await new_user(self.conn, domain, balance=balance)
+        self.provider_id = await new_provider(self.conn, provider_url, provider_key)
+        self.service_id = await new_service(
+            self.conn, provider=str(self.provider_id), provider_service="1", cancel=True,
+            refill=True,
+        )  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pool.close()
+        await self.conn.close()
+
+    async def place(
+        self, charge: int = money.parse("1.00"), quantity: int = 1000, count: int = 1
+    ) -> list[int]:
+        ids = []
+        for _ in range(count):
+            order = order_of(
+                self.panel_id, self.user.id, self.service_id, provider_id=self.provider_id,
+                charge=charge, quantity=quantity, link=f"https://x.test/{self._links}",
+                order_limit=10**6,
+            )  # fmt: skip
+            self._links += 1
+            placed = await ledger.place_order(self.conn, order, b"{}")
+            assert placed.order_id is not None
+            ids.append(placed.order_id)
+        return ids
+
+    async def refunds(self, order_id: int) -> list[int]:
+        rows = await self.conn.fetch(
+            "SELECT amount FROM ledger_entries WHERE order_id = $1 AND kind = 'refund'", order_id
+        )
+        return [r[0] for r in rows]
+
+    async def status(self, order_id: int) -> str:
+        return await self.conn.fetchval("SELECT status FROM orders WHERE id = $1", order_id)

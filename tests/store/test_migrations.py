@@ -1,6 +1,13 @@
+import os
+import re
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
 import asyncpg
 
-from panelsrv.store import db
+from panelsrv.store import db, ledger
+from tests.conftest import server_url
+from tests.store.helpers import new_panel, new_provider, new_service, new_user, order_of
 
 
 async def test_migrations_are_recorded_and_idempotent(database_url: str) -> None:
@@ -11,3 +18,53 @@ async def test_migrations_are_recorded_and_idempotent(database_url: str) -> None
         assert versions == [name for name, _ in db.migration_files()]
     finally:
         await conn.close()
+
+
+async def test_jobs_queued_before_005_keep_the_idempotency_key_they_were_sent_with() -> None:
+    """A dispatch or refill job may have reached its provider under the old key: its resend
+    must carry the same one. Jobs created afterwards get a random key."""
+    base = server_url()
+    name = f"panelsrv_test_{os.getpid()}_{secrets.token_hex(3)}"
+    url = urlunsplit(urlsplit(base)._replace(path="/" + name))
+    admin_conn = await asyncpg.connect(base)
+    await admin_conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        conn = await db.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, text in db.migration_files():
+                if version >= "005":
+                    break
+                await conn.execute(text)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
+            panel_id, domain = await new_panel(conn)
+            user = await new_user(conn, domain, balance="10.00")
+            service = await new_service(conn)
+            provider = await new_provider(conn)
+            order = order_of(panel_id, user.id, service, provider_id=provider)
+            old = (await ledger.place_order(conn, order, b"{}")).order_id
+            refill = await conn.fetchval(
+                "INSERT INTO refills (order_id, user_id) VALUES ($1, $2) RETURNING id", old, user.id
+            )
+            await conn.execute(
+                "INSERT INTO outbox (kind, order_id, refill_id) VALUES ('refill', $1, $2),"
+                " ('cancel', $1, NULL)",
+                old,
+                refill,
+            )
+            assert await db.migrate(conn) == [v for v, _ in db.migration_files() if v >= "005"]
+            keys = dict(await conn.fetch("SELECT kind, upstream_key FROM outbox"))
+            assert keys["dispatch"] == f"panelsrv-order-{old}"
+            assert keys["refill"] == f"panelsrv-refill-{refill}"
+            assert re.fullmatch(r"panelsrv-[0-9a-f]{32}", keys["cancel"])
+            new = (await ledger.place_order(conn, order, b"{}")).order_id
+            key = await conn.fetchval("SELECT upstream_key FROM outbox WHERE order_id = $1", new)
+            assert re.fullmatch(r"panelsrv-[0-9a-f]{32}", key)
+        finally:
+            await conn.close()
+    finally:
+        await admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_conn.close()

@@ -113,7 +113,8 @@ async def running(worker: Worker) -> asyncio.Task[None]:
 
 
 async def check_refunds(conn: asyncpg.Connection, order_ids: list[int]) -> None:
-    """Partial refunds charge*min(remains,total)//total, Canceled/Refunded all, others none."""
+    """Partial refunds charge*min(remains,total)//total, Canceled/Refunded/Error all, others
+    none."""
     rows = await conn.fetch(
         """SELECT o.id, o.status, o.charge, o.remains, o.quantity * o.runs AS total,
                   coalesce(sum(e.amount) FILTER (WHERE e.kind = 'refund'), 0) AS refunded,
@@ -125,7 +126,7 @@ async def check_refunds(conn: asyncpg.Connection, order_ids: list[int]) -> None:
     for r in rows:
         if r["status"] == "Partial":
             expected = money.partial_refund(r["charge"], r["remains"], r["total"])
-        elif r["status"] in ("Canceled", "Refunded"):
+        elif r["status"] in ("Canceled", "Refunded", "Error"):
             expected = r["charge"]
         else:
             expected = 0

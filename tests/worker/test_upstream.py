@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
+from email.utils import format_datetime
 
 import pytest
 
+from panelsrv import money
+from panelsrv.worker.importer import marked_up
 from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
 from panelsrv.worker.upstream import (
     MAX_BATCH,
+    MAX_MARKUP_PERCENT,
+    MAX_RATE,
     MISSING,
     ErrorKind,
     ItemError,
@@ -26,7 +32,9 @@ from panelsrv.worker.upstream import (
     parse_per_id,
     parse_services,
     parse_status,
+    parse_status_entry,
     refill_state,
+    retry_after_seconds,
 )
 
 JSON = "application/json"
@@ -35,16 +43,46 @@ JSON = "application/json"
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(14523, 14523), ("14523", 14523), (" 14523 ", 14523), ("14523.0", 14523), (Decimal("7.00"), 7),
-     ("-5", -5), (None, None), ("", None)],
+     ("0", 0), (2**63 - 1, 2**63 - 1), (str(2**63 - 1), 2**63 - 1), (None, None), ("", None)],
 )  # fmt: skip
 def test_as_int_accepts_numbers_and_numeric_strings(value, expected):
     assert as_int(value) == expected
 
 
-@pytest.mark.parametrize("value", ["abc", "1.5", True, [], "1e999999"])
-def test_as_int_refuses_non_integers(value):
+@pytest.mark.parametrize(
+    "value",
+    ["abc", "1.5", True, [], "1e999999", "-5", -1, "-1e0", 2**63, str(2**63), "1e19",
+     10**19, "9999999999999999999"],
+)  # fmt: skip
+def test_as_int_refuses_non_integers_negatives_and_numbers_past_bigint(value):
     with pytest.raises((ValueError, ArithmeticError, TypeError)):
         as_int(value)
+    assert as_int(2**31 - 1, 2**31 - 1) == 2**31 - 1
+    with pytest.raises(ValueError):
+        as_int(2**31, 2**31 - 1)
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [{"start_count": "-1"}, {"remains": -5}, {"charge": "-0.01"}, {"start_count": "1e19"},
+     {"start_count": 10**19}, {"remains": str(2**63)}],
+)  # fmt: skip
+def test_a_status_entry_with_a_negative_or_oversized_number_is_not_applied(numbers):
+    entry = {"status": "Completed", "start_count": "10", "remains": "0", "charge": "1.5", **numbers}
+    assert parse_status_entry(entry) == ItemError(
+        "malformed or out-of-range numbers in status entry"
+    )
+
+
+@pytest.mark.parametrize("remains", ["absent", None, ""])
+def test_a_partial_without_remains_is_not_final(remains):
+    entry = {"status": "Partial", "start_count": "5", "charge": "1.00"}
+    if remains != "absent":
+        entry["remains"] = remains
+    assert parse_status_entry(entry) == ItemError("Partial without remains")
+    assert parse_status_entry({**entry, "remains": "0"}) == OrderStatus(
+        status="Partial", start_count=5, remains=0, charge=Decimal("1.00")
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,7 +94,7 @@ def test_as_int_refuses_non_integers(value):
      ("Error", "Error"), ("failed", "Error"), ("  PENDING ", "Pending")],
 )  # fmt: skip
 def test_status_variants_map_to_the_api_statuses(said, status):
-    assert parse_status({"status": said}).status == status
+    assert parse_status({"status": said, "remains": "0"}).status == status
 
 
 def test_status_numbers_may_be_strings_numbers_or_empty():
@@ -124,11 +162,14 @@ def test_per_id_lists_for_cancel_refill_and_refill_status():
 def test_order_ids_and_balance():
     assert parse_order_id({"order": 8842}, "order") == "8842"
     assert parse_order_id({"order": "A-17"}, "order") == "A-17"
-    for bad in ({"order": 0}, {"order": True}, {"order": ""}, {}, [8842], {"order": "x" * 65}):
+    bad_ids = ({"order": 0}, {"order": True}, {"order": ""}, {}, [8842], {"order": "x" * 65},
+               {"order": "12,13"}, {"order": "12, 13"}, {"order": "a\nb"})  # fmt: skip
+    for bad in bad_ids:
         with pytest.raises(ProviderUnavailable):
             parse_order_id(bad, "order")
     assert parse_balance({"balance": "42.81", "currency": "USD"}).balance == Decimal("42.81")
     assert parse_balance({"balance": Decimal("1.5")}).currency == ""
+    assert parse_balance({"balance": "-3.5"}).balance == Decimal("-3.5")  # on credit
     for bad in ({}, {"balance": "lots"}, {"balance": "NaN"}, []):
         with pytest.raises(ProviderUnavailable):
             parse_balance(bad)
@@ -145,13 +186,23 @@ def test_services_are_typed_and_malformed_entries_skipped():
         {"service": 5, "name": "min 0", "rate": "1", "min": 0, "max": 10},
         {"service": 6, "name": "huge", "rate": "1e999999", "min": 1, "max": 10},
         {"service": 7, "name": "max < min", "rate": "1", "min": 10, "max": 5},
+        {"service": 8, "name": "negative", "rate": "-1", "min": 1, "max": 5},
+        {"service": 9, "name": "past bigint", "rate": "1", "min": 1, "max": 2**63},
+        {"service": "1,2", "name": "comma id", "rate": "1", "min": 1, "max": 5},
+        {"service": 10, "name": "markup past MAX_UNITS", "rate": "9999999999", "min": 1, "max": 5},
+        {"service": 11, "name": "most", "rate": str(MAX_RATE), "min": 1, "max": 2**63 - 1,
+         "avg_time": 2**31},
     ]  # fmt: skip
     services, skipped = parse_services(answer)
-    assert skipped == 5
-    assert [s.service for s in services] == ["1", "B2"]
+    assert skipped == 9
+    assert [s.service for s in services] == ["1", "B2", "11"]
     assert services[0].rate == Decimal("0.45") and services[0].min == 100
     assert services[0].refill is True and services[0].avg_time is None
     assert services[1].type == "default" and services[1].rate == Decimal("1.10")
+    assert services[2].avg_time is None  # past the integer column: unknown
+    # The largest rate accepted stays within the largest money value at the largest markup.
+    assert marked_up(services[2].rate, MAX_MARKUP_PERCENT * 100) <= money.MAX_UNITS
+    assert marked_up(Decimal("9999999999"), MAX_MARKUP_PERCENT * 100) > money.MAX_UNITS
 
 
 @pytest.mark.parametrize(
@@ -173,7 +224,7 @@ def test_error_messages_are_classified(message, status, kind):
 def test_interpret_turns_every_bad_answer_into_a_failure():
     def unavailable(status, ctype, body, retry_after=None):
         with pytest.raises(ProviderUnavailable) as caught:
-            interpret(status, ctype, body, retry_after)
+            interpret(status, ctype, body, retry_after, NOW)
         return caught.value
 
     assert unavailable(500, JSON, b'{"error": "Internal server error"}').maybe_sent
@@ -189,20 +240,41 @@ def test_interpret_turns_every_bad_answer_into_a_failure():
     assert unavailable(409, JSON, b'{"error": "Duplicate request"}').maybe_sent
     assert unavailable(400, JSON, b'{"detail": "?"}').maybe_sent
     assert unavailable(503, JSON, b"{}", "soon").retry_after is None
+    assert unavailable(429, JSON, b"{}", "inf").retry_after is None
+    assert unavailable(503, JSON, b"{}", "1e10").retry_after == 3600.0
 
     with pytest.raises(ProviderError) as caught:
-        interpret(200, JSON, b'{"error": "Not enough funds on balance"}', None)
+        interpret(200, JSON, b'{"error": "Not enough funds on balance"}', None, NOW)
     assert caught.value.kind is ErrorKind.NO_FUNDS and caught.value.hold
     with pytest.raises(ProviderError) as caught:
-        interpret(400, JSON, b'{"error": "Incorrect service ID"}', None)
+        interpret(400, JSON, b'{"error": "Incorrect service ID"}', None, NOW)
     assert caught.value.http_status == 400 and not caught.value.hold
-    assert interpret(200, "text/plain", b'{"order": 1.5}', None) == {"order": Decimal("1.5")}
+    assert interpret(200, "text/plain", b'{"order": 1.5}', None, NOW) == {"order": Decimal("1.5")}
+
+
+NOW = 1_800_000_000.0
+
+
+def _http_date(offset: float) -> str:
+    return format_datetime(datetime.fromtimestamp(NOW + offset, UTC), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("3", 3.0), ("0", 0.0), ("2.5", 2.5), ("-5", 0.0), ("3600", 3600.0), ("3601", 3600.0),
+     ("1e10", 3600.0), ("1e300", 3600.0), ("inf", None), ("-inf", None), ("Infinity", None),
+     ("nan", None), ("1e999", None), ("soon", None), ("", None), (None, None),
+     (_http_date(120), 120.0), (_http_date(-60), 0.0), (_http_date(86400 * 365), 3600.0),
+     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("Mon, 99 Foo 2015 07:28:00 GMT", None)],
+)  # fmt: skip
+def test_retry_after_is_finite_and_at_most_an_hour(header, seconds):
+    assert retry_after_seconds(header, NOW) == seconds
 
 
 def test_join_ids_bounds_a_batch():
     assert join_ids([1, "2", " 3 "]) == ["1", "2", "3"]
     assert len(join_ids(range(1, MAX_BATCH + 1))) == MAX_BATCH
-    for bad in ([], range(MAX_BATCH + 1), ["1,2"], [""]):
+    for bad in ([], range(MAX_BATCH + 1), ["1,2"], [""], ["x" * 65], ["a\tb"]):
         with pytest.raises(ValueError):
             join_ids(bad)
 
