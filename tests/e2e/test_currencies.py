@@ -19,6 +19,7 @@ from panelsrv.worker import importer
 from panelsrv.worker.upstream import Service
 from tests.e2e.kit import served, sql
 from tests.e2e.served import Served, World, call, offered, visible
+from tests.store.helpers import migrate_before
 
 # The ISO 4217 code reserved for testing: no other test's panel is priced in it, so the shared
 # services made here are offered on no other test's panel.
@@ -147,15 +148,7 @@ async def test_existing_shared_services_take_the_one_currency_the_panels_share(
     conn = await db.connect(own_database_url)
     try:
         await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for version, text in db.migration_files():
-            if version >= "007":
-                break
-            await conn.execute(text)
-            await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
+        await migrate_before(conn, "007")
         for n, currency in enumerate(panel_currencies):
             await conn.execute(
                 "INSERT INTO panels (domain, currency) VALUES ($1, $2)", f"p{n}.test", currency

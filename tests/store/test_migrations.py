@@ -7,7 +7,7 @@ import asyncpg
 
 from panelsrv.store import db, ledger
 from tests.conftest import server_url
-from tests.store.helpers import new_panel, new_provider, new_service, new_user, order_of
+from tests.store.helpers import migrate_before, new_panel, new_user, order_of
 
 
 async def test_migrations_are_recorded_and_idempotent(database_url: str) -> None:
@@ -31,19 +31,18 @@ async def test_jobs_queued_before_005_keep_the_idempotency_key_they_were_sent_wi
     try:
         conn = await db.connect(url)
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, text in db.migration_files():
-                if version >= "005":
-                    break
-                await conn.execute(text)
-                await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
+            await migrate_before(conn, "005")
             panel_id, domain = await new_panel(conn)
             user = await new_user(conn, domain, balance="10.00")
-            service = await new_service(conn)
-            provider = await new_provider(conn)
+            provider = await conn.fetchval(
+                "INSERT INTO providers (name, url, api_key) VALUES ('p', 'https://p.test', 'k')"
+                " RETURNING id"
+            )
+            service = await conn.fetchval(
+                "INSERT INTO services (name, rate, min_qty, max_qty, provider_id,"
+                " provider_service) VALUES ('s', 100000, 1, 100000, $1, '1') RETURNING id",
+                provider,
+            )
             order = order_of(panel_id, user.id, service, provider_id=provider)
             old = (await ledger.place_order(conn, order, b"{}")).order_id
             refill = await conn.fetchval(
