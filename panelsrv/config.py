@@ -37,6 +37,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     workers: Annotated[int, Meta(ge=0, le=256)] = 0
     ops_host: str = "127.0.0.1"
     ops_port: Port = 9090
+    worker_ops_port: Port = 0
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
     client_ip_header: Literal["x-forwarded-for", "x-real-ip"] = "x-forwarded-for"
     # -- HTTP limits --

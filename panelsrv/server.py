@@ -425,34 +425,57 @@ def on_stop_signals(callback: Callable[[], None]) -> None:
 
 async def _worker_main(cfg: Config, url: str) -> None:
     """Run the worker; started while the database is away, wait for it (a stop signal still
-    ends the wait) instead of exiting."""
+    ends the wait) instead of exiting. With `worker_ops_port`, /healthz, /readyz (the database
+    answers) and /metrics (the worker's counters) are served there meanwhile and after."""
     stopped = asyncio.Event()
     on_stop_signals(stopped.set)
-    outage = Outage("database", log, meanwhile="waiting for it")
+    registry = metrics.Registry()
+    outage = counted_outage(registry)("database", "waiting for it")
+    opened: list[Pool] = []
+
+    async def ready() -> bool:
+        return bool(opened) and await opened[0].fetchval("SELECT 1") == 1
+
+    ops = HttpServer(ops_routes(ready, registry.render)) if cfg.worker_ops_port else None
+    if ops is not None:
+        await ops.start(cfg.ops_host, cfg.worker_ops_port)
     try:
-        pool = await open_pool(url, WORKER_POOL_SIZE, outage)
+        pool = await _worker_pool(url, outage, stopped)
+        if pool is None:
+            return
+        opened.append(pool)
+        try:
+            worker = Worker(pool, worker_settings(cfg), registry)
+            on_stop_signals(worker.stop)
+            await worker.run(grace=cfg.shutdown_grace)
+        finally:
+            await pool.close()
+    finally:
+        if ops is not None:
+            await ops.stop(1.0)
+
+
+async def _worker_pool(url: str, outage: Outage, stopped: asyncio.Event) -> Pool | None:
+    """The worker's pool, once the database answers; None when stopped first."""
+    try:
+        return await open_pool(url, WORKER_POOL_SIZE, outage)
     except Exception as exc:
         if not db.unavailable(exc):
             raise
         outage.failed(str(exc))
-        opening = asyncio.get_running_loop().create_task(
-            when_reachable("the worker", outage, lambda: open_pool(url, WORKER_POOL_SIZE, outage))
-        )
-        stopping = asyncio.get_running_loop().create_task(stopped.wait())
-        await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not opening.done():
-            opening.cancel()
-            return
-        pool = opening.result()
-    try:
-        if stopped.is_set():
-            return
-        worker = Worker(pool, worker_settings(cfg))
-        on_stop_signals(worker.stop)
-        await worker.run(grace=cfg.shutdown_grace)
-    finally:
-        await pool.close()
+    loop = asyncio.get_running_loop()
+    opening = loop.create_task(
+        when_reachable("the worker", outage, lambda: open_pool(url, WORKER_POOL_SIZE, outage))
+    )
+    stopping = loop.create_task(stopped.wait())
+    await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if stopped.is_set():
+        opening.cancel()
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            await opening.result().close()
+        return None
+    return opening.result()
 
 
 def run_worker(cfg: Config) -> int:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from typing import Any
 
+from panelsrv import metrics
 from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
 from panelsrv.store.pool import Pool
@@ -65,12 +66,23 @@ def order_fields(job: jobs.Job) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, pool: Pool, registry: Registry, settings: ProviderSettings) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        registry: Registry,
+        settings: ProviderSettings,
+        measured: metrics.Registry | None = None,
+    ) -> None:
         self._pool = pool
         self._registry = registry
         self._lease = lease_seconds(settings)
         self._send_lease = settings.timeout + MARGIN_SECONDS
-        self.held = 0  # orders held back by a provider's hold answer (a metric for operators)
+        self.held = (measured or metrics.Registry()).counter(
+            "panelsrv_worker_orders_held_total",
+            "Dispatch attempts a provider answered with a hold (our funds, an active link, "
+            "our key), by provider",
+            ("provider",),
+        )
 
     async def run_once(self) -> int:
         """Claim and process one batch of each job kind; returns how many jobs were handled."""
@@ -127,7 +139,7 @@ class Dispatcher:
                 await self._not_sent(job, seconds, exc.reason)
         except ProviderError as exc:
             if exc.hold:
-                self.held += 1
+                self.held.inc((provider.name,))
                 log.warning(
                     "order %s held: provider %s says %r; retrying in %ds",
                     job.order_id,

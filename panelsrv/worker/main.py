@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from panelsrv import metrics
 from panelsrv.store import jobs
 from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker import importer
@@ -39,12 +40,15 @@ class WorkerSettings:
 
 
 class Worker:
-    def __init__(self, pool: Pool, settings: WorkerSettings) -> None:
+    def __init__(
+        self, pool: Pool, settings: WorkerSettings, measured: metrics.Registry | None = None
+    ) -> None:
+        """`measured`: where the worker's counters go (the `worker_ops_port` /metrics)."""
         self.pool = pool
         self.settings = settings
         self.registry = Registry(pool, settings.providers)
-        self.dispatcher = Dispatcher(pool, self.registry, settings.providers)
-        self.syncer = Syncer(pool, self.registry, settings.sync_interval)
+        self.dispatcher = Dispatcher(pool, self.registry, settings.providers, measured)
+        self.syncer = Syncer(pool, self.registry, settings.sync_interval, measured)
         self.sender = Sender(
             pool,
             settings.webhooks,

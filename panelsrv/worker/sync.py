@@ -29,11 +29,17 @@ SHOWN = 5  # unusable entries named in a batch's log line
 
 
 class Syncer:
-    def __init__(self, pool: Pool, registry: Registry, interval: float) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        registry: Registry,
+        interval: float,
+        measured: metrics.Registry | None = None,
+    ) -> None:
         self._pool = pool
         self._registry = registry
         self._interval = interval
-        self.order_errors = metrics.Counter(
+        self.order_errors = (measured or metrics.Registry()).counter(
             "panelsrv_worker_order_errors_total",
             "Orders a provider reported as Error (refunded in full), by provider",
             ("provider",),

@@ -25,7 +25,7 @@ from panelsrv.store import db
 from tests.availability.cluster import Cluster, until_answering
 from tests.e2e.served import Served, World, call, visible
 from tests.e2e.test_unavailable import readyz
-from tests.http.httpkit import Client
+from tests.http.httpkit import Client, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 async def balance(port: int, domain: str, key: str) -> tuple[int, str | None]:
     r = await asyncio.wait_for(call(port, {"key": key, "action": "balance"}, host=domain), NO_HANG)
     return r.status, r.headers.get("retry-after")
+
+
+async def answering(ops_port: int) -> int | None:
+    """/readyz's status, or None while nothing listens there yet."""
+    try:
+        return await readyz(ops_port)
+    except OSError:
+        return None
 
 
 async def metric(ops_port: int, name: str) -> float:
@@ -112,17 +120,23 @@ async def test_serve_and_worker_started_while_the_database_is_down_serve_once_it
     served = Served(url, workers=2).start(until="/healthz")
     worker_log = tmp_path / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
+    worker_ops = free_port()
     with open(worker_log, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "panelsrv", "worker", "--database-url", url],
+            [sys.executable, "-m", "panelsrv", "worker", "--database-url", url,
+             "--set", f"worker_ops_port={worker_ops}"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         assert await readyz(served.ops_port) == 503
         status, retry_after = await balance(served.port, "any.test", "psk_x")
         assert status == 503 and int(retry_after or 0) >= 1
-        await asyncio.sleep(0.5)
-        assert worker.poll() is None, worker_log.read_text()  # waiting, not exited
+        deadline = time.monotonic() + 15.0
+        while (ready := await answering(worker_ops)) is None:  # the worker is starting
+            assert worker.poll() is None, worker_log.read_text()
+            assert time.monotonic() < deadline, worker_log.read_text()
+            await asyncio.sleep(0.05)
+        assert ready == 503 and worker.poll() is None  # waiting for the database, not exited
 
         await asyncio.to_thread(cluster.start)
         back = time.monotonic()
@@ -132,6 +146,9 @@ async def test_serve_and_worker_started_while_the_database_is_down_serve_once_it
         while b"database available again after" not in worker_log.read_bytes():
             assert time.monotonic() - back < 2.0, worker_log.read_text()
             await asyncio.sleep(0.05)
+        assert await readyz(worker_ops) == 200
+        assert await metric(worker_ops, OUTAGES) == 1
+        assert await metric(worker_ops, RECOVERIES) == 1
         world = World(url)
         domain = await world.panel()
         _, key = await world.user(domain, balance="2.00")
