@@ -162,7 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--currency", default="USD", help="the currency of the provider's rates (default USD)"
     )
+    p.add_argument(
+        "--honours-idempotency",
+        action="store_true",
+        help="a resend with the same Idempotency-Key returns the same order there (another "
+        "panelsrv does): orders whose send had an unknown outcome are resent, not held for you",
+    )
     p.set_defaults(func=commands.provider_add)
+    p = subcommand(provider, "set", "say whether a provider honours Idempotency-Key")
+    p.add_argument("--provider", required=True, help="provider name or id")
+    p.add_argument(
+        "--honours-idempotency",
+        action=argparse.BooleanOptionalAction,
+        required=True,
+        help="--honours-idempotency: resend after an unknown outcome; "
+        "--no-honours-idempotency: hold such orders for you (the default for new providers)",
+    )
+    p.set_defaults(func=commands.provider_set)
     p = provider.add_parser(
         "sim",
         help="a simulated upstream provider (API v2) for demos, benchmarks and tests",
@@ -216,7 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=100, help=f"at most this many (1..{admin.MAX_LISTED})"
     )
+    p.add_argument(
+        "--held",
+        action="store_true",
+        help="only orders held for you: a send of unknown outcome to a provider not known to "
+        "honour Idempotency-Key; check upstream, then resend, attach or fail each",
+    )
     p.set_defaults(func=commands.order_list)
+    for action, text in (
+        ("resend", "a held order is not at the provider: send it again"),
+        ("attach", "a held order is at the provider: record its upstream id"),
+        ("fail", "give a held order up: canceled, its charge refunded in full (once)"),
+    ):
+        p = subcommand(order, action, text)
+        p.add_argument("--order", type=int, required=True)
+        if action == "attach":
+            p.add_argument("--upstream-id", required=True, help="the provider's id of the order")
+        p.set_defaults(func=commands.order_resolve, action=action)
 
     rate = group("rate", "user-specific prices")
     p = subcommand(rate, "set", "set a user's price for a service")

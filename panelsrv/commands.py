@@ -14,10 +14,10 @@ from typing import Any
 import asyncpg
 
 from panelsrv import money
-from panelsrv.store import admin, keys, ledger
+from panelsrv.store import admin, held, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure
+from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure, usable_id
 
 Result = tuple[Any, str]
 
@@ -119,7 +119,9 @@ async def funds_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Resul
 
 
 async def provider_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
-    provider_id = await admin.add_provider(conn, args.name, args.url, args.key, args.currency)
+    provider_id = await admin.add_provider(
+        conn, args.name, args.url, args.key, args.currency, args.honours_idempotency
+    )
     return {
         "provider": provider_id,
         "name": args.name.strip(),
@@ -150,15 +152,44 @@ async def service_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Res
 
 
 async def order_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
-    found = await admin.list_orders(conn, args.status, args.provider, args.domain, args.limit)
+    found = await admin.list_orders(
+        conn, args.status, args.provider, args.domain, args.limit, args.held
+    )
     lines = [
         f"{o['order']}  {o['status']}  {o['charge']} {o['currency']} (refunded {o['refunded']})"
         f"  {o['user']} on {o['panel']}  provider {o['provider'] or '-'}"
         f" upstream {o['upstream_id'] or '-'}  updated {o['updated']}"
         + (f"  error: {o['error']}" if o["error"] else "")
+        + (f"  HELD: {o['held']}" if o["held"] else "")
         for o in found
     ]
     return found, "\n".join(lines) or "no orders"
+
+
+async def order_resolve(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    """`order resend` / `order attach` / `order fail`: the operator's answer to a held order."""
+    upstream = getattr(args, "upstream_id", None)
+    if upstream is not None:
+        upstream = upstream.strip()
+        if not usable_id(upstream):
+            raise admin.InputError("--upstream-id: 1 to 64 printable characters, no commas")
+    done = await held.resolve(conn, args.order, args.action, upstream)
+    text = {
+        "resent": "sent again as a first attempt",
+        "attached": f"recorded as upstream order {upstream}; the status sync takes over",
+        "failed": "given up: canceled with a full refund (a refill: rejected)",
+    }[done]
+    return {"order": args.order, "done": done}, f"order {args.order}: {text}"
+
+
+async def provider_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    provider = await admin.set_provider_idempotency(conn, args.provider, args.honours_idempotency)
+    return (
+        {"provider": provider, "honours_idempotency": args.honours_idempotency},
+        f"provider {provider}: "
+        + ("resends" if args.honours_idempotency else "holds for the operator")
+        + " an order after an attempt with an unknown outcome",
+    )
 
 
 async def rate_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:

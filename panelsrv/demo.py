@@ -36,7 +36,10 @@ async def ensure(conn: asyncpg.Connection, provider_url: str, provider_key: str)
     if seeded:
         await admin.add_panel(conn, DEMO_DOMAIN, "USD")
         await admin.add_user(conn, DEMO_EMAIL, DEMO_DOMAIN, "100.00", "0")
-        provider_id = await admin.add_provider(conn, DEMO_PROVIDER, provider_url, provider_key)
+        # The simulator honours Idempotency-Key, as panelsrv does: resends are safe there.
+        provider_id = await admin.add_provider(
+            conn, DEMO_PROVIDER, provider_url, provider_key, honours_idempotency=True
+        )
         async with Provider(provider_url, provider_key, name=DEMO_PROVIDER) as client:
             services = await client.services()
         await importer.import_services(conn, provider_id, services, DEMO_MARKUP_BP, None)

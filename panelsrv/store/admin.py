@@ -171,9 +171,16 @@ async def add_funds(
 
 
 async def add_provider(
-    conn: asyncpg.Connection, name: str, url: str, key: str, currency: str = "USD"
+    conn: asyncpg.Connection,
+    name: str,
+    url: str,
+    key: str,
+    currency: str = "USD",
+    honours_idempotency: bool = False,
 ) -> int:
-    """`currency`: what the provider's rates are in (its `balance` answer says)."""
+    """`currency`: what the provider's rates are in (its `balance` answer says).
+    `honours_idempotency`: a resend with the same Idempotency-Key returns the same order there
+    (another panelsrv does), so an attempt of unknown outcome is resent, not held."""
     currency = currency_code(currency)
     name = name.strip()
     if not name:
@@ -184,15 +191,25 @@ async def add_provider(
         raise InputError("key must not be empty")
     try:
         return await conn.fetchval(
-            "INSERT INTO providers (name, url, api_key, currency) VALUES ($1, $2, $3, $4)"
-            " RETURNING id",
+            "INSERT INTO providers (name, url, api_key, currency, honours_idempotency)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
             name,
             url,
             key,
             currency,
+            honours_idempotency,
         )
     except asyncpg.UniqueViolationError:
         raise InputError(f"a provider named {name!r} exists already") from None
+
+
+async def set_provider_idempotency(conn: asyncpg.Connection, ref: str, honours: bool) -> int:
+    """Say whether the provider honours Idempotency-Key; the workers see it within 30 s."""
+    found = await provider_id(conn, ref)
+    await conn.execute(
+        "UPDATE providers SET honours_idempotency = $2 WHERE id = $1", found, honours
+    )
+    return found
 
 
 async def provider_id(conn: asyncpg.Connection, ref: str) -> int:
@@ -353,11 +370,15 @@ LIST_ORDERS = """
 SELECT o.id, p.domain, u.email, o.status, o.charge,
        coalesce((SELECT e.amount FROM ledger_entries e
                   WHERE e.order_id = o.id AND e.kind = 'refund'), 0) AS refunded,
-       p.currency, pr.name AS provider, o.upstream_id, o.error, o.created_at, o.updated_at
+       p.currency, pr.name AS provider, o.upstream_id, o.error, o.created_at, o.updated_at,
+       h.held_at, h.last_error AS held_why
   FROM orders o JOIN panels p ON p.id = o.panel_id JOIN users u ON u.id = o.user_id
   LEFT JOIN providers pr ON pr.id = o.provider_id
+  LEFT JOIN LATERAL (SELECT x.held_at, x.last_error FROM outbox x
+                      WHERE x.order_id = o.id AND x.held_at IS NOT NULL
+                      ORDER BY x.id LIMIT 1) h ON true
  WHERE ($1::text IS NULL OR o.status = $1) AND ($2::bigint IS NULL OR o.provider_id = $2)
-   AND ($3::bigint IS NULL OR o.panel_id = $3)
+   AND ($3::bigint IS NULL OR o.panel_id = $3) AND (NOT $5 OR h.held_at IS NOT NULL)
  ORDER BY o.id DESC
  LIMIT $4
 """
@@ -369,16 +390,18 @@ async def list_orders(
     provider: str | None = None,
     domain: str | None = None,
     limit: int = 100,
+    held: bool = False,
 ) -> list[dict[str, object]]:
     """Orders for the operator, newest first: e.g. `status="Error"`, those a provider reported
-    as failed (refunded in full). Amounts are decimal text in the panel's currency."""
+    as failed (refunded in full), or `held`, those waiting for the operator after an attempt of
+    unknown outcome (held.resolve). Amounts are decimal text in the panel's currency."""
     if status is not None and status not in ORDER_STATUSES:
         raise InputError(f"status must be one of: {', '.join(ORDER_STATUSES)}")
     if not 1 <= limit <= MAX_LISTED:
         raise InputError(f"limit must be between 1 and {MAX_LISTED}")
     prov = await provider_id(conn, provider) if provider else None
     panel = (await panel_by_domain(conn, domain))[0] if domain else None
-    rows = await conn.fetch(LIST_ORDERS, status, prov, panel, limit)
+    rows = await conn.fetch(LIST_ORDERS, status, prov, panel, limit, held)
     return [
         {
             "order": r["id"],
@@ -393,6 +416,7 @@ async def list_orders(
             "error": r["error"],
             "created": r["created_at"].isoformat(),
             "updated": r["updated_at"].isoformat(),
+            "held": r["held_why"] if r["held_at"] is not None else None,
         }
         for r in rows
     ]

@@ -23,7 +23,8 @@ from panelsrv.store.pool import Pool
 log = logging.getLogger("panelsrv.worker")
 
 # $1 kind, $2 batch, $3 lease seconds -> claimed jobs with the order (and refill) they concern.
-# An expired lease means a worker died holding it: that attempt's outcome is unknown.
+# An expired lease means a worker died holding it: that attempt's outcome is unknown if it had
+# begun sending (RENEW marks that), else it certainly sent nothing. Held jobs wait at infinity.
 CLAIM = """
 WITH c AS (
     SELECT x.id FROM outbox x
@@ -35,7 +36,8 @@ WITH c AS (
 ), claimed AS (
     UPDATE outbox x
        SET lease_until = now() + make_interval(secs => $3), attempts = x.attempts + 1,
-           ambiguous = x.ambiguous OR x.lease_until IS NOT NULL
+           ambiguous = x.ambiguous OR (x.lease_until IS NOT NULL AND x.sending),
+           sending = false
       FROM c WHERE x.id = c.id
  RETURNING x.id, x.attempts, x.ambiguous, x.order_id, x.refill_id, x.upstream_key
 )
@@ -56,9 +58,18 @@ DELETE FROM outbox WHERE id = $1 AND attempts = $2 AND EXISTS (SELECT 1 FROM o)
 """
 # $1 job, $2 attempt, $3 seconds, $4 error, $5 the attempt may have reached the provider
 RETRY = "SELECT outbox_retry($1, $2, $3, $4, $5)"
-# $1 job, $2 attempt, $3 seconds from now: the holder keeps its claim for the call it starts.
+# $1 job, $2 attempt, $3 seconds from now: the holder keeps its claim for the call it starts,
+# and the job is marked as sending: from here on, the attempt's outcome may be unknown.
 RENEW = """
-UPDATE outbox SET lease_until = greatest(lease_until, now() + make_interval(secs => $3))
+UPDATE outbox SET lease_until = greatest(lease_until, now() + make_interval(secs => $3)),
+                  sending = true
+ WHERE id = $1 AND attempts = $2
+"""
+# $1 job, $2 attempt, $3 why: an attempt of unknown outcome for a provider that does not honour
+# Idempotency-Key; nothing sends it again until the operator says (008_held_for_operator.sql).
+HOLD = """
+UPDATE outbox SET lease_until = NULL, run_after = 'infinity', held_at = now(), sending = false,
+                  last_error = left($3, 500)
  WHERE id = $1 AND attempts = $2
 """
 DONE = "DELETE FROM outbox WHERE id = $1 AND attempts = $2"
@@ -112,7 +123,10 @@ SELECT x.id, apply_refill_status(x.id, x.status)
   FROM unnest($1::bigint[], $2::text[]) AS x(id, status)
  ORDER BY x.id
 """
-PROVIDERS = "SELECT id, name, url, api_key, markup_bp, import_category FROM providers WHERE active"
+PROVIDERS = """
+SELECT id, name, url, api_key, markup_bp, import_category, honours_idempotency
+  FROM providers WHERE active
+"""
 PRUNE_IDEMPOTENCY = "DELETE FROM idempotency WHERE created_at < now() - interval '24 hours'"
 # Deliveries done or abandoned a week ago, then events nothing refers to any more.
 PRUNE_WEBHOOKS = """
@@ -167,6 +181,11 @@ async def retry(pool: Pool, job: Job, seconds: float, error: str, maybe_sent: bo
 async def renew(pool: Pool, job: Job, seconds: float) -> bool:
     """Extend the attempt's lease to at least `seconds` from now; False when it was lost."""
     return await pool.execute(RENEW, job.id, job.attempt, seconds) == "UPDATE 1"
+
+
+async def hold(pool: Pool, job: Job, why: str) -> None:
+    """Park the job for the operator (`panelsrv order list --held`)."""
+    await pool.execute(HOLD, job.id, job.attempt, why)
 
 
 async def done(pool: Pool, job: Job) -> None:

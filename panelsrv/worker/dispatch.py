@@ -4,9 +4,11 @@ Imports store.jobs and the provider client. A job is claimed with a lease; only 
 attempt may finish it, and it renews the lease right before its request goes out (once the
 provider's concurrency and rate slot is its turn): a lease that ran out while the call waited
 lets another worker take the job over, never both send it. Orders and refills go upstream with
-their job's `Idempotency-Key` (random, stored with the job), so a resend after an attempt with
-an unknown outcome (timeout, a worker killed mid-send) returns the same upstream order from any
-provider that honours the key, as panelsrv does. Outcomes:
+their job's `Idempotency-Key` (random, stored with the job). After an attempt with an unknown
+outcome (timeout, a lost answer, a worker killed mid-send) the job is resent with that key only
+to a provider marked as honouring it (`provider set --honours-idempotency`; panelsrv does),
+where it returns the same upstream order; for any other provider it is held for the operator
+(store/migrations/008_held_for_operator.sql) and never resent on its own. Outcomes:
 accepted -> upstream id recorded; "Not enough funds" / "active order with this link" (and a
 provider refusing our own key) -> held and retried later, the operator told in the log;
 unavailable -> retried with backoff; any other refusal -> the order is Canceled and refunded.
@@ -77,10 +79,17 @@ class Dispatcher:
         self._registry = registry
         self._lease = lease_seconds(settings)
         self._send_lease = settings.timeout + MARGIN_SECONDS
-        self.held = (measured or metrics.Registry()).counter(
+        measured = measured or metrics.Registry()
+        self.held = measured.counter(
             "panelsrv_worker_orders_held_total",
             "Dispatch attempts a provider answered with a hold (our funds, an active link, "
             "our key), by provider",
+            ("provider",),
+        )
+        self.held_for_operator = measured.counter(
+            "panelsrv_worker_held_for_operator_total",
+            "Orders and refills held for the operator after an attempt with an unknown outcome "
+            "on a provider not known to honour Idempotency-Key, by provider",
             ("provider",),
         )
 
@@ -119,12 +128,8 @@ class Dispatcher:
         if provider is None:
             await self._not_sent(job, HOLD_SECONDS, "provider inactive or missing")
             return
-        if job.ambiguous:
-            log.warning(
-                "order %s: resending after an attempt with an unknown outcome (same "
-                "Idempotency-Key; a provider that ignores it could see it twice)",
-                job.order_id,
-            )
+        if job.ambiguous and not await self._may_resend(job, provider.name):
+            return
         try:
             upstream_id = await provider.add(
                 order_fields(job), job.upstream_key, self._holding(job)
@@ -156,6 +161,32 @@ class Dispatcher:
                 )
         else:
             await jobs.sent(self._pool, job, upstream_id)
+
+    async def _may_resend(self, job: jobs.Job, provider: str) -> bool:
+        """An earlier attempt may have reached the provider. Resend (True) only where the same
+        Idempotency-Key returns the same upstream order; elsewhere a resend could buy it twice,
+        so the job is held for the operator (False) and never sent again on its own."""
+        what = f"order {job.order_id}" if job.refill_id is None else f"refill {job.refill_id}"
+        if self._registry.honours_idempotency(job.provider_id):
+            log.info(
+                "%s: resending after an attempt with an unknown outcome, with the same "
+                "Idempotency-Key (provider %s honours it)",
+                what,
+                provider,
+            )
+            return True
+        self.held_for_operator.inc((provider,))
+        log.warning(
+            "%s: an attempt may have reached provider %s, which is not known to honour "
+            "Idempotency-Key; held for the operator, never resent on its own (check upstream, "
+            "then `panelsrv order resend --order %d` or `panelsrv order fail --order %d`)",
+            what,
+            provider,
+            job.order_id,
+            job.order_id,
+        )
+        await jobs.hold(self._pool, job, f"unknown outcome at {provider}: held for the operator")
+        return False
 
     async def _not_sent(self, job: jobs.Job, seconds: float, error: str) -> None:
         """The attempt ended without reaching the provider: retry in `seconds`, or, when the
@@ -203,6 +234,8 @@ class Dispatcher:
         if not usable_id(job.upstream_id):
             _unusable(job, "refill rejected")
             await jobs.refill_rejected(self._pool, job)
+            return
+        if job.ambiguous and not await self._may_resend(job, provider.name):
             return
         try:
             refill_id = await provider.refill(job.upstream_id, job.upstream_key, self._holding(job))

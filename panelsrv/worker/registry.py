@@ -34,6 +34,7 @@ class ProviderRow:
     api_key: str
     markup_bp: int | None
     import_category: str | None
+    honours_idempotency: bool  # a resend with the same Idempotency-Key returns the same order
 
 
 class Registry:
@@ -70,6 +71,10 @@ class Registry:
     def get(self, provider_id: int | None) -> Provider | None:
         entry = self._clients.get(provider_id) if provider_id is not None else None
         return None if entry is None else entry[1]
+
+    def honours_idempotency(self, provider_id: int | None) -> bool:
+        entry = self._clients.get(provider_id) if provider_id is not None else None
+        return entry is not None and entry[0].honours_idempotency
 
     def items(self) -> list[tuple[ProviderRow, Provider]]:
         return list(self._clients.values())

@@ -188,7 +188,7 @@ def test_order_list_shows_what_a_provider_reported_as_error(
         {"order": order_id, "panel": world["domain"], "user": world["email"], "status": "Error",
          "charge": "2.50", "refunded": "2.50", "currency": "EUR", "provider": None,
          "upstream_id": "U-1", "error": None, "created": listed[0]["created"],
-         "updated": listed[0]["updated"]},
+         "updated": listed[0]["updated"], "held": None},
     ]  # fmt: skip
     assert ISO.match(listed[0]["created"]) and ISO.match(listed[0]["updated"])
     text = panelsrv(database_url, *args)

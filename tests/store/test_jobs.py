@@ -99,8 +99,18 @@ async def test_a_cancel_during_an_attempt_that_ends_unsent_refunds_at_once(
         assert await jobs.retry(w.pool, job, 0.0, "cannot connect", False) == "retry"
         assert await state(maybe) == ("Pending", [], 2)
 
-        # An earlier worker died holding the job (outcome unknown): no cancel at once.
+        # An earlier worker died holding the job before its request went out: it sent nothing,
+        # so the next attempt is not ambiguous, and ending unsent cancels at once.
+        quiet, job = await cancel_while_claimed()
+        await _expire(w, quiet)
+        later = await _claim(w, quiet)
+        assert not later.ambiguous
+        assert await jobs.retry(w.pool, later, 0.0, "circuit open", False) == "canceled"
+        assert await state(quiet) == ("Canceled", [ONE], 0)
+
+        # One died after its request went out (outcome unknown): no cancel at once.
         died, job = await cancel_while_claimed()
+        assert await jobs.renew(w.pool, job, 30.0)  # right before sending
         await _expire(w, died)
         later = await _claim(w, died)
         assert later.ambiguous

@@ -18,10 +18,18 @@ FINAL = ("Completed", "Partial", "Canceled", "Refunded", "Error")
 
 
 async def provider_service(
-    conn: asyncpg.Connection, url: str, key: str, upstream_service: str = "1", rate: str = "1.00"
+    conn: asyncpg.Connection,
+    url: str,
+    key: str,
+    upstream_service: str = "1",
+    rate: str = "1.00",
+    honours_idempotency: bool = True,
 ) -> tuple[int, int]:
-    """(provider id, service id) of a default service sold through the provider at `url`."""
-    provider_id = await admin.add_provider(conn, unique("sim"), url, key)
+    """(provider id, service id) of a default service sold through the provider at `url`,
+    marked as honouring Idempotency-Key unless told otherwise (the simulator honours it)."""
+    provider_id = await admin.add_provider(
+        conn, unique("sim"), url, key, honours_idempotency=honours_idempotency
+    )
     service_id, _ = await admin.add_service(
         conn,
         admin.ServiceSpec(

@@ -178,6 +178,9 @@ async def test_each_order_goes_upstream_with_its_own_random_key_and_resends_with
         first, second = await w.place(count=2)
         answers = iter([(500, {"error": "Internal error"}, {})])
         fake.on_add = lambda fields: next(answers, None) if fields["link"].endswith("/0") else None
+        await w.conn.execute(  # elsewhere the order would be held for the operator (test_held)
+            "UPDATE providers SET honours_idempotency = true WHERE id = $1", w.provider_id
+        )
         dispatcher = await _dispatcher(w)
         assert await dispatcher.run_once() == 2
         await w.conn.execute("UPDATE outbox SET run_after = now() WHERE order_id = $1", first)
