@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev
 
-.PHONY: setup run test lint bench bench-quick bench-soak clean
+.PHONY: setup run test lint bench bench-quick bench-soak chaos clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
@@ -45,6 +45,12 @@ bench-quick: setup
 bench-soak: setup
 	@$(BENCH_DEPS)
 	$(BIN)/python -m bench.run --soak 300
+
+# Faults of every kind for 6 minutes (serve, workers, PostgreSQL, Redis), then the books checked;
+# figures in bench/results/chaos_360s.json (bench/chaos.py).
+CHAOS_SECONDS ?= 360
+chaos: setup
+	$(BIN)/python -m bench.chaos --seconds $(CHAOS_SECONDS) --out bench/results/chaos_$(CHAOS_SECONDS)s.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build *.egg-info

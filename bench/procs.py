@@ -61,6 +61,22 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def listening_children(pid: int, port: int) -> list[int]:
+    """The children of `pid` that listen on TCP `port` (a server's API processes, not the other
+    processes it supervises)."""
+    import psutil  # a dev dependency, like everything that kills processes on purpose
+
+    found = []
+    for child in children(pid):
+        try:
+            conns = psutil.Process(child).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+            found.append(child)
+    return found
+
+
 def tree(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:

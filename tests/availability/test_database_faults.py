@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.pgcluster import Cluster, until_answering
 from panelsrv.store import db
-from tests.availability.cluster import Cluster, until_answering
 from tests.e2e.served import Served, World, call, visible
 from tests.e2e.test_unavailable import readyz
 from tests.http.httpkit import Client, free_port

@@ -15,28 +15,15 @@ import time
 import psutil
 import pytest
 
+from bench.procs import listening_children
 from tests.e2e.kit import served
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import World, call, visible
 
 pytestmark = pytest.mark.slow
 
 KILL_EVERY = 3.0
 DURATION = 60.0
 PROBE_EVERY = 0.1
-
-
-def api_processes(server: Served) -> list[int]:
-    """The serve children listening on the API port (not the limits hub)."""
-    assert server.proc is not None
-    found = []
-    for child in psutil.Process(server.proc.pid).children():
-        try:
-            listening = child.net_connections(kind="tcp")
-        except psutil.NoSuchProcess:
-            continue
-        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == server.port for c in listening):
-            found.append(child.pid)
-    return found
 
 
 async def test_sigkills_every_3_s_leave_the_api_listening(database_url: str) -> None:
@@ -67,7 +54,8 @@ async def test_sigkills_every_3_s_leave_the_api_listening(database_url: str) -> 
             # Each API process dies about KILL_EVERY seconds after it started: the oldest one
             # every KILL_EVERY / 2 (of two). Young deaths are what the restart backoff punished.
             await asyncio.sleep(KILL_EVERY / 2)
-            victims = api_processes(server)
+            assert server.proc is not None
+            victims = listening_children(server.proc.pid, server.port)
             if victims:
                 oldest = min(victims, key=lambda pid: psutil.Process(pid).create_time())
                 os.kill(oldest, signal.SIGKILL)

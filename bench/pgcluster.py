@@ -1,6 +1,7 @@
-"""A PostgreSQL server of the test's own, to stop, start and restart at will (the shared test
-server is never touched): the binaries and the run-as-another-user-when-root handling of the
-`pgserver` package, the embedded database's, with its data directory under the test's tmp.
+"""A PostgreSQL server of our own, to stop, start and restart at will, for the availability
+tests and the chaos run (the shared test server is never touched): the binaries and the
+run-as-another-user-when-root handling of the `pgserver` package, the embedded database's, with
+its data directory under a directory of the caller's.
 
 It listens on a Unix socket only; `url()` names a database on it.
 """
