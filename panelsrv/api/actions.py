@@ -191,11 +191,20 @@ FIELD_RULES: Final[dict[tuple[str, str], str]] = {
     for f in msgspec.inspect.type_info(cls).fields  # type: ignore[attr-defined]
 }
 
+# tag -> its integer fields. `decode` reads their text itself (decimal digits only) rather than
+# let msgspec's lax str -> int conversion take exponents and fractions.
+INT_FIELDS: Final[dict[str, frozenset[str]]] = {
+    tag: frozenset(
+        name
+        for (t, name), rule in FIELD_RULES.items()
+        if t == tag and rule.startswith("must be an integer")
+    )
+    for tag in STRUCTS
+}
+
 # Fields whose empty value means "absent": PHP SDKs send `runs=` for an option left unset. All
 # are integers but `sign` and `idempotency_key`; a required one is then reported missing.
-EMPTY_IS_ABSENT: Final = frozenset(
-    name for (_tag, name), rule in FIELD_RULES.items() if rule.startswith("must be an integer")
-) | {"sign", "idempotency_key"}
+EMPTY_IS_ABSENT: Final = frozenset().union(*INT_FIELDS.values()) | {"sign", "idempotency_key"}
 
 
 # -- id lists ----------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ Invariants:
   (JSON duplicate keys too), so nothing downstream, in particular the HMAC, can be fed an
   ambiguous request. Query fields are merged under the body's; the body wins a clash.
 - Text is UTF-8, decoded strictly after percent-decoding; anything else is malformed.
+- An integer field takes a string of 1-19 ASCII digits or a JSON integer, nothing else (no
+  exponent, fraction, sign, blank, JSON float or boolean), so its value is exactly the text
+  that was signed; then msgspec checks the field's bounds (strict mode).
 - `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
   `str()` renders them): the input of `api.sign`.
 - Work is bounded before it is done: at most `MAX_FIELDS` fields per source, short part headers.
@@ -24,7 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
-from panelsrv.api.actions import EMPTY_IS_ABSENT, FIELD_RULES, STRUCTS, Action
+from panelsrv.api.actions import EMPTY_IS_ABSENT, FIELD_RULES, INT_FIELDS, STRUCTS, Action
 from panelsrv.errors import ApiError, Code, bad_request
 
 MAX_FIELDS: Final = 100
@@ -39,20 +42,32 @@ MULTIPART: Final = b"multipart/form-data"
 class Decoded:
     """A decoded request: the action, its wire tag, and the fields a signature covers."""
 
-    __slots__ = ("_fields", "_stringify", "action", "tag")
+    __slots__ = ("_fields", "_stringify", "_texts", "action", "tag")
 
-    def __init__(self, action: Action, tag: str, fields: dict[str, Any], stringify: bool) -> None:
+    def __init__(
+        self,
+        action: Action,
+        tag: str,
+        fields: dict[str, Any],
+        stringify: bool,
+        texts: dict[str, str] | None = None,
+    ) -> None:
         self.action = action
         self.tag = tag
         self._fields = fields
         self._stringify = stringify
+        self._texts = texts
 
     @property
     def fields(self) -> dict[str, str]:
-        """Field -> value as received. JSON values are rendered with `str()` on first use only,
-        since most requests carry no `sign` and never ask."""
+        """Field -> value as received. Non-string values (JSON values, and integer fields the
+        decoder converted in place) are rendered with `str()` on first use only, since most
+        requests carry no `sign` and never ask; `_texts` holds the digit strings `str()` would
+        not give back (`007`)."""
         if self._stringify:
             self._fields = {k: v if type(v) is str else str(v) for k, v in self._fields.items()}
+            if self._texts:
+                self._fields.update(self._texts)
             self._stringify = False
         return self._fields
 
@@ -92,18 +107,60 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     if "key" not in fields:
         # msgspec names missing fields in its own order; the key is the one to report first.
         raise bad_request("key", "required")
+    texts = None
+    numbers = INT_FIELDS[tag].intersection(fields)
+    if numbers:
+        texts = _integers(fields, numbers, tag)
+        stringify = True
     values = fields
     if "" in fields.values():
         values = {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
     try:
-        action = msgspec.convert(values, cls, strict=False)
+        # Strict: every value is now of its field's type or refused here (a JSON float or
+        # boolean for an integer field), and msgspec checks the bounds.
+        action = msgspec.convert(values, cls)
     except msgspec.ValidationError as exc:
         raise _translate(exc, tag) from None
-    return Decoded(action, tag, fields, stringify)
+    return Decoded(action, tag, fields, stringify, texts)
 
 
 def _malformed() -> ApiError:
     return ApiError(Code.MALFORMED_BODY)
+
+
+# -- integer fields ------------------------------------------------------------------------------
+
+MAX_DIGITS: Final = 19  # enough for every bound (MAX_BIGINT has 19), and bounds the int() work
+
+
+def _refused(value: Any) -> bool:
+    """True for a value no integer field takes: a string, other than "" (absent), that is not
+    `^[0-9]{1,19}$`. int() alone also takes blanks, signs, `_` and non-ASCII digits, and
+    msgspec's lax mode exponents and fractions, rounded (`99.99999999999999999` -> 100)."""
+    return (
+        type(value) is str
+        and value != ""
+        and not (value.isdigit() and value.isascii() and len(value) <= MAX_DIGITS)
+    )
+
+
+def _integers(fields: dict[str, Any], names: frozenset[str], tag: str) -> dict[str, str] | None:
+    """Convert the integer fields' digit strings to int, in place (no copy of the fields on the
+    hot path); any other string but "" is a 400 with the field's rule. JSON integers stay as
+    they are; other JSON values are msgspec's to refuse. Returns the texts `str()` would not
+    give back (leading zeros), for `Decoded.fields`."""
+    texts = None
+    for name in names:
+        value = fields[name]
+        if _refused(value):
+            first = next(n for n in fields if n in names and _refused(fields[n]))  # in order
+            raise bad_request(first, FIELD_RULES[tag, first])
+        if type(value) is str and value:
+            if value[0] == "0" and len(value) > 1:
+                texts = texts or {}
+                texts[name] = value
+            fields[name] = int(value)
+    return texts
 
 
 # -- application/x-www-form-urlencoded (and the query string) ---------------------------------

@@ -139,10 +139,85 @@ def test_name_without_value_and_empty_parts() -> None:
 
 
 def test_json_numbers_and_strings_both_accepted_for_numeric_fields() -> None:
-    for quantity in (1000, "1000", 1000.0):
+    for quantity in (1000, "1000", "0001000"):
         body = json.dumps({"key": "k", "action": "add", "service": 1, "quantity": quantity})
         action = decode_request(body.encode(), b"application/json", b"").action
         assert isinstance(action, actions.Add) and action.quantity == 1000
+
+
+# Text that is not a string of decimal digits, however a lax parser would read it: exponents,
+# fractions (rounded by a float: 99.99999999999999999 -> 100, 1e-400 -> 0), signs, blanks,
+# separators, non-ASCII digits (str.isdigit() is True for them), more than 19 digits.
+NOT_DIGITS = [
+    "1e3",
+    "1E3",
+    "100.0",
+    "0.5e1",
+    "-0",
+    "+100",
+    "99.99999999999999999",
+    "4.9999999999999999",
+    "0.99999999999999999",
+    "1e-400",
+    " 100",
+    "100 ",
+    "100\n",
+    "1_000",
+    "1,000",
+    "0x10",
+    "\u0661\u0660\u0660",  # Arabic-Indic 100
+    "\uff11\uff10\uff10",  # fullwidth 100
+    "12345678901234567890",
+    "inf",
+    "nan",
+    "null",
+    "true",
+]
+INTEGER_FIELDS = [
+    ("service", "must be an integer >= 1"),
+    ("quantity", "must be an integer >= 0"),
+    ("runs", "must be an integer between 1 and 1000"),
+    ("timestamp", "must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("text", NOT_DIGITS)
+@pytest.mark.parametrize(("field", "rule"), INTEGER_FIELDS)
+def test_integer_fields_take_only_decimal_digits(text: str, field: str, rule: str) -> None:
+    fields = {"key": "k", "action": "add", "service": "5", "quantity": "100", field: text}
+    for body, ctype in (
+        (form(fields), b""),
+        multipart(fields),
+        (json.dumps(fields).encode(), b"application/json"),
+    ):
+        assert error_of(body, ctype) == (400, f"{field}: {rule}")
+    assert error_of(b"", b"", form(fields)) == (400, f"{field}: {rule}")
+
+
+@pytest.mark.parametrize("number", ["100.0", "1e2", "1E2", "0.5e1", "true", "false", "-0.0"])
+@pytest.mark.parametrize(("field", "rule"), INTEGER_FIELDS)
+def test_json_integer_fields_take_only_json_integers(number: str, field: str, rule: str) -> None:
+    fields = {"key": "k", "action": "add", "service": 5, "quantity": 100, field: "NUMBER"}
+    body = json.dumps(fields).replace('"NUMBER"', number).encode()
+    assert error_of(body, b"application/json") == (400, f"{field}: {rule}")
+
+
+def test_decimal_digits_are_read_exactly_up_to_the_bound() -> None:
+    top = str(actions.MAX_BIGINT)
+    decoded = decode_request(form({"key": "k", "action": "status", "order": top}), b"", b"")
+    assert decoded.action == actions.Status(key="k", order=actions.MAX_BIGINT)
+    over = str(actions.MAX_BIGINT + 1)
+    assert error_of(form({"key": "k", "action": "status", "order": over})) == (
+        400,
+        "order: must be an integer >= 1",
+    )
+    body = json.dumps({"key": "k", "action": "status", "order": 10**30}).encode()
+    assert error_of(body, b"application/json") == (400, "order: must be an integer >= 1")
+    # Leading zeros are decimal digits; the text, not the number, is what a signature covers.
+    decoded = decode_request(b"key=k&action=add&service=007&quantity=0100", b"", b"")
+    assert isinstance(decoded.action, actions.Add)
+    assert (decoded.action.service, decoded.action.quantity) == (7, 100)
+    assert decoded.fields["quantity"] == "0100"
 
 
 def test_empty_values_of_optional_numbers_mean_absent() -> None:
@@ -499,7 +574,7 @@ def test_json_fields_render_like_python_str() -> None:
             "key": "k",
             "action": "add",
             "service": 1,
-            "quantity": 1.0,
+            "quantity": 10,
             "flag": True,
             "none": None,
             "list": [1, "a"],
@@ -512,7 +587,7 @@ def test_json_fields_render_like_python_str() -> None:
         "key": "k",
         "action": "add",
         "service": "1",
-        "quantity": "1.0",
+        "quantity": "10",
         "flag": "True",
         "none": "None",
         "list": "[1, 'a']",

@@ -83,8 +83,8 @@ def test_json_values_are_signed_as_python_str_renders_them() -> None:
 
 
 def test_form_values_are_signed_as_received_not_as_typed() -> None:
-    # '1e2' decodes to the integer 100 (lax numbers), but the client signed the text it sent.
-    payload = seed_snippet({"key": API_KEY, "action": "status", "order": "1e2"})
+    # '0100' decodes to the integer 100, but the client signed the text it sent.
+    payload = seed_snippet({"key": API_KEY, "action": "status", "order": "0100"})
     assert verified(*sent_by_requests(data=payload))
     decoded = decode_request(*sent_by_requests(data=payload), b"")
     assert sign.compute(API_KEY, decoded.fields | {"order": "100"}) != payload["sign"]
