@@ -367,6 +367,11 @@ async def test_add_link_rules(server: Served, shop: Shop, database_url: str, enc
         ("ftp://example.com/x", "must be an http or https URL"),
         ("https://x.com/a b", "must not contain whitespace or control characters"),
         ("https:///path", "must name a host"),
+        ("http://@", "must name a host"),
+        ("https://:80", "must name a host"),
+        ("https://instagram.com:65536/x", "must have a port between 1 and 65535"),
+        # 993 characters become 1001 once `https://` is prepended: the limit is on what is stored.
+        (exact.removeprefix("https://") + "a", "must be a string of at most 1000 characters"),
     ):
         r = await ask(
             server, shop, shop.alice, encoding, action="add", service=MAIN, link=bad, quantity=100
@@ -385,6 +390,53 @@ async def test_add_link_rules(server: Served, shop: Shop, database_url: str, enc
         await sql_value(database_url, "SELECT link FROM orders WHERE id = $1", order)
         == "http://Example.com/x"
     )
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize(
+    ("kind", "field", "extra"),
+    [
+        ("Custom Comments", "comments", {}),
+        ("Comment Replies", "comments", {"link": LINK, "username": "author"}),
+        ("Mentions Custom List", "usernames", {"link": LINK}),
+    ],
+)
+async def test_counted_types_charge_every_line(
+    server: Served,
+    shop: Shop,
+    database_url: str,
+    kind: str,
+    field: str,
+    extra: dict[str, Any],
+    encoding: str,
+) -> None:
+    lines = "\n".join(f"c{i}" for i in range(1000))
+    fields = {"service": shop.types[kind], field: lines, **extra}
+
+    async def wallet_and_orders() -> tuple[int, int]:
+        rows = await sql(
+            database_url,
+            "SELECT (SELECT balance FROM wallets WHERE user_id = $1),"
+            " (SELECT count(*) FROM orders WHERE user_id = $1)",
+            shop.bob.user_id,
+        )
+        return rows[0][0], rows[0][1]
+
+    before = await wallet_and_orders()
+    # 1,000 lines go upstream: quantity=10 would charge 10 units and deliver 1,000.
+    r = await ask(server, shop, shop.bob, encoding, action="add", quantity=10, **fields)
+    expect(
+        r,
+        400,
+        {"error": f"quantity: must be the number of non-empty {field} lines (1000), or left out"},
+    )
+    assert await wallet_and_orders() == before  # nothing charged, nothing stored
+    order = await add(server, shop, shop.bob, encoding, **fields)
+    r = await ask(server, shop, shop.bob, encoding, action="status", order=order)
+    assert (r.json()["charge"], r.json()["remains"]) == ("1.00", "1000")  # 1.00 per 1000
+    balance, orders = await wallet_and_orders()
+    assert (before[0] - balance, orders - before[1]) == (money.parse("1.00"), 1)
+    assert await sql_value(database_url, "SELECT quantity FROM orders WHERE id = $1", order) == 1000
 
 
 # -- status and balance ----------------------------------------------------------------------------
