@@ -74,11 +74,16 @@ class Decoded:
 
 def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     """Decode one request. Raises `ApiError` (400) with the message the client should see."""
-    media = content_type.partition(b";")[0].strip().lower() if content_type else b""
+    media, semicolon, rest = content_type.partition(b";")
+    media = media.strip().lower()
     stringify = False
     fields: dict[str, Any]
     duplicate: str | None
     try:
+        params = _NO_PARAMETERS
+        if body and semicolon:
+            params = _parameters(";" + rest.decode("latin-1"))
+            _check_charset(params, "Content-Type")
         if not body:  # fields in the query string only, whatever the declared type
             fields, duplicate = {}, None
         elif media == FORM or not media:
@@ -87,7 +92,7 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
             fields, duplicate = _parse_json(body)
             stringify = True
         elif media == MULTIPART:
-            fields, duplicate = _parse_multipart(body, content_type)
+            fields, duplicate = _parse_multipart(body, params.get("boundary", ""))
         else:
             raise _malformed()
         if query:
@@ -255,23 +260,70 @@ def _first_duplicate_key(body: bytes) -> str | None:
     return None
 
 
+# -- header parameters (Content-Type, Content-Disposition) ----------------------------------------
+
+# RFC 9110 §5.6.6: `*( OWS ";" OWS [ name "=" ( token / quoted-string ) ] )`, blanks around the
+# "=" tolerated (RFC 6266's implied LWS). A token is tchars only; a quoted-string takes any
+# character but CTLs (HTAB aside), `"` and `\`, which a backslash escapes.
+_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAMETER: Final = re.compile(
+    rf'[ \t]*;[ \t]*(?:({_TOKEN})[ \t]*=[ \t]*(?:({_TOKEN})|"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]'
+    rf'|\\[^\x00-\x08\x0a-\x1f\x7f])*)"))?'
+)
+_ESCAPED: Final = re.compile(r"\\(.)", re.S)
+_NO_PARAMETERS: Final[dict[str, str]] = {}
+_CHARSETS: Final = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def _parameters(text: str) -> dict[str, str]:
+    """`; name="a\\"b"; x=y` -> {'name': 'a"b', 'x': 'y'} (names lowercased).
+
+    Each parameter is read whole, so a `;` or `name=` inside a quoted value stays in it. Text
+    outside the grammar, or a name given twice (which one would count?), is malformed.
+    """
+    params: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        match = _PARAMETER.match(text, pos)
+        if match is None:
+            if text[pos:].strip(" \t"):
+                raise _malformed()
+            break
+        name, token, quoted = match.groups()
+        if name is not None:
+            name = name.lower()
+            if name in params:
+                raise _malformed()
+            if quoted is not None and "\\" in quoted:
+                quoted = _ESCAPED.sub(r"\1", quoted)
+            params[name] = token if quoted is None else quoted
+        pos = match.end()
+    return params
+
+
+def _check_charset(params: dict[str, str], field: str) -> None:
+    """Bodies are decoded as UTF-8 only: a declared charset that is not UTF-8 (or its ASCII
+    subset) is refused, not silently misread."""
+    charset = params.get("charset")
+    if charset is not None and charset.lower() not in _CHARSETS:
+        raise bad_request(field, "charset must be UTF-8 or US-ASCII")
+
+
 # -- multipart/form-data -------------------------------------------------------------------------
 
-_BOUNDARY: Final = re.compile(rb';\s*boundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))', re.I)
-_PART_NAME: Final = re.compile(r';\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s"]+))', re.I)
+MAX_BOUNDARY: Final = 70  # RFC 2046 §5.1.1
 _IDENTITY_ENCODINGS: Final = frozenset({"7bit", "8bit", "binary"})
 
 
-def _parse_multipart(body: bytes, content_type: bytes) -> tuple[dict[str, str], str | None]:
+def _parse_multipart(body: bytes, boundary: str) -> tuple[dict[str, str], str | None]:
     """RFC 7578 form data, strictly: the body starts with the delimiter, each part has one
     `Content-Disposition: form-data; name=...`, lines end in CRLF, the close delimiter ends it
     (an epilogue is ignored). A part with a `filename` is a field like any other: Python
     `requests` sends `files={"key": "..."}` that way.
     """
-    match = _BOUNDARY.search(content_type)
-    if match is None:
+    if not 0 < len(boundary) <= MAX_BOUNDARY:
         raise _malformed()
-    delimiter = b"--" + (match.group(1) or match.group(2))
+    delimiter = b"--" + boundary.encode("latin-1")
     separator = b"\r\n" + delimiter
     if not body.startswith(delimiter):
         raise _malformed()
@@ -300,20 +352,22 @@ def _parse_multipart(body: bytes, content_type: bytes) -> tuple[dict[str, str], 
 
 
 def _part_name(head: str) -> str:
+    """The field name of a part's headers; its Content-Type's charset, if any, must be UTF-8."""
     name = None
+    charset_of: dict[str, str] = _NO_PARAMETERS
     for line in head.split("\r\n"):
         header, colon, value = line.partition(":")
         header = header.lower()
         if not colon or header != header.strip() or "\n" in line or "\r" in line:
             raise _malformed()
+        kind, semicolon, rest = value.partition(";")
         if header == "content-disposition":
-            disposition, _, params = value.partition(";")
-            match = _PART_NAME.search(";" + params)
-            if name is not None or disposition.strip().lower() != "form-data" or match is None:
+            params = _parameters(semicolon + rest)
+            if name is not None or kind.strip(" \t").lower() != "form-data" or "name" not in params:
                 raise _malformed()
-            name = match.group(2) if match.group(1) is None else match.group(1)
-            if "\\" in name:
-                name = re.sub(r"\\(.)", r"\1", name)
+            name = params["name"]
+        elif header == "content-type":
+            charset_of = _parameters(semicolon + rest)
         elif (
             header == "content-transfer-encoding"
             and value.strip().lower() not in _IDENTITY_ENCODINGS
@@ -321,6 +375,7 @@ def _part_name(head: str) -> str:
             raise _malformed()
     if name is None:
         raise _malformed()
+    _check_charset(charset_of, name[:MAX_NAME_ECHO])
     return name
 
 

@@ -471,6 +471,137 @@ def test_multipart_details() -> None:
     assert decoded.fields['act"ion'] == "x"
 
 
+def part(disposition: bytes, value: bytes = b"v", extra: bytes = b"") -> bytes:
+    return (
+        b"--B\r\nContent-Disposition: " + disposition + b"\r\n" + extra + b"\r\n" + value + b"\r\n"
+    )
+
+
+KEY_AND_ACTION = part(b'form-data; name="key"', b"k") + part(b"form-data; name=action", b"balance")
+
+
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        # The name is a parameter of its own, never text inside another one's quoted value.
+        (b'form-data; filename="a;name=key"; name="x"', "x"),
+        (b'form-data; filename="a\\"; name=key"; name="x"', "x"),
+        (b'form-data; name="x"; filename="; name=key"', "x"),
+        (b"form-data;name=x", "x"),
+        (b"FORM-DATA; NAME=x; FileName=y", "x"),
+        (b'form-data; name = "x" ; filename = y', "x"),
+        (b'form-data; name="a\\"b"', 'a"b'),
+        (b'form-data; name="a;b=c"', "a;b=c"),
+        (b"form-data; name=a.b-c_d!#$%&'*+^`|~9", "a.b-c_d!#$%&'*+^`|~9"),
+        (b'form-data; name="\xc3\xa9"', "\u00e9"),
+        (b'form-data; name="x";', "x"),
+        (b"form-data; name*=UTF-8''y; name=x", "x"),
+    ],
+)
+def test_multipart_parameters_follow_the_grammar(disposition: bytes, name: str) -> None:
+    body = KEY_AND_ACTION + part(disposition) + b"--B--\r\n"
+    decoded = decode_request(body, b"multipart/form-data; boundary=B", b"")
+    assert decoded.action == actions.Balance(key="k")
+    assert decoded.fields[name] == "v"
+    assert set(decoded.fields) == {"key", "action", name}
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        b'form-data; name=\x1faction"',  # a token holds tchars only: not \x1c-\x1f, not `"`
+        b"form-data; name=\x1faction",
+        b'form-data; name=act"ion"',
+        b'form-data; name="key"x',
+        b'form-data; name="key" x',
+        b'form-data; name="unterminated',
+        b"form-data; name=",
+        b"form-data; name",
+        b'form-data; =x; name="key"',
+        b'form-data; name="key"; name="x"',  # which one? neither
+        b'form-data; name="key"; NAME="key"',
+        b'form-data name="key"',
+        b'form-data; name="a\x01b"',
+        b"form-data; name=a b",
+        b"form-data; name=a,b",
+        b"form-data; name=(key)",
+    ],
+)
+def test_multipart_parameters_outside_the_grammar_are_malformed(disposition: bytes) -> None:
+    body = KEY_AND_ACTION + part(disposition) + b"--B--\r\n"
+    assert error_of(body, b"multipart/form-data; boundary=B") == MALFORMED
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        b"multipart/form-data; boundary=B; boundary=C",
+        b"multipart/form-data; boundary=",
+        b'multipart/form-data; boundary="B',
+        b"multipart/form-data; boundary=B x",
+        b"multipart/form-data; boundary=" + b"B" * 71,
+        b"application/x-www-form-urlencoded; charset",
+        b"application/json; charset=utf-8; charset=utf-8",
+        b"application/json; x=\x1f",
+    ],
+)
+def test_request_content_type_parameters_follow_the_grammar(ctype: bytes) -> None:
+    bodies = {
+        b"application/x-www-form-urlencoded": b"key=k&action=balance",
+        b"application/json": b'{"key": "k", "action": "balance"}',
+        b"multipart/form-data": KEY_AND_ACTION + b"--B--\r\n",
+    }
+    body = bodies[ctype.partition(b";")[0]]
+    assert error_of(body, ctype) == MALFORMED
+
+
+@pytest.mark.parametrize(
+    "charset", ["latin-1", "ISO-8859-1", '"iso-8859-1"', "windows-1251", "utf-16", "UTF-7", "x"]
+)
+def test_a_charset_other_than_utf8_is_refused(charset: str) -> None:
+    rule = (400, "Content-Type: charset must be UTF-8 or US-ASCII")
+    param = f"; charset={charset}".encode()
+    assert error_of(b"key=k&action=balance", b"application/x-www-form-urlencoded" + param) == rule
+    assert error_of(b'{"key": "k", "action": "balance"}', b"application/json" + param) == rule
+    body = KEY_AND_ACTION + b"--B--\r\n"
+    assert error_of(body, b"multipart/form-data; boundary=B" + param) == rule
+    assert error_of(body, b"multipart/form-data" + param + b"; boundary=B") == rule
+    # A part's own Content-Type may declare one too: the field it belongs to is named.
+    typed = part(b'form-data; name="comments"', b"x", b"Content-Type: text/plain" + param + b"\r\n")
+    assert error_of(KEY_AND_ACTION + typed + b"--B--\r\n", b"multipart/form-data; boundary=B") == (
+        400,
+        "comments: charset must be UTF-8 or US-ASCII",
+    )
+
+
+@pytest.mark.parametrize(
+    "charset", ["utf-8", "UTF-8", '"utf-8"', "utf8", "us-ascii", "US-ASCII", "ascii"]
+)
+def test_utf8_and_ascii_charsets_are_accepted(charset: str) -> None:
+    param = f"; charset={charset}".encode()
+    balance = actions.Balance(key="k")
+    assert (
+        decode_request(
+            b"key=k&action=balance", b"application/x-www-form-urlencoded" + param, b""
+        ).action
+        == balance
+    )
+    assert (
+        decode_request(
+            b'{"key": "k", "action": "balance"}', b"application/json" + param, b""
+        ).action
+        == balance
+    )
+    typed = part(b'form-data; name="x"', b"v", b"Content-Type: text/plain" + param + b"\r\n")
+    body = KEY_AND_ACTION + typed + b"--B--\r\n"
+    assert decode_request(body, b"multipart/form-data; boundary=B" + param, b"").action == balance
+    # Query-only requests: the charset of an empty body is not a question.
+    assert (
+        decode_request(b"", b"text/plain; charset=latin-1", b"key=k&action=balance").action
+        == balance
+    )
+
+
 def test_field_count_is_bounded_in_every_encoding() -> None:
     many = {f"f{i}": "1" for i in range(MAX_FIELDS)} | {"key": "k", "action": "balance"}
     assert error_of(form(many)) == MALFORMED
