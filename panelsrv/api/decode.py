@@ -14,7 +14,8 @@ Invariants:
   exponent, fraction, sign, blank, JSON float or boolean), so its value is exactly the text
   that was signed; then msgspec checks the field's bounds (strict mode).
 - `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
-  `str()` renders them): the input of `api.sign`.
+  `str()` renders them): the input of `api.sign`. A request carrying `sign` is also held to
+  `api.sign.check_signed` (nothing its signature could be read to mean otherwise).
 - Work is bounded before it is done: at most `MAX_FIELDS` fields per source, short part headers.
 """
 
@@ -27,12 +28,19 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
-from panelsrv.api.actions import EMPTY_IS_ABSENT, FIELD_RULES, INT_FIELDS, STRUCTS, Action
+from panelsrv.api import sign
+from panelsrv.api.actions import (
+    EMPTY_IS_ABSENT,
+    FIELD_RULES,
+    INT_FIELDS,
+    MAX_NAME_ECHO,
+    STRUCTS,
+    Action,
+)
 from panelsrv.errors import ApiError, Code, bad_request
 
 MAX_FIELDS: Final = 100
 MAX_PART_HEADER: Final = 1024
-MAX_NAME_ECHO: Final = 100  # longest field name quoted back in an error
 
 FORM: Final = b"application/x-www-form-urlencoded"
 JSON: Final = b"application/json"
@@ -126,6 +134,8 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
         action = msgspec.convert(values, cls)
     except msgspec.ValidationError as exc:
         raise _translate(exc, tag) from None
+    if action.sign is not None:
+        sign.check_signed(tag, fields, action.sign_version or 1)
     return Decoded(action, tag, fields, stringify, texts)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
-from tests.e2e.kit import sql, sql_value
+from tests.e2e.kit import sql, sql_value, wallet_and_orders
 from tests.e2e.served import Served, World, call, offered
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
@@ -412,17 +412,7 @@ async def test_counted_types_charge_every_line(
 ) -> None:
     lines = "\n".join(f"c{i}" for i in range(1000))
     fields = {"service": shop.types[kind], field: lines, **extra}
-
-    async def wallet_and_orders() -> tuple[int, int]:
-        rows = await sql(
-            database_url,
-            "SELECT (SELECT balance FROM wallets WHERE user_id = $1),"
-            " (SELECT count(*) FROM orders WHERE user_id = $1)",
-            shop.bob.user_id,
-        )
-        return rows[0][0], rows[0][1]
-
-    before = await wallet_and_orders()
+    before = await wallet_and_orders(database_url, shop.bob.user_id)
     # 1,000 lines go upstream: quantity=10 would charge 10 units and deliver 1,000.
     r = await ask(server, shop, shop.bob, encoding, action="add", quantity=10, **fields)
     expect(
@@ -430,11 +420,11 @@ async def test_counted_types_charge_every_line(
         400,
         {"error": f"quantity: must be the number of non-empty {field} lines (1000), or left out"},
     )
-    assert await wallet_and_orders() == before  # nothing charged, nothing stored
+    assert await wallet_and_orders(database_url, shop.bob.user_id) == before  # nothing changed
     order = await add(server, shop, shop.bob, encoding, **fields)
     r = await ask(server, shop, shop.bob, encoding, action="status", order=order)
     assert (r.json()["charge"], r.json()["remains"]) == ("1.00", "1000")  # 1.00 per 1000
-    balance, orders = await wallet_and_orders()
+    balance, orders = await wallet_and_orders(database_url, shop.bob.user_id)
     assert (before[0] - balance, orders - before[1]) == (money.parse("1.00"), 1)
     assert await sql_value(database_url, "SELECT quantity FROM orders WHERE id = $1", order) == 1000
 
