@@ -212,9 +212,13 @@ FIELD_NAMES: Final[dict[str, frozenset[str]]] = {
 }
 EVERY_FIELD_NAME: Final = frozenset[str]().union(*FIELD_NAMES.values())
 
+# Every name that is an integer field of some action, and of every action that has it (a test
+# keeps it so): the form parsers convert their digits as they read them.
+INT_NAMES: Final = frozenset[str]().union(*INT_FIELDS.values())
+
 # Fields whose empty value means "absent": PHP SDKs send `runs=` for an option left unset. All
 # are integers but `sign` and `idempotency_key`; a required one is then reported missing.
-EMPTY_IS_ABSENT: Final = frozenset().union(*INT_FIELDS.values()) | {"sign", "idempotency_key"}
+EMPTY_IS_ABSENT: Final = INT_NAMES | {"sign", "idempotency_key"}
 
 
 # -- id lists ----------------------------------------------------------------------------------

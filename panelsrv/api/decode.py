@@ -1,9 +1,10 @@
 """Request bytes -> the action Struct: form, JSON or multipart body, plus query-string fields.
 
-Pure; imports `api.actions` and `errors` only. This is the one boundary where msgspec's errors
-become `ApiError`s. Precedence of errors, so that every client sees the most useful one:
-undecodable body (`Malformed request body`) > unknown or missing action (`Incorrect action`) >
-a field sent twice > a missing `key` > any other missing field or one that breaks its type rule.
+Pure; imports `api.actions`, `api.sign` and `errors` only. This is the one boundary where
+msgspec's errors become `ApiError`s. Precedence of errors, so that every client sees the most
+useful one: undecodable body (`Malformed request body`, or a charset other than UTF-8) >
+unknown or missing action (`Incorrect action`) > a field sent twice > a missing `key` > any
+other missing field or one that breaks its type rule > what a signed request may not carry.
 
 Invariants:
 - Field names are unique: a name repeated within the body or within the query string is a 400
@@ -12,7 +13,9 @@ Invariants:
 - Text is UTF-8, decoded strictly after percent-decoding; anything else is malformed.
 - An integer field takes a string of 1-19 ASCII digits or a JSON integer, nothing else (no
   exponent, fraction, sign, blank, JSON float or boolean), so its value is exactly the text
-  that was signed; then msgspec checks the field's bounds (strict mode).
+  that was signed; then msgspec checks the field's bounds (strict mode). The form parsers read
+  plain digits as ints as they go (the hot path); the rest, JSON strings and leading zeros,
+  are read by `_integers` only when strict conversion has failed.
 - `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
   `str()` renders them): the input of `api.sign`. A request carrying `sign` is also held to
   `api.sign.check_signed` (nothing its signature could be read to mean otherwise).
@@ -33,6 +36,7 @@ from panelsrv.api.actions import (
     EMPTY_IS_ABSENT,
     FIELD_RULES,
     INT_FIELDS,
+    INT_NAMES,
     MAX_NAME_ECHO,
     STRUCTS,
     Action,
@@ -50,46 +54,40 @@ MULTIPART: Final = b"multipart/form-data"
 class Decoded:
     """A decoded request: the action, its wire tag, and the fields a signature covers."""
 
-    __slots__ = ("_fields", "_stringify", "_texts", "action", "tag")
+    __slots__ = ("_fields", "_rendered", "_texts", "action", "tag")
 
     def __init__(
-        self,
-        action: Action,
-        tag: str,
-        fields: dict[str, Any],
-        stringify: bool,
-        texts: dict[str, str] | None = None,
+        self, action: Action, tag: str, fields: dict[str, Any], texts: dict[str, str] | None
     ) -> None:
         self.action = action
         self.tag = tag
         self._fields = fields
-        self._stringify = stringify
         self._texts = texts
+        self._rendered: dict[str, str] | None = None
 
     @property
     def fields(self) -> dict[str, str]:
-        """Field -> value as received. Non-string values (JSON values, and integer fields the
-        decoder converted in place) are rendered with `str()` on first use only, since most
-        requests carry no `sign` and never ask; `_texts` holds the digit strings `str()` would
-        not give back (`007`)."""
-        if self._stringify:
-            self._fields = {k: v if type(v) is str else str(v) for k, v in self._fields.items()}
+        """Field -> value as received. Values that are not strings (JSON values; integer fields
+        read as ints) are rendered with `str()` on first use only, since most requests carry no
+        `sign` and never ask; `_texts` holds the digit strings `str()` would not give back
+        (`007`)."""
+        if self._rendered is None:
+            rendered = {k: v if type(v) is str else str(v) for k, v in self._fields.items()}
             if self._texts:
-                self._fields.update(self._texts)
-            self._stringify = False
-        return self._fields
+                rendered.update(self._texts)
+            self._rendered = rendered
+        return self._rendered
 
 
 def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     """Decode one request. Raises `ApiError` (400) with the message the client should see."""
     media, semicolon, rest = content_type.partition(b";")
     media = media.strip().lower()
-    stringify = False
     fields: dict[str, Any]
     duplicate: str | None
     try:
         params = _NO_PARAMETERS
-        if body and semicolon:
+        if body and semicolon and rest.strip(b" \t").lower() not in _UTF8_ONLY:
             params = _parameters(";" + rest.decode("latin-1"))
             _check_charset(params, "Content-Type")
         if not body:  # fields in the query string only, whatever the declared type
@@ -98,7 +96,6 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
             fields, duplicate = _parse_form(body)
         elif media == JSON:
             fields, duplicate = _parse_json(body)
-            stringify = True
         elif media == MULTIPART:
             fields, duplicate = _parse_multipart(body, params.get("boundary", ""))
         else:
@@ -121,22 +118,27 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
         # msgspec names missing fields in its own order; the key is the one to report first.
         raise bad_request("key", "required")
     texts = None
-    numbers = INT_FIELDS[tag].intersection(fields)
-    if numbers:
-        texts = _integers(fields, numbers, tag)
-        stringify = True
-    values = fields
-    if "" in fields.values():
-        values = {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
     try:
-        # Strict: every value is now of its field's type or refused here (a JSON float or
-        # boolean for an integer field), and msgspec checks the bounds.
-        action = msgspec.convert(values, cls)
-    except msgspec.ValidationError as exc:
-        raise _translate(exc, tag) from None
+        # Strict: a string for an integer field, a JSON float or boolean, is refused, and
+        # msgspec checks every bound. The form parsers have already read plain digits as ints.
+        action = msgspec.convert(_present(fields), cls)
+    except msgspec.ValidationError:
+        # Integer fields still holding text (JSON strings, leading zeros), or a real error.
+        texts = _integers(fields, tag)
+        try:
+            action = msgspec.convert(_present(fields), cls)
+        except msgspec.ValidationError as exc:
+            raise _translate(exc, tag) from None
     if action.sign is not None:
         sign.check_signed(tag, fields, action.sign_version or 1)
-    return Decoded(action, tag, fields, stringify, texts)
+    return Decoded(action, tag, fields, texts)
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields less those whose empty value means absent (`EMPTY_IS_ABSENT`)."""
+    if "" in fields.values():
+        return {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
+    return fields
 
 
 def _malformed() -> ApiError:
@@ -148,51 +150,57 @@ def _malformed() -> ApiError:
 MAX_DIGITS: Final = 19  # enough for every bound (MAX_BIGINT has 19), and bounds the int() work
 
 
-def _refused(value: Any) -> bool:
-    """True for a value no integer field takes: a string, other than "" (absent), that is not
-    `^[0-9]{1,19}$`. int() alone also takes blanks, signs, `_` and non-ASCII digits, and
-    msgspec's lax mode exponents and fractions, rounded (`99.99999999999999999` -> 100)."""
-    return (
-        type(value) is str
-        and value != ""
-        and not (value.isdigit() and value.isascii() and len(value) <= MAX_DIGITS)
-    )
+def _int_or_text(value: str) -> int | str:
+    """An integer field's text: the int it spells when it is `^[0-9]{1,19}$` without a leading
+    zero (so `str()` gives the signed text back), else the text, for `_integers` to judge.
+    int() alone would also take blanks, signs, `_` and non-ASCII digits, and msgspec's lax mode
+    exponents and fractions, rounded (`99.99999999999999999` -> 100)."""
+    if (
+        value.isdigit()
+        and value.isascii()
+        and len(value) <= MAX_DIGITS
+        and (value[0] != "0" or len(value) == 1)
+    ):
+        return int(value)
+    return value
 
 
-def _integers(fields: dict[str, Any], names: frozenset[str], tag: str) -> dict[str, str] | None:
-    """Convert the integer fields' digit strings to int, in place (no copy of the fields on the
-    hot path); any other string but "" is a 400 with the field's rule. JSON integers stay as
-    they are; other JSON values are msgspec's to refuse. Returns the texts `str()` would not
-    give back (leading zeros), for `Decoded.fields`."""
+def _integers(fields: dict[str, Any], tag: str) -> dict[str, str] | None:
+    """The integer fields' remaining strings, in the request's order: digits (leading zeros
+    too) become ints in place, anything else but "" (absent) is a 400 with the field's rule.
+    JSON values of other types are msgspec's to refuse. Returns the texts `str()` would not
+    give back, for `Decoded.fields`."""
+    ints = INT_FIELDS[tag]
     texts = None
-    for name in names:
-        value = fields[name]
-        if _refused(value):
-            first = next(n for n in fields if n in names and _refused(fields[n]))  # in order
-            raise bad_request(first, FIELD_RULES[tag, first])
-        if type(value) is str and value:
-            if value[0] == "0" and len(value) > 1:
-                texts = texts or {}
-                texts[name] = value
-            fields[name] = int(value)
+    for name, value in fields.items():
+        if type(value) is not str or not value or name not in ints:
+            continue
+        number = _int_or_text(value.lstrip("0") or "0") if len(value) <= MAX_DIGITS else value
+        if type(number) is not int:
+            raise bad_request(name, FIELD_RULES[tag, name])
+        fields[name] = number
+        if str(number) != value:
+            texts = texts or {}
+            texts[name] = value
     return texts
 
 
 # -- application/x-www-form-urlencoded (and the query string) ---------------------------------
 
 
-def _parse_form(data: bytes) -> tuple[dict[str, str], str | None]:
-    """`a=1&b=x+y%21` -> {'a': '1', 'b': 'x y!'}; the first repeated name, if any.
+def _parse_form(data: bytes) -> tuple[dict[str, str | int], str | None]:
+    """`a=x+y%21&service=7` -> {'a': 'x y!', 'service': 7}; the first repeated name, if any.
 
     The same pairs as `urllib.parse.parse_qsl(..., keep_blank_values=True)` for valid UTF-8 (a
-    name without `=` has the value ""), in about half its time: the body is decoded once (no
+    name without `=` has the value ""), but for integer fields' plain digits, read as ints
+    (`_int_or_text`), in about half its time: the body is decoded once (no
     multi-byte sequence can contain `&`, `=`, `%` or `+`), and only parts holding `%` or `+`,
     usually just the link, are unquoted.
     """
     text = data.decode()
     if text.count("&") >= MAX_FIELDS:
         raise _malformed()
-    fields: dict[str, str] = {}
+    fields: dict[str, str | int] = {}
     duplicate = None
     for part in text.split("&"):
         if not part:
@@ -203,7 +211,7 @@ def _parse_form(data: bytes) -> tuple[dict[str, str], str | None]:
             value = _unquote(value)
         if name in fields and duplicate is None:
             duplicate = name
-        fields[name] = value
+        fields[name] = _int_or_text(value) if name in INT_NAMES else value
     return fields, duplicate
 
 
@@ -283,6 +291,12 @@ _PARAMETER: Final = re.compile(
 _ESCAPED: Final = re.compile(r"\\(.)", re.S)
 _NO_PARAMETERS: Final[dict[str, str]] = {}
 _CHARSETS: Final = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+# The parameters most bodies declare, if any: nothing to parse (what `_parameters` would find).
+_UTF8_ONLY: Final = frozenset({b"charset=utf-8", b'charset="utf-8"', b"charset=utf8"})
+# What nearly every client sends, within the grammar: the name straight away.
+_PLAIN_DISPOSITION: Final = re.compile(
+    r'[ \t]*form-data[ \t]*;[ \t]*name="([^"\\\x00-\x1f\x7f]*)"[ \t]*', re.I
+)
 
 
 def _parameters(text: str) -> dict[str, str]:
@@ -325,7 +339,7 @@ MAX_BOUNDARY: Final = 70  # RFC 2046 §5.1.1
 _IDENTITY_ENCODINGS: Final = frozenset({"7bit", "8bit", "binary"})
 
 
-def _parse_multipart(body: bytes, boundary: str) -> tuple[dict[str, str], str | None]:
+def _parse_multipart(body: bytes, boundary: str) -> tuple[dict[str, str | int], str | None]:
     """RFC 7578 form data, strictly: the body starts with the delimiter, each part has one
     `Content-Disposition: form-data; name=...`, lines end in CRLF, the close delimiter ends it
     (an epilogue is ignored). A part with a `filename` is a field like any other: Python
@@ -337,7 +351,7 @@ def _parse_multipart(body: bytes, boundary: str) -> tuple[dict[str, str], str | 
     separator = b"\r\n" + delimiter
     if not body.startswith(delimiter):
         raise _malformed()
-    fields: dict[str, str] = {}
+    fields: dict[str, str | int] = {}
     duplicate = None
     pos = len(delimiter)
     parts = 0
@@ -357,7 +371,8 @@ def _parse_multipart(body: bytes, boundary: str) -> tuple[dict[str, str], str | 
             raise _malformed()
         if name in fields and duplicate is None:
             duplicate = name
-        fields[name] = body[head_end + 4 : end].decode()
+        value = body[head_end + 4 : end].decode()
+        fields[name] = _int_or_text(value) if name in INT_NAMES else value
         pos = end + len(separator)
 
 
@@ -372,8 +387,14 @@ def _part_name(head: str) -> str:
             raise _malformed()
         kind, semicolon, rest = value.partition(";")
         if header == "content-disposition":
+            if name is not None:
+                raise _malformed()
+            plain = _PLAIN_DISPOSITION.fullmatch(value)
+            if plain is not None:
+                name = plain.group(1)
+                continue
             params = _parameters(semicolon + rest)
-            if name is not None or kind.strip(" \t").lower() != "form-data" or "name" not in params:
+            if kind.strip(" \t").lower() != "form-data" or "name" not in params:
                 raise _malformed()
             name = params["name"]
         elif header == "content-type":

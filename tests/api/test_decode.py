@@ -685,6 +685,12 @@ def test_json_float_with_fraction_is_refused_for_integers() -> None:
     assert error_of(body, b"application/json") == (400, "quantity: must be an integer >= 0")
 
 
+def test_an_integer_name_is_an_integer_field_in_every_action_that_has_it() -> None:
+    # The form parsers read such a name's digits as an int whatever the action.
+    for tag, cls in actions.STRUCTS.items():
+        assert actions.INT_NAMES & set(cls.__struct_fields__) == actions.INT_FIELDS[tag]
+
+
 def test_every_field_has_a_rule_text() -> None:
     for tag, cls in actions.STRUCTS.items():
         for name in cls.__struct_fields__:
