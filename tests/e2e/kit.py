@@ -94,6 +94,12 @@ def cli(database_url: str, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
+def assert_audit_clean(database_url: str) -> None:
+    """`panelsrv audit`: every wallet equals its ledger, after a test that moved money."""
+    report = cli(database_url, "audit")
+    assert report["ok"] is True and report["violations"] == [], report
+
+
 def assert_no_leak(response: Response) -> None:
     text = response.body.decode("utf-8", "replace")
     for marker in LEAK_MARKERS:

@@ -11,8 +11,8 @@ import pytest
 
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
-from tests.e2e.kit import sql, sql_value, wallet_and_orders
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.kit import assert_audit_clean, sql, sql_value, wallet_and_orders
+from tests.e2e.served import Served, World, call, offered, visible
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
 
@@ -410,23 +410,27 @@ async def test_counted_types_charge_every_line(
     extra: dict[str, Any],
     encoding: str,
 ) -> None:
+    # A customer of its own: the shop's are near the order-placement ceiling of 30 a minute.
+    who = Account(*await World(database_url).user(shop.domain, balance="10.00"))
+    await visible(server.port, shop.domain, who.key)
     lines = "\n".join(f"c{i}" for i in range(1000))
     fields = {"service": shop.types[kind], field: lines, **extra}
-    before = await wallet_and_orders(database_url, shop.bob.user_id)
+    before = await wallet_and_orders(database_url, who.user_id)
     # 1,000 lines go upstream: quantity=10 would charge 10 units and deliver 1,000.
-    r = await ask(server, shop, shop.bob, encoding, action="add", quantity=10, **fields)
+    r = await ask(server, shop, who, encoding, action="add", quantity=10, **fields)
     expect(
         r,
         400,
         {"error": f"quantity: must be the number of non-empty {field} lines (1000), or left out"},
     )
-    assert await wallet_and_orders(database_url, shop.bob.user_id) == before  # nothing changed
-    order = await add(server, shop, shop.bob, encoding, **fields)
-    r = await ask(server, shop, shop.bob, encoding, action="status", order=order)
+    assert await wallet_and_orders(database_url, who.user_id) == before  # nothing changed
+    order = await add(server, shop, who, encoding, **fields)
+    r = await ask(server, shop, who, encoding, action="status", order=order)
     assert (r.json()["charge"], r.json()["remains"]) == ("1.00", "1000")  # 1.00 per 1000
-    balance, orders = await wallet_and_orders(database_url, shop.bob.user_id)
+    balance, orders = await wallet_and_orders(database_url, who.user_id)
     assert (before[0] - balance, orders - before[1]) == (money.parse("1.00"), 1)
     assert await sql_value(database_url, "SELECT quantity FROM orders WHERE id = $1", order) == 1000
+    assert_audit_clean(database_url)
 
 
 # -- status and balance ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 from panelsrv.api import sign
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import served, signed, sql, sql_value, wallet_and_orders
+from tests.e2e.kit import assert_audit_clean, served, signed, sql, sql_value, wallet_and_orders
 from tests.e2e.served import Served, World, call, offered
 
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
@@ -109,6 +109,7 @@ async def test_a_seed_signature_covers_one_of_its_three_readings(
     r = await call(server.port, two_fields, host=DOMAIN)
     assert r.status == 200, r.body
     assert await order_row(database_url, r.json()["order"]) == ("https://a", 100)
+    assert_audit_clean(database_url)
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])
@@ -171,3 +172,4 @@ async def test_the_documented_samples_are_served(
     assert await order_row(database_url, order) == (link, 250)
     charge = await sql_value(database_url, "SELECT charge FROM orders WHERE id = $1", order)
     assert charge == 25_000  # 250 at 1.00 per 1000
+    assert_audit_clean(database_url)
