@@ -7,7 +7,7 @@ unit. Nothing here ever touches a float.
 from __future__ import annotations
 
 import functools
-from decimal import Decimal, InvalidOperation
+import re
 
 SCALE_DIGITS = 5
 SCALE = 10**SCALE_DIGITS
@@ -19,26 +19,28 @@ class MoneyError(ValueError):
     pass
 
 
+# Plain decimal text: ASCII digits (str.isdigit and Decimal also take fullwidth and Arabic-Indic
+# ones), an optional minus, at most 5 decimals. Matched before any conversion, so nothing is
+# rounded: Decimal's 28-digit context would round a long input to fit.
+_AMOUNT = re.compile(rf"(-?)([0-9]+)(?:\.([0-9]{{1,{SCALE_DIGITS}}}))?")
+_PERCENT = re.compile(r"([0-9]+)(?:\.([0-9]{1,2}))?")
+_BLANKS = " \t"  # around a CLI argument or a config value; nothing else is trimmed
+
+
 def parse(text: str, *, allow_negative: bool = False) -> int:
-    """'12.345' -> 1234500. At most 5 decimals; no exponent, no sign unless allowed."""
-    text = text.strip()
-    if not text or any(c in text for c in "eEnN_ "):
-        raise MoneyError(f"not a decimal amount: {text!r}")
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise MoneyError(f"not a decimal amount: {text!r}") from None
-    if not value.is_finite():
-        raise MoneyError(f"not a decimal amount: {text!r}")
-    if value < 0 and not allow_negative:
+    """'12.345' -> 1234500. `-?[0-9]+(\\.[0-9]{1,5})?`; the minus only when allowed."""
+    match = _AMOUNT.fullmatch(text.strip(_BLANKS))
+    if match is None:
+        raise MoneyError(f"not a decimal amount with at most {SCALE_DIGITS} decimals: {text!r}")
+    sign, whole, frac = match.groups()
+    if sign and not allow_negative:
         raise MoneyError(f"must not be negative: {text!r}")
-    units = value * SCALE
-    if units != units.to_integral_value():
-        raise MoneyError(f"at most {SCALE_DIGITS} decimals: {text!r}")
-    result = int(units)
-    if abs(result) > MAX_UNITS:
+    if len(whole.lstrip("0")) > 13:  # past MAX_UNITS whatever the digits: no huge int()
         raise MoneyError(f"too large: {text!r}")
-    return result
+    result = int(whole) * SCALE + int((frac or "").ljust(SCALE_DIGITS, "0"))
+    if result > MAX_UNITS:
+        raise MoneyError(f"too large: {text!r}")
+    return -result if sign else result
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -84,13 +86,13 @@ def partial_refund(charge_units: int, remains: int, quantity: int) -> int:
 
 def parse_percent_bp(text: str, maximum: int = 100) -> int:
     """'5' -> 500, '2.5' -> 250 (basis points); 0 to `maximum` percent, at most 2 decimals."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise MoneyError(f"not a percentage: {text!r}") from None
-    if not value.is_finite() or value < 0 or value > maximum:
+    match = _PERCENT.fullmatch(text.strip(_BLANKS))
+    if match is None:
+        raise MoneyError(f"not a percentage with at most 2 decimals: {text!r}")
+    whole, frac = match.groups()
+    if len(whole.lstrip("0")) > 12:
         raise MoneyError(f"must be between 0 and {maximum}: {text!r}")
-    bp = value * 100
-    if bp != bp.to_integral_value():
-        raise MoneyError(f"at most 2 decimals: {text!r}")
-    return int(bp)
+    bp = int(whole) * 100 + int((frac or "").ljust(2, "0"))
+    if bp > maximum * 100:
+        raise MoneyError(f"must be between 0 and {maximum}: {text!r}")
+    return bp

@@ -20,10 +20,55 @@ def test_parse_and_format_round_trip(text: str, units: int, shown: str) -> None:
     assert money.format(units) == shown
 
 
-@pytest.mark.parametrize("bad", ["", "1e3", "NaN", "inf", "0.000001", "-1", "1_000", "abc", "1 0"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "1e3",
+        "NaN",
+        "inf",
+        "0.000001",
+        "-1",
+        "1_000",
+        "abc",
+        "1 0",
+        # Past 5 decimals however long the input: Decimal's 28-digit context used to round these.
+        "999999999999.99999999999999999",
+        "1.0000000000000000000000000000001",
+        "0.000000000000000000000000000001",
+        # Only ASCII digits, only a minus, only a full decimal form.
+        "+5",
+        "\uff15",  # fullwidth 5
+        "\u0665",  # Arabic-Indic 5
+        "1.\u0665",
+        "1.",
+        ".5",
+        "--1",
+        "0x10",
+        "5\n",
+    ],
+)
 def test_parse_refuses(bad: str) -> None:
     with pytest.raises(money.MoneyError):
         money.parse(bad)
+    if bad != "-1":
+        with pytest.raises(money.MoneyError):
+            money.parse(bad, allow_negative=True)
+
+
+def test_parse_negative_only_when_allowed() -> None:
+    assert money.parse("-12.5", allow_negative=True) == -1_250_000
+    assert money.parse("-0", allow_negative=True) == 0
+    assert money.parse(" 7 ") == 700_000  # surrounding blanks of a CLI argument
+    assert money.parse("999999999999.99999") == money.MAX_UNITS - 1
+    with pytest.raises(money.MoneyError, match="too large"):
+        money.parse("1000000000000.00001")
+
+
+@pytest.mark.parametrize("bad", ["+5", "\uff15", "\u0665", "5.", ".5", "1e1", "2.555"])
+def test_percent_refuses_what_is_not_plain_decimal_text(bad: str) -> None:
+    with pytest.raises(money.MoneyError):
+        money.parse_percent_bp(bad)
 
 
 def test_charge_formula_is_exact() -> None:

@@ -32,6 +32,7 @@ from panelsrv.errors import bad_request
 MAX_BIGINT: Final = 2**63 - 1
 MAX_IDS: Final = 100
 MAX_IDEMPOTENCY_KEY: Final = 128
+MAX_NAME_ECHO: Final = 100  # longest client-chosen field name quoted back in an error
 
 Id = Annotated[int, Meta(ge=1, le=MAX_BIGINT)]
 Count = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
@@ -40,6 +41,7 @@ Minutes = Annotated[int, Meta(ge=1, le=43200)]
 Delay = Annotated[int, Meta(ge=0, le=43200)]
 Posts = Annotated[int, Meta(ge=0, le=100_000)]
 Timestamp = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
+SignVersion = Annotated[int, Meta(ge=1, le=2)]  # the canonical form a `sign` covers (api.sign)
 # Printable: it is stored in a text column (no NUL) and echoed in logs.
 IdempotencyKey = Annotated[
     str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern=r"\A[^\x00-\x1f\x7f]*\Z")
@@ -58,6 +60,7 @@ class Action(msgspec.Struct, tag_field="action", frozen=True, gc=False, kw_only=
 
     key: str
     sign: str | None = None
+    sign_version: SignVersion | None = None
     timestamp: Timestamp | None = None
 
 
@@ -191,11 +194,31 @@ FIELD_RULES: Final[dict[tuple[str, str], str]] = {
     for f in msgspec.inspect.type_info(cls).fields  # type: ignore[attr-defined]
 }
 
+# tag -> its integer fields. `decode` reads their text itself (decimal digits only) rather than
+# let msgspec's lax str -> int conversion take exponents and fractions.
+INT_FIELDS: Final[dict[str, frozenset[str]]] = {
+    tag: frozenset(
+        name
+        for (t, name), rule in FIELD_RULES.items()
+        if t == tag and rule.startswith("must be an integer")
+    )
+    for tag in STRUCTS
+}
+
+# tag -> every field name the action knows, `action` included: a signed request carries no
+# other (api.sign). Their union: the names a value must not spell out in the seeds' form.
+FIELD_NAMES: Final[dict[str, frozenset[str]]] = {
+    tag: frozenset(cls.__struct_fields__) | {"action"} for tag, cls in STRUCTS.items()
+}
+EVERY_FIELD_NAME: Final = frozenset[str]().union(*FIELD_NAMES.values())
+
+# Every name that is an integer field of some action, and of every action that has it (a test
+# keeps it so): the form parsers convert their digits as they read them.
+INT_NAMES: Final = frozenset[str]().union(*INT_FIELDS.values())
+
 # Fields whose empty value means "absent": PHP SDKs send `runs=` for an option left unset. All
 # are integers but `sign` and `idempotency_key`; a required one is then reported missing.
-EMPTY_IS_ABSENT: Final = frozenset(
-    name for (_tag, name), rule in FIELD_RULES.items() if rule.startswith("must be an integer")
-) | {"sign", "idempotency_key"}
+EMPTY_IS_ABSENT: Final = INT_NAMES | {"sign", "idempotency_key"}
 
 
 # -- id lists ----------------------------------------------------------------------------------
@@ -272,7 +295,7 @@ def idempotency_key(field: str | None, header: str | None) -> str | None:
 
 # -- idempotency fingerprint -------------------------------------------------------------------
 
-_NOT_PARAMETERS: Final = frozenset({"key", "sign", "timestamp", "idempotency_key"})
+_NOT_PARAMETERS: Final = frozenset({"key", "sign", "sign_version", "timestamp", "idempotency_key"})
 _PARAMETERS: Final[dict[type[Action], tuple[str, ...]]] = {
     cls: tuple(f for f in cls.__struct_fields__ if f not in _NOT_PARAMETERS)
     for cls in STRUCTS.values()
@@ -283,8 +306,9 @@ _FINGERPRINT_ENCODER: Final = msgspec.json.Encoder()
 def fingerprint(action: Action) -> bytes:
     """SHA-256 over the action's tag and parameters, as decoded (so form and JSON agree).
 
-    `key`, `sign`, `timestamp` and `idempotency_key` are left out: they say who sent the request
-    and when, not what it asks for. Absent fields count as null, so adding one changes it.
+    `key`, `sign`, `sign_version`, `timestamp` and `idempotency_key` are left out: they say who
+    sent the request, how and when, not what it asks for. Absent fields count as null, so adding
+    one changes it.
     """
     cls = type(action)
     values = [getattr(action, name) for name in _PARAMETERS[cls]]

@@ -1,17 +1,24 @@
 """Request bytes -> the action Struct: form, JSON or multipart body, plus query-string fields.
 
-Pure; imports `api.actions` and `errors` only. This is the one boundary where msgspec's errors
-become `ApiError`s. Precedence of errors, so that every client sees the most useful one:
-undecodable body (`Malformed request body`) > unknown or missing action (`Incorrect action`) >
-a field sent twice > a missing `key` > any other missing field or one that breaks its type rule.
+Pure; imports `api.actions`, `api.sign` and `errors` only. This is the one boundary where
+msgspec's errors become `ApiError`s. Precedence of errors, so that every client sees the most
+useful one: undecodable body (`Malformed request body`, or a charset other than UTF-8) >
+unknown or missing action (`Incorrect action`) > a field sent twice > a missing `key` > any
+other missing field or one that breaks its type rule > what a signed request may not carry.
 
 Invariants:
 - Field names are unique: a name repeated within the body or within the query string is a 400
   (JSON duplicate keys too), so nothing downstream, in particular the HMAC, can be fed an
   ambiguous request. Query fields are merged under the body's; the body wins a clash.
 - Text is UTF-8, decoded strictly after percent-decoding; anything else is malformed.
+- An integer field takes a string of 1-19 ASCII digits or a JSON integer, nothing else (no
+  exponent, fraction, sign, blank, JSON float or boolean), so its value is exactly the text
+  that was signed; then msgspec checks the field's bounds (strict mode). The form parsers read
+  plain digits as ints as they go (the hot path); the rest, JSON strings and leading zeros,
+  are read by `_integers` only when strict conversion has failed.
 - `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
-  `str()` renders them): the input of `api.sign`.
+  `str()` renders them): the input of `api.sign`. A request carrying `sign` is also held to
+  `api.sign.check_signed` (nothing its signature could be read to mean otherwise).
 - Work is bounded before it is done: at most `MAX_FIELDS` fields per source, short part headers.
 """
 
@@ -24,12 +31,20 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
-from panelsrv.api.actions import EMPTY_IS_ABSENT, FIELD_RULES, STRUCTS, Action
+from panelsrv.api import sign
+from panelsrv.api.actions import (
+    EMPTY_IS_ABSENT,
+    FIELD_RULES,
+    INT_FIELDS,
+    INT_NAMES,
+    MAX_NAME_ECHO,
+    STRUCTS,
+    Action,
+)
 from panelsrv.errors import ApiError, Code, bad_request
 
 MAX_FIELDS: Final = 100
 MAX_PART_HEADER: Final = 1024
-MAX_NAME_ECHO: Final = 100  # longest field name quoted back in an error
 
 FORM: Final = b"application/x-www-form-urlencoded"
 JSON: Final = b"application/json"
@@ -39,40 +54,50 @@ MULTIPART: Final = b"multipart/form-data"
 class Decoded:
     """A decoded request: the action, its wire tag, and the fields a signature covers."""
 
-    __slots__ = ("_fields", "_stringify", "action", "tag")
+    __slots__ = ("_fields", "_rendered", "_texts", "action", "tag")
 
-    def __init__(self, action: Action, tag: str, fields: dict[str, Any], stringify: bool) -> None:
+    def __init__(
+        self, action: Action, tag: str, fields: dict[str, Any], texts: dict[str, str] | None
+    ) -> None:
         self.action = action
         self.tag = tag
         self._fields = fields
-        self._stringify = stringify
+        self._texts = texts
+        self._rendered: dict[str, str] | None = None
 
     @property
     def fields(self) -> dict[str, str]:
-        """Field -> value as received. JSON values are rendered with `str()` on first use only,
-        since most requests carry no `sign` and never ask."""
-        if self._stringify:
-            self._fields = {k: v if type(v) is str else str(v) for k, v in self._fields.items()}
-            self._stringify = False
-        return self._fields
+        """Field -> value as received. Values that are not strings (JSON values; integer fields
+        read as ints) are rendered with `str()` on first use only, since most requests carry no
+        `sign` and never ask; `_texts` holds the digit strings `str()` would not give back
+        (`007`)."""
+        if self._rendered is None:
+            rendered = {k: v if type(v) is str else str(v) for k, v in self._fields.items()}
+            if self._texts:
+                rendered.update(self._texts)
+            self._rendered = rendered
+        return self._rendered
 
 
 def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     """Decode one request. Raises `ApiError` (400) with the message the client should see."""
-    media = content_type.partition(b";")[0].strip().lower() if content_type else b""
-    stringify = False
+    media, semicolon, rest = content_type.partition(b";")
+    media = media.strip().lower()
     fields: dict[str, Any]
     duplicate: str | None
     try:
+        params = _NO_PARAMETERS
+        if body and semicolon and rest.strip(b" \t").lower() not in _UTF8_ONLY:
+            params = _parameters(";" + rest.decode("latin-1"))
+            _check_charset(params, "Content-Type")
         if not body:  # fields in the query string only, whatever the declared type
             fields, duplicate = {}, None
         elif media == FORM or not media:
             fields, duplicate = _parse_form(body)
         elif media == JSON:
             fields, duplicate = _parse_json(body)
-            stringify = True
         elif media == MULTIPART:
-            fields, duplicate = _parse_multipart(body, content_type)
+            fields, duplicate = _parse_multipart(body, params.get("boundary", ""))
         else:
             raise _malformed()
         if query:
@@ -92,35 +117,90 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     if "key" not in fields:
         # msgspec names missing fields in its own order; the key is the one to report first.
         raise bad_request("key", "required")
-    values = fields
-    if "" in fields.values():
-        values = {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
+    texts = None
     try:
-        action = msgspec.convert(values, cls, strict=False)
-    except msgspec.ValidationError as exc:
-        raise _translate(exc, tag) from None
-    return Decoded(action, tag, fields, stringify)
+        # Strict: a string for an integer field, a JSON float or boolean, is refused, and
+        # msgspec checks every bound. The form parsers have already read plain digits as ints.
+        action = msgspec.convert(_present(fields), cls)
+    except msgspec.ValidationError:
+        # Integer fields still holding text (JSON strings, leading zeros), or a real error.
+        texts = _integers(fields, tag)
+        try:
+            action = msgspec.convert(_present(fields), cls)
+        except msgspec.ValidationError as exc:
+            raise _translate(exc, tag) from None
+    if action.sign is not None:
+        sign.check_signed(tag, fields, action.sign_version or 1)
+    return Decoded(action, tag, fields, texts)
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields less those whose empty value means absent (`EMPTY_IS_ABSENT`)."""
+    if "" in fields.values():
+        return {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
+    return fields
 
 
 def _malformed() -> ApiError:
     return ApiError(Code.MALFORMED_BODY)
 
 
+# -- integer fields ------------------------------------------------------------------------------
+
+MAX_DIGITS: Final = 19  # enough for every bound (MAX_BIGINT has 19), and bounds the int() work
+
+
+def _int_or_text(value: str) -> int | str:
+    """An integer field's text: the int it spells when it is `^[0-9]{1,19}$` without a leading
+    zero (so `str()` gives the signed text back), else the text, for `_integers` to judge.
+    int() alone would also take blanks, signs, `_` and non-ASCII digits, and msgspec's lax mode
+    exponents and fractions, rounded (`99.99999999999999999` -> 100)."""
+    if (
+        value.isdigit()
+        and value.isascii()
+        and len(value) <= MAX_DIGITS
+        and (value[0] != "0" or len(value) == 1)
+    ):
+        return int(value)
+    return value
+
+
+def _integers(fields: dict[str, Any], tag: str) -> dict[str, str] | None:
+    """The integer fields' remaining strings, in the request's order: digits (leading zeros
+    too) become ints in place, anything else but "" (absent) is a 400 with the field's rule.
+    JSON values of other types are msgspec's to refuse. Returns the texts `str()` would not
+    give back, for `Decoded.fields`."""
+    ints = INT_FIELDS[tag]
+    texts = None
+    for name, value in fields.items():
+        if type(value) is not str or not value or name not in ints:
+            continue
+        number = _int_or_text(value.lstrip("0") or "0") if len(value) <= MAX_DIGITS else value
+        if type(number) is not int:
+            raise bad_request(name, FIELD_RULES[tag, name])
+        fields[name] = number
+        if str(number) != value:
+            texts = texts or {}
+            texts[name] = value
+    return texts
+
+
 # -- application/x-www-form-urlencoded (and the query string) ---------------------------------
 
 
-def _parse_form(data: bytes) -> tuple[dict[str, str], str | None]:
-    """`a=1&b=x+y%21` -> {'a': '1', 'b': 'x y!'}; the first repeated name, if any.
+def _parse_form(data: bytes) -> tuple[dict[str, str | int], str | None]:
+    """`a=x+y%21&service=7` -> {'a': 'x y!', 'service': 7}; the first repeated name, if any.
 
     The same pairs as `urllib.parse.parse_qsl(..., keep_blank_values=True)` for valid UTF-8 (a
-    name without `=` has the value ""), in about half its time: the body is decoded once (no
+    name without `=` has the value ""), but for integer fields' plain digits, read as ints
+    (`_int_or_text`), in about half its time: the body is decoded once (no
     multi-byte sequence can contain `&`, `=`, `%` or `+`), and only parts holding `%` or `+`,
     usually just the link, are unquoted.
     """
     text = data.decode()
     if text.count("&") >= MAX_FIELDS:
         raise _malformed()
-    fields: dict[str, str] = {}
+    fields: dict[str, str | int] = {}
     duplicate = None
     for part in text.split("&"):
         if not part:
@@ -131,7 +211,7 @@ def _parse_form(data: bytes) -> tuple[dict[str, str], str | None]:
             value = _unquote(value)
         if name in fields and duplicate is None:
             duplicate = name
-        fields[name] = value
+        fields[name] = _int_or_text(value) if name in INT_NAMES else value
     return fields, duplicate
 
 
@@ -198,27 +278,80 @@ def _first_duplicate_key(body: bytes) -> str | None:
     return None
 
 
+# -- header parameters (Content-Type, Content-Disposition) ----------------------------------------
+
+# RFC 9110 §5.6.6: `*( OWS ";" OWS [ name "=" ( token / quoted-string ) ] )`, blanks around the
+# "=" tolerated (RFC 6266's implied LWS). A token is tchars only; a quoted-string takes any
+# character but CTLs (HTAB aside), `"` and `\`, which a backslash escapes.
+_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAMETER: Final = re.compile(
+    rf'[ \t]*;[ \t]*(?:({_TOKEN})[ \t]*=[ \t]*(?:({_TOKEN})|"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]'
+    rf'|\\[^\x00-\x08\x0a-\x1f\x7f])*)"))?'
+)
+_ESCAPED: Final = re.compile(r"\\(.)", re.S)
+_NO_PARAMETERS: Final[dict[str, str]] = {}
+_CHARSETS: Final = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+# The parameters most bodies declare, if any: nothing to parse (what `_parameters` would find).
+_UTF8_ONLY: Final = frozenset({b"charset=utf-8", b'charset="utf-8"', b"charset=utf8"})
+# What nearly every client sends, within the grammar: the name straight away.
+_PLAIN_DISPOSITION: Final = re.compile(
+    r'[ \t]*form-data[ \t]*;[ \t]*name="([^"\\\x00-\x1f\x7f]*)"[ \t]*', re.I
+)
+
+
+def _parameters(text: str) -> dict[str, str]:
+    """`; name="a\\"b"; x=y` -> {'name': 'a"b', 'x': 'y'} (names lowercased).
+
+    Each parameter is read whole, so a `;` or `name=` inside a quoted value stays in it. Text
+    outside the grammar, or a name given twice (which one would count?), is malformed.
+    """
+    params: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        match = _PARAMETER.match(text, pos)
+        if match is None:
+            if text[pos:].strip(" \t"):
+                raise _malformed()
+            break
+        name, token, quoted = match.groups()
+        if name is not None:
+            name = name.lower()
+            if name in params:
+                raise _malformed()
+            if quoted is not None and "\\" in quoted:
+                quoted = _ESCAPED.sub(r"\1", quoted)
+            params[name] = token if quoted is None else quoted
+        pos = match.end()
+    return params
+
+
+def _check_charset(params: dict[str, str], field: str) -> None:
+    """Bodies are decoded as UTF-8 only: a declared charset that is not UTF-8 (or its ASCII
+    subset) is refused, not silently misread."""
+    charset = params.get("charset")
+    if charset is not None and charset.lower() not in _CHARSETS:
+        raise bad_request(field, "charset must be UTF-8 or US-ASCII")
+
+
 # -- multipart/form-data -------------------------------------------------------------------------
 
-_BOUNDARY: Final = re.compile(rb';\s*boundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))', re.I)
-_PART_NAME: Final = re.compile(r';\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s"]+))', re.I)
+MAX_BOUNDARY: Final = 70  # RFC 2046 §5.1.1
 _IDENTITY_ENCODINGS: Final = frozenset({"7bit", "8bit", "binary"})
 
 
-def _parse_multipart(body: bytes, content_type: bytes) -> tuple[dict[str, str], str | None]:
+def _parse_multipart(body: bytes, boundary: str) -> tuple[dict[str, str | int], str | None]:
     """RFC 7578 form data, strictly: the body starts with the delimiter, each part has one
     `Content-Disposition: form-data; name=...`, lines end in CRLF, the close delimiter ends it
     (an epilogue is ignored). A part with a `filename` is a field like any other: Python
     `requests` sends `files={"key": "..."}` that way.
     """
-    match = _BOUNDARY.search(content_type)
-    if match is None:
+    if not 0 < len(boundary) <= MAX_BOUNDARY:
         raise _malformed()
-    delimiter = b"--" + (match.group(1) or match.group(2))
+    delimiter = b"--" + boundary.encode("latin-1")
     separator = b"\r\n" + delimiter
     if not body.startswith(delimiter):
         raise _malformed()
-    fields: dict[str, str] = {}
+    fields: dict[str, str | int] = {}
     duplicate = None
     pos = len(delimiter)
     parts = 0
@@ -238,25 +371,34 @@ def _parse_multipart(body: bytes, content_type: bytes) -> tuple[dict[str, str], 
             raise _malformed()
         if name in fields and duplicate is None:
             duplicate = name
-        fields[name] = body[head_end + 4 : end].decode()
+        value = body[head_end + 4 : end].decode()
+        fields[name] = _int_or_text(value) if name in INT_NAMES else value
         pos = end + len(separator)
 
 
 def _part_name(head: str) -> str:
+    """The field name of a part's headers; its Content-Type's charset, if any, must be UTF-8."""
     name = None
+    charset_of: dict[str, str] = _NO_PARAMETERS
     for line in head.split("\r\n"):
         header, colon, value = line.partition(":")
         header = header.lower()
         if not colon or header != header.strip() or "\n" in line or "\r" in line:
             raise _malformed()
+        kind, semicolon, rest = value.partition(";")
         if header == "content-disposition":
-            disposition, _, params = value.partition(";")
-            match = _PART_NAME.search(";" + params)
-            if name is not None or disposition.strip().lower() != "form-data" or match is None:
+            if name is not None:
                 raise _malformed()
-            name = match.group(2) if match.group(1) is None else match.group(1)
-            if "\\" in name:
-                name = re.sub(r"\\(.)", r"\1", name)
+            plain = _PLAIN_DISPOSITION.fullmatch(value)
+            if plain is not None:
+                name = plain.group(1)
+                continue
+            params = _parameters(semicolon + rest)
+            if kind.strip(" \t").lower() != "form-data" or "name" not in params:
+                raise _malformed()
+            name = params["name"]
+        elif header == "content-type":
+            charset_of = _parameters(semicolon + rest)
         elif (
             header == "content-transfer-encoding"
             and value.strip().lower() not in _IDENTITY_ENCODINGS
@@ -264,6 +406,7 @@ def _part_name(head: str) -> str:
             raise _malformed()
     if name is None:
         raise _malformed()
+    _check_charset(charset_of, name[:MAX_NAME_ECHO])
     return name
 
 

@@ -165,6 +165,7 @@ class Api:
             action.timestamp,
             self._clock(),
             self._sign_max_skew,
+            action.sign_version,
         ):
             self._strike(req.client_ip)
             raise ApiError(Code.INVALID_SIGNATURE)

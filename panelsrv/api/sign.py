@@ -1,9 +1,26 @@
-"""The optional HMAC `sign` of a request, and the freshness of its `timestamp`.
+"""The optional HMAC `sign` of a request: its two canonical forms, what a signed request may
+carry, and the freshness of its `timestamp`.
 
-Pure; standard library only. `sign = hex(hmac_sha256(key, canonical))`, where canonical is
-`"&".join(f"{k}={v}" for k, v in sorted(fields.items()))` over every field except `sign`,
-values as received (JSON values as Python's `str()` renders them) - byte for byte what the
-seed's Python snippet computes, so a client following the documentation verifies here.
+Pure; imports `api.actions` (field names) and `errors`. `sign = hex(hmac_sha256(key,
+canonical))` over every field except `sign`, values as received (JSON values as Python's
+`str()` renders them), in one of two forms chosen by the signed field `sign_version`:
+
+- 1 (the default; the seeds' form): `"&".join(f"{k}={v}" for k, v in sorted(fields.items()))`,
+  byte for byte what the seed's Python snippet computes, so a client following it verifies.
+- 2: each name and value percent-encoded first (RFC 3986: every UTF-8 byte but `A-Z a-z 0-9
+  - . _ ~` as `%XX`, upper-case hex, as AWS SigV4 does), the pairs sorted by encoded name,
+  `k=v` joined by `&`. No `&` or `=` survives the encoding, so the string splits one way only.
+
+A signature must cover exactly one meaning. Form 1 is ambiguous where a value holds `&`:
+`link=https://a&quantity=100` is two fields, and also the one link `https://a&quantity=100`,
+and also the unknown field `link=https://a&quantity` (ignored) set to `100`; JSON null and the
+string "None" render alike. So `check_signed` refuses, in any signed request: a field the action
+does not know (a name with `=` or `&` never is one), a JSON value that is not a string or a
+number; and in form 1, a value holding `&` + the name of any field of the API + `=`. Then no
+other field set a server would accept has the same canonical string (argued in
+`tests/api/test_sign.py`, which re-splits canonical strings every way to check it): every `&`
+that could start a field is a separator, so the pairs, and the names (no `=`), are the signed
+ones. A client whose values may hold such text (links with a query string) signs in form 2.
 
 Which fields count: every field that took effect, i.e. the body's plus any query-string field
 the body did not override (`api.decode.Decoded.fields`). A client that sends everything in the
@@ -20,26 +37,62 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
+from urllib.parse import quote
+
+from panelsrv.api.actions import EVERY_FIELD_NAME, FIELD_NAMES, MAX_NAME_ECHO
+from panelsrv.errors import bad_request
 
 MAX_SKEW: Final = 300
 
+# `&quantity=` and the like: where form 1 cannot tell a value's text from a field of its own.
+_FIELD_START: Final = re.compile("&(?:" + "|".join(map(re.escape, sorted(EVERY_FIELD_NAME))) + ")=")
 
-def canonical(fields: Mapping[str, str]) -> bytes:
+
+def canonical(fields: Mapping[str, str], version: int = 1) -> bytes:
     """The signed string, UTF-8 encoded; `sign` itself is left out."""
+    if version == 2:
+        # quote(safe="") keeps exactly RFC 3986's unreserved characters, hex in upper case.
+        pairs = sorted(
+            (quote(k, safe=""), quote(v, safe="")) for k, v in fields.items() if k != "sign"
+        )
+        return "&".join(f"{k}={v}" for k, v in pairs).encode()
     return "&".join(f"{k}={v}" for k, v in sorted(fields.items()) if k != "sign").encode()
 
 
-def compute(key: str, fields: Mapping[str, str]) -> str:
+def compute(key: str, fields: Mapping[str, str], version: int = 1) -> str:
     """The `sign` a client sends for these fields (lowercase hex)."""
-    return hmac.new(key.encode(), canonical(fields), hashlib.sha256).hexdigest()
+    return hmac.new(key.encode(), canonical(fields, version), hashlib.sha256).hexdigest()
 
 
-def verify(key: str, fields: Mapping[str, str], sign: str) -> bool:
+def verify(key: str, fields: Mapping[str, str], sign: str, version: int = 1) -> bool:
     """True when `sign` is the HMAC of the fields under `key` (hex, either case)."""
-    expected = hmac.new(key.encode(), canonical(fields), hashlib.sha256).hexdigest().encode()
+    expected = compute(key, fields, version).encode()
     return hmac.compare_digest(expected, sign.lower().encode())
+
+
+def check_signed(tag: str, fields: Mapping[str, Any], version: int) -> None:
+    """Refuse (400, naming the field and why) what would let this request's signature cover
+    another meaning too; see the module's docstring. `fields` are as decoded: JSON values keep
+    their type, integer fields may already be ints."""
+    known = FIELD_NAMES[tag]
+    for name, value in fields.items():
+        if name not in known:
+            echo = name[:MAX_NAME_ECHO]
+            if "=" in name or "&" in name:
+                raise bad_request(echo, "a field name with '=' or '&' cannot be signed")
+            raise bad_request(echo, f"not a field of {tag}, refused in a signed request")
+        if type(value) is str:
+            if version == 1 and name != "sign" and (found := _FIELD_START.search(value)):
+                raise bad_request(
+                    name,
+                    f"holds {found.group()!r}, which the sign_version 1 string cannot tell from"
+                    " a field of its own: sign with sign_version=2",
+                )
+        elif type(value) not in (int, float):
+            raise bad_request(name, "must be a string or a number in a signed request")
 
 
 def fresh(timestamp: int, now: float, max_skew: int = MAX_SKEW) -> bool:
@@ -54,10 +107,12 @@ def verify_request(
     timestamp: int | None,
     now: float,
     max_skew: int = MAX_SKEW,
+    version: int | None = None,
 ) -> bool:
-    """The whole check for a request that carries `sign`: the HMAC, then (only when the request
-    carries one) the timestamp's freshness. The timestamp is inside the signed fields, so it
-    cannot be refreshed by a replayer without the key. False -> `401 Invalid signature`."""
-    if not verify(key, fields, sign):
+    """The whole check for a request that carries `sign`: the HMAC in the form `version` (the
+    request's `sign_version`; absent is 1), then (only when the request carries one) the
+    timestamp's freshness. Both are inside the signed fields, so a replayer without the key can
+    neither refresh the timestamp nor switch forms. False -> `401 Invalid signature`."""
+    if not verify(key, fields, sign, version or 1):
         return False
     return timestamp is None or fresh(timestamp, now, max_skew)

@@ -11,11 +11,11 @@ Pure; imports `api.actions` and `errors`; the date is a parameter. Every refusal
 |-------------------------|------|----------------------------|------------------------------------|
 | default                 | yes  | required                   |                                    |
 | Package                 | opt. | set to 1, flat rate        |                                    |
-| Custom Comments         | opt. | defaults to comment lines  | comments                           |
+| Custom Comments         | opt. | comment lines (*)          | comments                           |
 | Custom Comments Package | opt. | set to 1, flat rate        | comments                           |
 | Mentions                | yes  | required                   | usernames                          |
 | Mentions with Hashtags  | yes  | required                   | usernames, hashtags (or hashtag)   |
-| Mentions Custom List    | yes  | defaults to username lines | usernames                          |
+| Mentions Custom List    | yes  | username lines (*)         | usernames                          |
 | Mentions Hashtag        | yes  | required                   | hashtag (or hashtags)              |
 | Mentions User Followers | yes  | required                   | username                           |
 | Mentions Media Likers   | yes  | required                   | media                              |
@@ -23,7 +23,10 @@ Pure; imports `api.actions` and `errors`; the date is a parameter. Every refusal
 |                         |      |                            | or old_posts / delay, expiry       |
 | Poll                    | yes  | required                   | answer_number                      |
 | Comment Likes           | yes  | required                   | username                           |
-| Comment Replies         | yes  | defaults to comment lines  | comments, username                 |
+| Comment Replies         | yes  | comment lines (*)          | comments, username                 |
+
+(*) The number of non-empty lines, since every line is sent upstream: a `quantity` that differs
+(other than 0, a PHP form's default) is a 400, never a charge for fewer lines than are sent.
 
 Drip-feed (`runs`, `interval`) applies only on a service with `dripfeed` and a type charged per
 unit (not Package types, not Subscriptions, whose charges `runs` would not multiply); anywhere
@@ -38,7 +41,7 @@ from typing import Final
 
 import msgspec
 
-from panelsrv.api.actions import Add
+from panelsrv.api.actions import FIELD_RULES, Add
 from panelsrv.errors import bad_request
 from panelsrv.servicetypes import PACKAGE_TYPES, SERVICE_TYPES
 
@@ -83,6 +86,12 @@ def validate_add(
         extras["comments"], counted = _lines("comments", add.comments)
     if service_type in _USERNAMES_TYPES:
         extras["usernames"], counted = _lines("usernames", add.usernames)
+    if service_type in _COUNTED_TYPES and add.quantity and add.quantity != counted:
+        # Every line goes upstream: a smaller quantity would be charged for fewer than are sent.
+        field = "usernames" if service_type in _USERNAMES_TYPES else "comments"
+        raise bad_request(
+            "quantity", f"must be the number of non-empty {field} lines ({counted}), or left out"
+        )
     if service_type == "Mentions with Hashtags":
         extras["hashtags"], _ = _lines("hashtags", add.hashtags or add.hashtag)
     if service_type == "Mentions Hashtag":
@@ -98,9 +107,8 @@ def validate_add(
 
     if service_type in PACKAGE_TYPES:
         return ValidatedOrder(link, 1, 1, 0, extras, 1000)
-    quantity = add.quantity
-    if not quantity and service_type in _COUNTED_TYPES:  # absent, or 0 from a form default
-        quantity = counted
+    # Counted types: absent, a form default's 0, or the count itself (checked above).
+    quantity = counted if service_type in _COUNTED_TYPES else add.quantity
     quantity = _within("quantity", quantity, min_qty, max_qty)
     runs, interval = _dripfeed(add.runs, add.interval) if dripfeed else (1, 0)
     return ValidatedOrder(link, quantity, runs, interval, extras, quantity * runs)
@@ -166,6 +174,8 @@ _NOT_IN_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.S)
 _PORT: Final = re.compile(r"\d+(?:[/?#]|$)")
 _HOST_END: Final = re.compile(r"[/?#]")
+_PORT_NUMBER: Final = re.compile(r"[1-9][0-9]{0,4}")
+MAX_LINK: Final = 1000
 
 
 def normalize_link(raw: str | None, required: bool) -> str:
@@ -190,10 +200,27 @@ def normalize_link(raw: str | None, required: bool) -> str:
         link = "https:" + link
     else:
         link = "https://" + link
-    rest = link[link.index("//") + 2 :]
-    if _HOST_END.split(rest, 1)[0] == "":
-        raise bad_request("link", "must name a host")
+    _check_authority(_HOST_END.split(link[link.index("//") + 2 :], 1)[0])
+    if len(link) > MAX_LINK:  # the stored link, its scheme included
+        raise bad_request("link", FIELD_RULES["add", "link"])
     return link
+
+
+def _check_authority(authority: str) -> None:
+    """`[userinfo@]host[:port]` (RFC 3986 §3.2): a host, not empty, after any userinfo (so not
+    `http://@` nor `https://:80`); an IPv6 literal in brackets; a port, when given, 1-65535."""
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("["):
+        literal, bracket, after = hostport[1:].partition("]")
+        if not literal or not bracket or (after and after[0] != ":"):
+            raise bad_request("link", "must name a host")
+        colon, port = after[:1], after[1:]
+    else:
+        host, colon, port = hostport.partition(":")
+        if not host:
+            raise bad_request("link", "must name a host")
+    if colon and (_PORT_NUMBER.fullmatch(port) is None or int(port) > 65535):
+        raise bad_request("link", "must have a port between 1 and 65535")
 
 
 def _word(field: str, raw: str | None, required: bool) -> str:

@@ -139,10 +139,85 @@ def test_name_without_value_and_empty_parts() -> None:
 
 
 def test_json_numbers_and_strings_both_accepted_for_numeric_fields() -> None:
-    for quantity in (1000, "1000", 1000.0):
+    for quantity in (1000, "1000", "0001000"):
         body = json.dumps({"key": "k", "action": "add", "service": 1, "quantity": quantity})
         action = decode_request(body.encode(), b"application/json", b"").action
         assert isinstance(action, actions.Add) and action.quantity == 1000
+
+
+# Text that is not a string of decimal digits, however a lax parser would read it: exponents,
+# fractions (rounded by a float: 99.99999999999999999 -> 100, 1e-400 -> 0), signs, blanks,
+# separators, non-ASCII digits (str.isdigit() is True for them), more than 19 digits.
+NOT_DIGITS = [
+    "1e3",
+    "1E3",
+    "100.0",
+    "0.5e1",
+    "-0",
+    "+100",
+    "99.99999999999999999",
+    "4.9999999999999999",
+    "0.99999999999999999",
+    "1e-400",
+    " 100",
+    "100 ",
+    "100\n",
+    "1_000",
+    "1,000",
+    "0x10",
+    "\u0661\u0660\u0660",  # Arabic-Indic 100
+    "\uff11\uff10\uff10",  # fullwidth 100
+    "12345678901234567890",
+    "inf",
+    "nan",
+    "null",
+    "true",
+]
+INTEGER_FIELDS = [
+    ("service", "must be an integer >= 1"),
+    ("quantity", "must be an integer >= 0"),
+    ("runs", "must be an integer between 1 and 1000"),
+    ("timestamp", "must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("text", NOT_DIGITS)
+@pytest.mark.parametrize(("field", "rule"), INTEGER_FIELDS)
+def test_integer_fields_take_only_decimal_digits(text: str, field: str, rule: str) -> None:
+    fields = {"key": "k", "action": "add", "service": "5", "quantity": "100", field: text}
+    for body, ctype in (
+        (form(fields), b""),
+        multipart(fields),
+        (json.dumps(fields).encode(), b"application/json"),
+    ):
+        assert error_of(body, ctype) == (400, f"{field}: {rule}")
+    assert error_of(b"", b"", form(fields)) == (400, f"{field}: {rule}")
+
+
+@pytest.mark.parametrize("number", ["100.0", "1e2", "1E2", "0.5e1", "true", "false", "-0.0"])
+@pytest.mark.parametrize(("field", "rule"), INTEGER_FIELDS)
+def test_json_integer_fields_take_only_json_integers(number: str, field: str, rule: str) -> None:
+    fields = {"key": "k", "action": "add", "service": 5, "quantity": 100, field: "NUMBER"}
+    body = json.dumps(fields).replace('"NUMBER"', number).encode()
+    assert error_of(body, b"application/json") == (400, f"{field}: {rule}")
+
+
+def test_decimal_digits_are_read_exactly_up_to_the_bound() -> None:
+    top = str(actions.MAX_BIGINT)
+    decoded = decode_request(form({"key": "k", "action": "status", "order": top}), b"", b"")
+    assert decoded.action == actions.Status(key="k", order=actions.MAX_BIGINT)
+    over = str(actions.MAX_BIGINT + 1)
+    assert error_of(form({"key": "k", "action": "status", "order": over})) == (
+        400,
+        "order: must be an integer >= 1",
+    )
+    body = json.dumps({"key": "k", "action": "status", "order": 10**30}).encode()
+    assert error_of(body, b"application/json") == (400, "order: must be an integer >= 1")
+    # Leading zeros are decimal digits; the text, not the number, is what a signature covers.
+    decoded = decode_request(b"key=k&action=add&service=007&quantity=0100", b"", b"")
+    assert isinstance(decoded.action, actions.Add)
+    assert (decoded.action.service, decoded.action.quantity) == (7, 100)
+    assert decoded.fields["quantity"] == "0100"
 
 
 def test_empty_values_of_optional_numbers_mean_absent() -> None:
@@ -396,6 +471,137 @@ def test_multipart_details() -> None:
     assert decoded.fields['act"ion'] == "x"
 
 
+def part(disposition: bytes, value: bytes = b"v", extra: bytes = b"") -> bytes:
+    return (
+        b"--B\r\nContent-Disposition: " + disposition + b"\r\n" + extra + b"\r\n" + value + b"\r\n"
+    )
+
+
+KEY_AND_ACTION = part(b'form-data; name="key"', b"k") + part(b"form-data; name=action", b"balance")
+
+
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        # The name is a parameter of its own, never text inside another one's quoted value.
+        (b'form-data; filename="a;name=key"; name="x"', "x"),
+        (b'form-data; filename="a\\"; name=key"; name="x"', "x"),
+        (b'form-data; name="x"; filename="; name=key"', "x"),
+        (b"form-data;name=x", "x"),
+        (b"FORM-DATA; NAME=x; FileName=y", "x"),
+        (b'form-data; name = "x" ; filename = y', "x"),
+        (b'form-data; name="a\\"b"', 'a"b'),
+        (b'form-data; name="a;b=c"', "a;b=c"),
+        (b"form-data; name=a.b-c_d!#$%&'*+^`|~9", "a.b-c_d!#$%&'*+^`|~9"),
+        (b'form-data; name="\xc3\xa9"', "\u00e9"),
+        (b'form-data; name="x";', "x"),
+        (b"form-data; name*=UTF-8''y; name=x", "x"),
+    ],
+)
+def test_multipart_parameters_follow_the_grammar(disposition: bytes, name: str) -> None:
+    body = KEY_AND_ACTION + part(disposition) + b"--B--\r\n"
+    decoded = decode_request(body, b"multipart/form-data; boundary=B", b"")
+    assert decoded.action == actions.Balance(key="k")
+    assert decoded.fields[name] == "v"
+    assert set(decoded.fields) == {"key", "action", name}
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        b'form-data; name=\x1faction"',  # a token holds tchars only: not \x1c-\x1f, not `"`
+        b"form-data; name=\x1faction",
+        b'form-data; name=act"ion"',
+        b'form-data; name="key"x',
+        b'form-data; name="key" x',
+        b'form-data; name="unterminated',
+        b"form-data; name=",
+        b"form-data; name",
+        b'form-data; =x; name="key"',
+        b'form-data; name="key"; name="x"',  # which one? neither
+        b'form-data; name="key"; NAME="key"',
+        b'form-data name="key"',
+        b'form-data; name="a\x01b"',
+        b"form-data; name=a b",
+        b"form-data; name=a,b",
+        b"form-data; name=(key)",
+    ],
+)
+def test_multipart_parameters_outside_the_grammar_are_malformed(disposition: bytes) -> None:
+    body = KEY_AND_ACTION + part(disposition) + b"--B--\r\n"
+    assert error_of(body, b"multipart/form-data; boundary=B") == MALFORMED
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        b"multipart/form-data; boundary=B; boundary=C",
+        b"multipart/form-data; boundary=",
+        b'multipart/form-data; boundary="B',
+        b"multipart/form-data; boundary=B x",
+        b"multipart/form-data; boundary=" + b"B" * 71,
+        b"application/x-www-form-urlencoded; charset",
+        b"application/json; charset=utf-8; charset=utf-8",
+        b"application/json; x=\x1f",
+    ],
+)
+def test_request_content_type_parameters_follow_the_grammar(ctype: bytes) -> None:
+    bodies = {
+        b"application/x-www-form-urlencoded": b"key=k&action=balance",
+        b"application/json": b'{"key": "k", "action": "balance"}',
+        b"multipart/form-data": KEY_AND_ACTION + b"--B--\r\n",
+    }
+    body = bodies[ctype.partition(b";")[0]]
+    assert error_of(body, ctype) == MALFORMED
+
+
+@pytest.mark.parametrize(
+    "charset", ["latin-1", "ISO-8859-1", '"iso-8859-1"', "windows-1251", "utf-16", "UTF-7", "x"]
+)
+def test_a_charset_other_than_utf8_is_refused(charset: str) -> None:
+    rule = (400, "Content-Type: charset must be UTF-8 or US-ASCII")
+    param = f"; charset={charset}".encode()
+    assert error_of(b"key=k&action=balance", b"application/x-www-form-urlencoded" + param) == rule
+    assert error_of(b'{"key": "k", "action": "balance"}', b"application/json" + param) == rule
+    body = KEY_AND_ACTION + b"--B--\r\n"
+    assert error_of(body, b"multipart/form-data; boundary=B" + param) == rule
+    assert error_of(body, b"multipart/form-data" + param + b"; boundary=B") == rule
+    # A part's own Content-Type may declare one too: the field it belongs to is named.
+    typed = part(b'form-data; name="comments"', b"x", b"Content-Type: text/plain" + param + b"\r\n")
+    assert error_of(KEY_AND_ACTION + typed + b"--B--\r\n", b"multipart/form-data; boundary=B") == (
+        400,
+        "comments: charset must be UTF-8 or US-ASCII",
+    )
+
+
+@pytest.mark.parametrize(
+    "charset", ["utf-8", "UTF-8", '"utf-8"', "utf8", "us-ascii", "US-ASCII", "ascii"]
+)
+def test_utf8_and_ascii_charsets_are_accepted(charset: str) -> None:
+    param = f"; charset={charset}".encode()
+    balance = actions.Balance(key="k")
+    assert (
+        decode_request(
+            b"key=k&action=balance", b"application/x-www-form-urlencoded" + param, b""
+        ).action
+        == balance
+    )
+    assert (
+        decode_request(
+            b'{"key": "k", "action": "balance"}', b"application/json" + param, b""
+        ).action
+        == balance
+    )
+    typed = part(b'form-data; name="x"', b"v", b"Content-Type: text/plain" + param + b"\r\n")
+    body = KEY_AND_ACTION + typed + b"--B--\r\n"
+    assert decode_request(body, b"multipart/form-data; boundary=B" + param, b"").action == balance
+    # Query-only requests: the charset of an empty body is not a question.
+    assert (
+        decode_request(b"", b"text/plain; charset=latin-1", b"key=k&action=balance").action
+        == balance
+    )
+
+
 def test_field_count_is_bounded_in_every_encoding() -> None:
     many = {f"f{i}": "1" for i in range(MAX_FIELDS)} | {"key": "k", "action": "balance"}
     assert error_of(form(many)) == MALFORMED
@@ -479,6 +685,12 @@ def test_json_float_with_fraction_is_refused_for_integers() -> None:
     assert error_of(body, b"application/json") == (400, "quantity: must be an integer >= 0")
 
 
+def test_an_integer_name_is_an_integer_field_in_every_action_that_has_it() -> None:
+    # The form parsers read such a name's digits as an int whatever the action.
+    for tag, cls in actions.STRUCTS.items():
+        assert actions.INT_NAMES & set(cls.__struct_fields__) == actions.INT_FIELDS[tag]
+
+
 def test_every_field_has_a_rule_text() -> None:
     for tag, cls in actions.STRUCTS.items():
         for name in cls.__struct_fields__:
@@ -499,7 +711,7 @@ def test_json_fields_render_like_python_str() -> None:
             "key": "k",
             "action": "add",
             "service": 1,
-            "quantity": 1.0,
+            "quantity": 10,
             "flag": True,
             "none": None,
             "list": [1, "a"],
@@ -512,7 +724,7 @@ def test_json_fields_render_like_python_str() -> None:
         "key": "k",
         "action": "add",
         "service": "1",
-        "quantity": "1.0",
+        "quantity": "10",
         "flag": "True",
         "none": "None",
         "list": "[1, 'a']",

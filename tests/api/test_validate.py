@@ -134,10 +134,66 @@ def test_bad_links_are_refused(raw: str, rule: str) -> None:
     assert refused(link=raw, quantity=100) == f"link: {rule}"
 
 
-def test_link_of_1000_chars_passes_and_gets_its_scheme() -> None:
-    raw = "example.com/" + "a" * 988
-    assert len(raw) == 1000
+@pytest.mark.parametrize(
+    ("raw", "rule"),
+    [
+        ("http://@", "must name a host"),
+        ("http://@/x", "must name a host"),
+        ("https://user:pass@/x", "must name a host"),
+        ("https://:80", "must name a host"),
+        ("https://:80/x", "must name a host"),
+        ("https://user@:443", "must name a host"),
+        ("//@", "must name a host"),
+        ("https://[]/x", "must name a host"),
+        ("https://[::1/x", "must name a host"),
+        ("https://[::1]x/", "must name a host"),
+        ("https://host:0/x", "must have a port between 1 and 65535"),
+        ("https://host:65536", "must have a port between 1 and 65535"),
+        ("https://host:99999/x", "must have a port between 1 and 65535"),
+        ("https://host:000080", "must have a port between 1 and 65535"),
+        ("https://host:/x", "must have a port between 1 and 65535"),
+        ("https://host:8a/x", "must have a port between 1 and 65535"),
+        ("https://host:+80", "must have a port between 1 and 65535"),
+        ("https://host:\uff18\uff10", "must have a port between 1 and 65535"),
+        ("https://a:b:c/", "must have a port between 1 and 65535"),
+        ("https://[::1]:0/", "must have a port between 1 and 65535"),
+        ("instagram.com:0/x", "must have a port between 1 and 65535"),
+    ],
+)
+def test_a_link_names_a_real_host_and_port(raw: str, rule: str) -> None:
+    assert refused(link=raw, quantity=100) == f"link: {rule}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "https://user@example.com/x",
+        "https://user:pass@example.com:8443/x",
+        "https://example.com:1/",
+        "https://example.com:65535",
+        "https://[::1]:8080/x",
+        "https://[2001:db8::1]/x?q=1",
+        "https://example.com/a@b:c",
+        "https://example.com?next=http://@",
+        "https://example.com#:80",
+    ],
+)
+def test_hosts_ports_and_userinfo_that_pass(raw: str) -> None:
+    assert run(link=raw, quantity=100).link == raw
+
+
+def test_the_1000_character_limit_is_on_the_stored_link() -> None:
+    raw = "example.com/" + "a" * 980
+    assert len("https://" + raw) == 1000
     assert run(link=raw, quantity=100).link == "https://" + raw
+    assert refused(link=raw + "a", quantity=100) == (
+        "link: must be a string of at most 1000 characters"
+    )
+    assert refused(link="//" + raw + "a", quantity=100) == (
+        "link: must be a string of at most 1000 characters"
+    )
+    exact = "https://" + raw
+    assert run(link=f"  {exact}  ", quantity=100).link == exact  # blanks trimmed first
 
 
 # -- drip-feed ------------------------------------------------------------------------------------
@@ -229,10 +285,27 @@ def test_custom_comments_lines_must_be_within_bounds() -> None:
     assert refused("Custom Comments") == "comments: required"
 
 
-def test_custom_comments_explicit_quantity_wins() -> None:
-    order = run("Custom Comments", comments="a\nb", quantity=100)
-    assert order.quantity == 100
-    assert run("Custom Comments", comments="a\nb", quantity=0, low=1).quantity == 2
+COUNTED = [
+    ("Custom Comments", "comments", {}),
+    ("Comment Replies", "comments", {"link": LINK, "username": "author"}),
+    ("Mentions Custom List", "usernames", {"link": LINK}),
+]
+
+
+@pytest.mark.parametrize(("service_type", "field", "extra"), COUNTED)
+def test_counted_types_charge_every_line_sent(
+    service_type: str, field: str, extra: dict[str, str]
+) -> None:
+    # Every line goes upstream, so the quantity charged is the number of lines, whatever the
+    # client says: 10 for 1,000 lines would charge 10 and deliver 1,000.
+    lines = "\n".join(f"line {i}" for i in range(1000)) + "\n\n"
+    for quantity in (10, 999, 1001, 1):
+        assert refused(service_type, low=1, quantity=quantity, **{field: lines}, **extra) == (
+            f"quantity: must be the number of non-empty {field} lines (1000), or left out"
+        )
+    for quantity in (None, 0, 1000):  # absent, a PHP form's 0, or the count itself
+        order = run(service_type, low=1, quantity=quantity, **{field: lines}, **extra)
+        assert (order.quantity, order.units) == (1000, 1000)
 
 
 def test_comments_keep_crlf_text_but_refuse_control_characters() -> None:
@@ -436,14 +509,14 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "Custom Comments Package": {"comments": "a"},
     "Mentions": {"link": LINK, "quantity": 100, "usernames": "a"},
     "Mentions with Hashtags": {"link": LINK, "quantity": 100, "usernames": "a", "hashtags": "b"},
-    "Mentions Custom List": {"link": LINK, "quantity": 100, "usernames": "a"},
+    "Mentions Custom List": {"link": LINK, "usernames": "a\n" * 100},
     "Mentions Hashtag": {"link": LINK, "quantity": 100, "hashtag": "b"},
     "Mentions User Followers": {"link": LINK, "quantity": 100, "username": "a"},
     "Mentions Media Likers": {"link": LINK, "quantity": 100, "media": "m"},
     "Subscriptions": SUB,
     "Poll": {"link": LINK, "quantity": 100, "answer_number": 2},
     "Comment Likes": {"link": LINK, "quantity": 100, "username": "a"},
-    "Comment Replies": {"link": LINK, "quantity": 100, "username": "a", "comments": "c"},
+    "Comment Replies": {"link": LINK, "username": "a", "comments": "c\n" * 100},
 }
 
 

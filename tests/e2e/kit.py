@@ -67,6 +67,17 @@ async def sql_value(database_url: str, query: str, *args: Any) -> Any:
     return rows[0][0] if rows else None
 
 
+async def wallet_and_orders(database_url: str, user_id: int) -> tuple[int, int]:
+    """A user's balance and number of orders: what a refused request must leave as it was."""
+    rows = await sql(
+        database_url,
+        "SELECT (SELECT balance FROM wallets WHERE user_id = $1),"
+        " (SELECT count(*) FROM orders WHERE user_id = $1)",
+        user_id,
+    )
+    return rows[0][0], rows[0][1]
+
+
 def signed(fields: Mapping[str, object], key: str) -> dict[str, object]:
     """The fields plus `sign`, computed exactly as the seed's Python snippet does."""
     canonical = "&".join(f"{k}={v}" for k, v in sorted(fields.items()))
@@ -81,6 +92,12 @@ def cli(database_url: str, *args: str) -> Any:
         capture_output=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     return json.loads(done.stdout)
+
+
+def assert_audit_clean(database_url: str) -> None:
+    """`panelsrv audit`: every wallet equals its ledger, after a test that moved money."""
+    report = cli(database_url, "audit")
+    assert report["ok"] is True and report["violations"] == [], report
 
 
 def assert_no_leak(response: Response) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
-from tests.e2e.kit import sql, sql_value
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.kit import assert_audit_clean, sql, sql_value, wallet_and_orders
+from tests.e2e.served import Served, World, call, offered, visible
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
 
@@ -367,6 +367,11 @@ async def test_add_link_rules(server: Served, shop: Shop, database_url: str, enc
         ("ftp://example.com/x", "must be an http or https URL"),
         ("https://x.com/a b", "must not contain whitespace or control characters"),
         ("https:///path", "must name a host"),
+        ("http://@", "must name a host"),
+        ("https://:80", "must name a host"),
+        ("https://instagram.com:65536/x", "must have a port between 1 and 65535"),
+        # 993 characters become 1001 once `https://` is prepended: the limit is on what is stored.
+        (exact.removeprefix("https://") + "a", "must be a string of at most 1000 characters"),
     ):
         r = await ask(
             server, shop, shop.alice, encoding, action="add", service=MAIN, link=bad, quantity=100
@@ -385,6 +390,47 @@ async def test_add_link_rules(server: Served, shop: Shop, database_url: str, enc
         await sql_value(database_url, "SELECT link FROM orders WHERE id = $1", order)
         == "http://Example.com/x"
     )
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize(
+    ("kind", "field", "extra"),
+    [
+        ("Custom Comments", "comments", {}),
+        ("Comment Replies", "comments", {"link": LINK, "username": "author"}),
+        ("Mentions Custom List", "usernames", {"link": LINK}),
+    ],
+)
+async def test_counted_types_charge_every_line(
+    server: Served,
+    shop: Shop,
+    database_url: str,
+    kind: str,
+    field: str,
+    extra: dict[str, Any],
+    encoding: str,
+) -> None:
+    # A customer of its own: the shop's are near the order-placement ceiling of 30 a minute.
+    who = Account(*await World(database_url).user(shop.domain, balance="10.00"))
+    await visible(server.port, shop.domain, who.key)
+    lines = "\n".join(f"c{i}" for i in range(1000))
+    fields = {"service": shop.types[kind], field: lines, **extra}
+    before = await wallet_and_orders(database_url, who.user_id)
+    # 1,000 lines go upstream: quantity=10 would charge 10 units and deliver 1,000.
+    r = await ask(server, shop, who, encoding, action="add", quantity=10, **fields)
+    expect(
+        r,
+        400,
+        {"error": f"quantity: must be the number of non-empty {field} lines (1000), or left out"},
+    )
+    assert await wallet_and_orders(database_url, who.user_id) == before  # nothing changed
+    order = await add(server, shop, who, encoding, **fields)
+    r = await ask(server, shop, who, encoding, action="status", order=order)
+    assert (r.json()["charge"], r.json()["remains"]) == ("1.00", "1000")  # 1.00 per 1000
+    balance, orders = await wallet_and_orders(database_url, who.user_id)
+    assert (before[0] - balance, orders - before[1]) == (money.parse("1.00"), 1)
+    assert await sql_value(database_url, "SELECT quantity FROM orders WHERE id = $1", order) == 1000
+    assert_audit_clean(database_url)
 
 
 # -- status and balance ----------------------------------------------------------------------------
