@@ -56,7 +56,6 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_busy",
         "_closing",
-        "_continue",
         "_deadline",
         "_eof",
         "_final",
@@ -87,7 +86,6 @@ class HttpProtocol(asyncio.Protocol):
         self._timer_at = INF
         self._deadline = INF
         self._closing = False  # answer what is owed, then close (stop() or the client's EOF)
-        self._continue = False  # a 100 Continue owed once the requests ahead are answered
         self._eof = False
         self._read_paused = False
         self._write_paused = False
@@ -191,13 +189,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._busy is None and not self._queue and not self._write_paused:
             self._next()
 
-    def continue_100(self) -> None:
-        """The request's headers passed every check: invite its body (RFC 9110 10.1.1)."""
+    def continue_100(self, req: Request) -> None:
+        """`req`'s headers passed every check: invite its body (RFC 9110 10.1.1) now, or once
+        the requests ahead are answered, if `req` is then still waiting for its body."""
         transport = self._transport
         if transport and self._busy is None and not self._queue and not self._write_paused:
             transport.write(wire.CONTINUE_100)
         else:
-            self._continue = True
+            req._continue = True
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -313,9 +312,9 @@ class HttpProtocol(asyncio.Protocol):
             self.set_deadline(now + self._lim.keepalive_timeout)
         elif reader.phase == HEAD:
             self.set_deadline(now + self._lim.header_timeout)
-        else:
-            if self._continue:
-                self._continue = False
+        else:  # the 100 is owed only to the request whose body is being read, if it asked
+            if reader.req._continue:
+                reader.req._continue = False
                 transport.write(wire.CONTINUE_100)
             self.set_deadline(now + self._lim.body_timeout)
         self._resume_reading()

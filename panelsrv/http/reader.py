@@ -261,7 +261,7 @@ class Reader:
             conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
         if self._expect and (self._cl > 0 or self._te) and not req._http10:
-            conn.continue_100()
+            conn.continue_100(req)
 
     def on_body(self, body: bytes) -> None:
         if self.dead or self.req._reject:  # a refused request's body is read and dropped

@@ -51,6 +51,7 @@ class Request:
     """
 
     __slots__ = (
+        "_continue",
         "_http10",
         "_keep_alive",
         "_pending",
@@ -91,4 +92,7 @@ class Request:
         self._route: Route | None = None
         self._keep_alive = False
         self._http10 = False
+        # asked for a 100 Continue while requests ahead were unanswered: sent when the
+        # connection gets to it, only if it is still in its body phase then
+        self._continue = False
         self._t0 = 0.0

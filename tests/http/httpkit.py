@@ -17,6 +17,7 @@ import httptools
 import orjson
 
 from panelsrv.http.listener import HttpServer, api_routes
+from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.request import Limits, Request
 
 SHORT = 2.0  # seconds any single read in a test may take before it is a failure
@@ -194,3 +195,67 @@ def post(body: bytes = b"", headers: bytes = b"", target: bytes = b"/api/v2") ->
         len(body),
         body,
     )
+
+
+class FakeTransport:
+    """A transport without a socket: records what the protocol writes and how it ends;
+    closing or aborting delivers `connection_lost` at once, and only once, as a loop would."""
+
+    def __init__(self, peer: str = "127.0.0.1") -> None:
+        self.peer = peer
+        self.protocol: HttpProtocol | None = None
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.eof_written = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (self.peer, 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.writes.append(b"".join(parts))
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.lose()
+
+    def abort(self) -> None:
+        self.lose()
+
+    def lose(self) -> None:
+        """The connection ends (the peer went away, or we closed it)."""
+        if not self.closed:
+            self.closed = True
+            if self.protocol is not None:
+                self.protocol.connection_lost(None)
+
+    def statuses(self) -> list[int]:
+        """The status of each response written, interim ones included (the protocol writes
+        each response with one call)."""
+        return [int(data[9:12]) for data in self.writes]
+
+
+def connect(server: HttpServer, peer: str = "127.0.0.1") -> tuple[HttpProtocol, FakeTransport]:
+    """A connection to `server` over a FakeTransport from `peer`; the server need not listen
+    (its loop becomes the running one)."""
+    server.loop = asyncio.get_running_loop()
+    protocol = server()
+    transport = FakeTransport(peer)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    if protocol._transport is not None:  # admitted
+        transport.protocol = protocol
+    return protocol, transport

@@ -190,6 +190,33 @@ async def test_expect_continue_waits_for_the_request_ahead() -> None:
         await server.stop(1.0)
 
 
+async def test_a_100_continue_is_never_sent_to_a_later_request() -> None:
+    """Issue 12, point 19, live: B asks for 100 while A is in flight but sends its body at
+    once; D (HTTP/1.0) then waits in its body behind C. The 100 was B's; nobody gets it."""
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        slow = post(target=b"/api/v2?sleep=0.2")
+        await client.send(slow + H_EXPECT % 3 + b"abc")
+        assert [await _status(client) for _ in range(2)] == [200, 200]
+        http10 = b"POST /api/v2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n"
+        await client.send(slow + http10)
+        first = await _status(client)
+        await client.send(b"xyz")
+        assert [first, await _status(client)] == [200, 200]
+        await client.send(post(b"a=1"))
+        assert await _status(client) == 200
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def _status(client: Client) -> int:
+    response = await client.next()  # interim responses included
+    assert response is not None
+    return response.status
+
+
 async def test_handler_failure_is_500_logged_once_without_its_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
