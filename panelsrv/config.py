@@ -47,6 +47,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     body_timeout: Positive = 30.0
     keepalive_timeout: Positive = 60.0
     max_connections: Count = 10_000
+    max_connections_per_ip: Count = 256
     shutdown_grace: Positive = 10.0
     # -- logging --
     log_level: str = "info"

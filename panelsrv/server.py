@@ -26,6 +26,7 @@ from panelsrv.api.handler import Api, unavailable
 from panelsrv.config import Config
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
+from panelsrv.guard.limits import client_key
 from panelsrv.guard.shared import RedisBackend
 from panelsrv.guard.sync import MEANWHILE as LIMITS_MEANWHILE
 from panelsrv.http.listener import HttpServer, api_routes
@@ -107,6 +108,7 @@ def http_limits(cfg: Config) -> Limits:
         max_header_bytes=cfg.max_header_bytes, max_body_bytes=cfg.max_body_bytes,
         header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
         keepalive_timeout=cfg.keepalive_timeout, max_connections=cfg.max_connections,
+        max_connections_per_ip=cfg.max_connections_per_ip,
     )  # fmt: skip
 
 
@@ -233,6 +235,7 @@ class App:
             connect_check=guard.check_block if guard else None,
             trusted_proxies=cfg.trusted_proxies,
             client_ip_header=cfg.client_ip_header,
+            address_key=client_key,
             registry=registry,
             access_log=cfg.access_log,
         )

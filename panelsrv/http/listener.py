@@ -2,11 +2,15 @@
 
 Transport layer: imports asyncio and panelsrv.http.{protocol, wire, clientip}, panelsrv.metrics.
 It is the protocol factory (`loop.create_server(server, ...)` calls it per connection) and keeps
-the per-process connection set (for the cap, the gauge and draining) and the once-a-second Date
+the per-process connections (for the caps, the gauge and draining) and the once-a-second Date
 ticker. What it serves comes in as `routes`; who is refused early comes in as `precheck`
-(per request, after the path matched, before the body) and `connect_check` (per connection,
-for peers that are not trusted proxies); both answer 0 to admit, else a 429's Retry-After
-seconds: positive lets the connection stay (the body is skipped), negative closes it.
+(per request, before the path is looked up and the body read) and `connect_check` (per
+connection, for peers that are not trusted proxies); both answer 0 to admit, else a 429's
+Retry-After seconds: positive lets the connection stay (the body is skipped), negative closes it.
+
+Invariant: a connection is counted in `conns` (and, unless its peer is a trusted proxy, in
+`addresses` under `address_key(peer)`) from `admit` to its one effective `release`, however it
+ends; a refused connection is never counted.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from panelsrv.metrics import Registry, ServerMetrics
 
 Check = Callable[[str], int]
 DEFAULT_LIMITS = Limits()
+UNCOUNTED = ""  # the address key of a trusted proxy's connection: not capped per address
 
 
 class HttpServer:
@@ -36,18 +41,23 @@ class HttpServer:
         connect_check: Check | None = None,
         trusted_proxies: Iterable[str] = (),
         client_ip_header: str = "x-forwarded-for",
+        address_key: Callable[[str], str] = str,
         registry: Registry | None = None,
         access_log: bool = False,
     ) -> None:
+        """`address_key` maps a peer address to what the per-address connection cap counts
+        it under (the server passes the guard's: an IPv6 address by its /64)."""
         self.routes = dict(routes)
         self.limits = limits
         self.precheck = precheck
         self.connect_check = connect_check
         self.trusted = TrustedProxies(trusted_proxies, client_ip_header == "x-real-ip")
+        self.address_key = address_key
         self.metrics = ServerMetrics(registry if registry is not None else Registry())
         self.metrics.connections.fn = lambda: len(self.conns)
         self.access_log = access_log
-        self.conns: set[HttpProtocol] = set()
+        self.conns: dict[HttpProtocol, str] = {}  # each open connection -> its address key
+        self.addresses: dict[str, int] = {}  # address key -> open connections (never 0)
         self.next_id = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(); no connection exists before
         self._server: asyncio.Server | None = None
@@ -87,9 +97,37 @@ class HttpServer:
         # fire just after the next second starts, so Date turns over on time
         self._ticker = self.loop.call_later(1.0 - now % 1.0 + 0.001, self._tick)
 
+    def admit(self, conn: HttpProtocol, ip: str, trusted: bool) -> bytes | None:
+        """A new connection from `ip`: counted, or the response that refuses it (the caps:
+        503, as nginx's limit_conn; a blocked address: 429)."""
+        lim = self.limits
+        if len(self.conns) >= lim.max_connections:
+            self.metrics.reject("connections")
+            return wire.REJECT_CLOSE[503]
+        key = UNCOUNTED
+        if not trusted:  # every client of a trusted proxy shares its address
+            wait = self.connect_check(ip) if self.connect_check is not None else 0
+            if wait:
+                self.metrics.reject("precheck")
+                return wire.too_many(abs(wait), False)
+            key = self.address_key(ip)
+            count = self.addresses.get(key, 0)
+            if count >= lim.max_connections_per_ip:
+                self.metrics.reject("connections_per_ip")
+                return wire.REJECT_CLOSE[503]
+            self.addresses[key] = count + 1
+        self.conns[conn] = key
+        return None
+
     def release(self, conn: HttpProtocol) -> None:
-        """A connection is gone (and its handler, if any, has returned)."""
-        self.conns.discard(conn)
+        """A connection is gone (and its handler, if any, has returned); again is a no-op."""
+        key = self.conns.pop(conn, None)
+        if key:
+            left = self.addresses[key] - 1
+            if left:
+                self.addresses[key] = left
+            else:
+                del self.addresses[key]
         self.settle()
 
     def settle(self) -> None:
@@ -113,7 +151,7 @@ class HttpServer:
         await asyncio.wait([self._drained], timeout=grace)
         for conn in list(self.conns):
             conn.abort()
-        self.conns.clear()
+            self.release(conn)  # an aborted handler never reaches its own release
         await server.wait_closed()
         await asyncio.sleep(0)  # let aborted transports deliver connection_lost
         if self._ticker is not None:

@@ -96,16 +96,8 @@ class HttpProtocol(asyncio.Protocol):
         srv = self._srv
         peer = transport.get_extra_info("peername")
         ip = normalize(peer[0]) if isinstance(peer, tuple) else ""
-        refusal: bytes | None = None
         trusted = ip in srv.trusted
-        if len(srv.conns) >= self._lim.max_connections:
-            srv.metrics.reject("connections")
-            refusal = wire.REJECT_CLOSE[503]
-        elif not trusted and srv.connect_check is not None:
-            wait = srv.connect_check(ip)
-            if wait:
-                srv.metrics.reject("precheck")
-                refusal = wire.too_many(abs(wait), False)
+        refusal = srv.admit(self, ip, trusted)
         if refusal is not None:
             transport.write(refusal)
             transport.close()
@@ -115,7 +107,6 @@ class HttpProtocol(asyncio.Protocol):
         reader.peer = ip
         reader.trusted_peer = trusted
         reader.dead = False
-        srv.conns.add(self)
         self.set_deadline(self._loop.time() + self._lim.header_timeout)
 
     def data_received(self, data: bytes) -> None:

@@ -2,7 +2,7 @@
 
 Transport layer: imports httptools and panelsrv.http.{clientip, request, wire}. The Reader never
 writes to the socket; it builds each Request from parser events, applies the pre-body checks in
-`on_headers_complete` (cheapest first: framing, path and method, Host, the per-IP precheck, the
+`on_headers_complete` (cheapest first: framing, Host, the per-IP precheck, path and method, the
 declared size) and hands the connection either a complete request (`conn.complete`) or a
 refusal (`conn.refuse`). Only the callbacks defined here are wired by httptools.
 
@@ -237,6 +237,18 @@ class Reader:
         path = url if type(url) is bytes else bytes(url)
         if path[:1] != b"/":
             path = origin_path(path)
+        if not self._resolve_host(req) or self._invalid:
+            conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+            return
+        if self.trusted_peer:
+            req.client_ip = self._client_ip()
+        precheck = self._srv.precheck
+        if precheck is not None:  # every request on the listener, found or not
+            wait = precheck(req.client_ip)
+            if wait:
+                req._retry_after = abs(wait)
+                self._reject(req, 429, "precheck", close=wait < 0)
+                return
         route = self._srv.routes.get(path)
         if route is None:
             self._reject(req, 404, "not_found")
@@ -245,18 +257,6 @@ class Reader:
         if parser.get_method() != route.method:
             self._reject(req, 405, "method")
             return
-        if not self._resolve_host(req) or self._invalid:
-            conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
-            return
-        if self.trusted_peer:
-            req.client_ip = self._client_ip()
-        precheck = self._srv.precheck
-        if precheck is not None:
-            wait = precheck(req.client_ip)
-            if wait:
-                req._retry_after = abs(wait)
-                self._reject(req, 429, "precheck", close=wait < 0)
-                return
         if self._cl > lim.max_body_bytes:
             conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return

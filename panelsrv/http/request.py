@@ -35,6 +35,7 @@ class Limits(NamedTuple):
     keepalive_timeout: float = 60.0  # idle between requests
     write_timeout: float = 30.0  # how long the client may leave our writes unread
     max_connections: int = 10_000  # per process
+    max_connections_per_ip: int = 256  # per process and client address (trusted proxies: none)
     max_headers: int = 100
     max_pipelined: int = 64  # requests parsed ahead of the one in flight
 

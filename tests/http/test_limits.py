@@ -217,7 +217,24 @@ async def test_precheck_refusals_that_close(wait: int, framing: bytes) -> None:
         await server.stop(1.0)
 
 
-async def test_precheck_runs_after_the_route_and_before_the_size() -> None:
+@pytest.mark.parametrize(
+    "request_line", [b"GET /nope HTTP/1.1", b"POST /nope HTTP/1.1", b"GET /api/v2 HTTP/1.1"]
+)
+async def test_404_and_405_pass_the_precheck_like_any_request(request_line: bytes) -> None:
+    seen: list[str] = []
+    server = await start_server(precheck=lambda ip: seen.append(ip) or 3)  # type: ignore[func-returns-value]
+    try:
+        client = await Client.connect(server.port)
+        await client.send(request_line + b"\r\nHost: a\r\n\r\n")
+        response = await client.final()
+        assert response is not None and response.status == 429, response
+        assert response.headers["retry-after"] == "3" and seen == ["127.0.0.1"]
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_precheck_runs_before_the_size() -> None:
     refused: list[str] = []
     server = await start_server(
         precheck=lambda ip: refused.append(ip) or 1,  # type: ignore[func-returns-value]
@@ -225,12 +242,10 @@ async def test_precheck_runs_after_the_route_and_before_the_size() -> None:
     )
     try:
         client = await Client.connect(server.port)
-        await client.send(b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
-        response = await client.final()
-        assert response is not None and response.status == 404 and not refused
         await client.send(H + b"Content-Length: 5000\r\n\r\n")
         await _refused(client, 429)
         await client.close()
+        assert refused == ["127.0.0.1"]
     finally:
         await server.stop(1.0)
 
