@@ -37,6 +37,7 @@ class Code(enum.Enum):
     HEADERS_TOO_LARGE = (431, "Request header fields too large")
     TOO_MANY_REQUESTS = (429, "Too many requests")
     INTERNAL = (500, "Internal server error")
+    NOT_IMPLEMENTED = (501, "Transfer-Encoding not implemented")  # a coding other than chunked
     UNAVAILABLE = (503, "Service unavailable")
 
     @property

@@ -1,10 +1,11 @@
 """Reading requests off one connection: the httptools parser's callback target.
 
-Transport layer: imports httptools and panelsrv.http.{clientip, request, wire}. The Reader never
-writes to the socket; it builds each Request from parser events, applies the pre-body checks in
-`on_headers_complete` (cheapest first: framing, Host, the per-IP precheck, path and method, the
-declared size) and hands the connection either a complete request (`conn.complete`) or a
-refusal (`conn.refuse`). Only the callbacks defined here are wired by httptools.
+Transport layer: imports httptools and panelsrv.http.{clientip, request, syntax, wire}. The
+Reader never writes to the socket; it builds each Request from parser events, applies the
+pre-body checks in `on_headers_complete` (cheapest first: framing and transfer coding, Host,
+the per-IP precheck, path and method, the declared size) and hands the connection either a
+complete request (`conn.complete`) or a refusal (`conn.refuse`). Only the callbacks defined
+here are wired by httptools.
 
 Invariants: a callback never raises (that would leave the parser broken); once `dead`, nothing
 is fed to the parser again and late callbacks of the same read are ignored; header bytes, header
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from panelsrv.http import wire
+from panelsrv.http import syntax, wire
 from panelsrv.http.clientip import client_ip
 from panelsrv.http.request import Request
 
@@ -119,7 +120,7 @@ class Reader:
         """Reset the per-message scratch."""
         self._url: bytes | bytearray = b""
         self._cl = 0
-        self._te = False
+        self._te: bytes | None = None  # Transfer-Encoding, its lines joined by ","
         self._expect = False
         self._forwarded_for: bytes | None = None
         self._real_ip: bytes | None = None
@@ -193,7 +194,8 @@ class Reader:
         if key == _CONTENT_LENGTH:
             self._cl = int(value)  # llhttp already refused anything but digits, and duplicates
         elif key == _TRANSFER_ENCODING:
-            self._te = True
+            te = self._te
+            self._te = value if te is None else te + b"," + value
         elif key == _HOST:
             self._invalid |= self._host_raw is not None
             self._host_raw = value
@@ -223,11 +225,20 @@ class Reader:
         self._raw = 0
         conn.set_deadline(self._srv.loop.time() + lim.body_timeout)
         version = parser.get_http_version()
+        te = self._te
         # Only HTTP/1.1 and 1.0; a 1.0 request with Transfer-Encoding has faulty framing
         # (RFC 9112 6.1); an Upgrade would hand the rest of the stream to another protocol.
-        if (version != "1.1" and (version != "1.0" or self._te)) or parser.should_upgrade():
+        if (version != "1.1" and (version != "1.0" or te is not None)) or parser.should_upgrade():
             conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
             return
+        if te is not None and te != b"chunked":
+            coding = syntax.transfer_coding(te)
+            if coding != syntax.CHUNKED:  # and the body is not read as plain chunked
+                if coding == syntax.UNKNOWN_CODING:
+                    conn.refuse(wire.REJECT_CLOSE[501], "not_implemented")
+                else:
+                    conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+                return
         req._http10 = version == "1.0"
         url = self._url
         q = url.find(b"?")
@@ -260,7 +271,7 @@ class Reader:
         if self._cl > lim.max_body_bytes:
             conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
-        if self._expect and (self._cl > 0 or self._te) and not req._http10:
+        if self._expect and (self._cl > 0 or te is not None) and not req._http10:
             conn.continue_100(req)
 
     def on_body(self, body: bytes) -> None:
@@ -300,7 +311,8 @@ class Reader:
         without a 100-continue to wait for); otherwise, or when `close`, answer and close."""
         req._reject = status
         cl = self._cl
-        if not close and not self._te and (cl == 0 or (cl <= self._skip_max and not self._expect)):
+        te = self._te is not None
+        if not close and not te and (cl == 0 or (cl <= self._skip_max and not self._expect)):
             self._srv.metrics.reject(reason)  # answered once the body is in (protocol._start)
             return
         self._conn.refuse(early_answer(req, False), reason)

@@ -81,6 +81,7 @@ _REJECTS: dict[int, tuple[bytes, bytes]] = {
     413: (ERROR_BODIES[Code.BODY_TOO_LARGE], b""),
     431: (ERROR_BODIES[Code.HEADERS_TOO_LARGE], b""),
     500: (ERROR_BODIES[Code.INTERNAL], b""),
+    501: (ERROR_BODIES[Code.NOT_IMPLEMENTED], b""),
     503: (ERROR_BODIES[Code.UNAVAILABLE], RETRY_AFTER_1),
 }
 _KEEP = (404,)

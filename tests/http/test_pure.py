@@ -34,7 +34,7 @@ def test_prebuilt_rejects_follow_the_date() -> None:
     wire.set_date(784111778.0)
     assert wire.REJECT_CLOSE[503] != first
     assert b"08:49:38 GMT" in wire.REJECT_CLOSE[503]
-    assert set(wire.REJECT_CLOSE) == {400, 404, 413, 431, 500, 503}
+    assert set(wire.REJECT_CLOSE) == {400, 404, 413, 431, 500, 501, 503}
     assert b"Connection" not in wire.REJECT_KEEP[404]
     allow_get = wire.render_405(b"GET", True)
     assert b"Allow: GET\r\n" in allow_get and b"Connection" not in allow_get
