@@ -2,19 +2,26 @@
 
 Transport layer: imports httptools and panelsrv.http.{clientip, request, syntax, wire}. The
 Reader never writes to the socket; it builds each Request from parser events, applies the
-pre-body checks in `on_headers_complete` (cheapest first: framing and transfer coding, Host,
-the per-IP precheck, path and method, the declared size) and hands the connection either a
-complete request (`conn.complete`) or a refusal (`conn.refuse`). Only the callbacks defined
-here are wired by httptools.
+pre-body checks in `on_headers_complete` (cheapest first: framing and transfer coding, target
+and Host, the per-IP precheck, path and method, the declared size) and hands the connection
+either a complete request (`conn.complete`) or a refusal (`conn.refuse`). Only the callbacks
+defined here are wired by httptools.
+
+llhttp skips any CR/LF run before a request line and any run of spaces inside it, which a
+strict front proxy reads otherwise: the Reader allows one CRLF before it and one space between
+its parts (else 400, close). httptools gives no offsets, so each read is fed in pieces that start
+at a message boundary (a message begun earlier is fed up to its end first), and where a message
+ends inside a piece is worked out (`syntax`) only when something follows it.
 
 Invariants: a callback never raises (that would leave the parser broken); once `dead`, nothing
 is fed to the parser again and late callbacks of the same read are ignored; header bytes, header
-count, body bytes and what httptools may buffer in an unfinished header are all bounded.
+count, body bytes and what httptools may buffer in an unfinished header are all bounded; no
+request is served whose first bytes were not checked (when a read defeats the bookkeeping, the
+connection closes after the request it was in).
 """
 
 from __future__ import annotations
 
-import re
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -42,9 +49,12 @@ _WANTED = {
     b"x-forwarded-for": _FORWARDED_FOR,
     b"x-real-ip": _REAL_IP,
 }
-# A reg-name (DNS-ish, '_' tolerated) or a bracketed IPv6 literal, then an optional port.
-_HOST_RE = re.compile(rb"([a-z0-9._-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 _OWS = b" \t"
+_CODING_REASONS = {400: "bad_request", 501: "not_implemented"}
+# `_piece_seq` of a piece in which a message may end at an unknown place: the read was stepped
+# through MAX_CHUNK_STEPS times already; the connection ends after that message
+_LOST = -1
+MAX_CHUNK_STEPS = 64  # CRLF CRLFs inside a chunked body fed one by one per read, at most
 # A refused request with a declared body up to this size is read and dropped, keeping the
 # connection (cheaper for both sides than a reconnect); a larger or chunked one closes it.
 SKIP_BODY_MAX = 16 * 1024
@@ -61,17 +71,9 @@ def early_answer(req: Request, keep_alive: bool) -> bytes:
     return wire.render_405(req._route.method, keep_alive)
 
 
-def origin_path(target: bytes) -> bytes:
-    """The path of an absolute-form target (`http://host/path`), which servers must accept."""
-    start = target.find(b"://")
-    if start <= 0:
-        return target
-    slash = target.find(b"/", start + 3)
-    return target[slash:] if slash >= 0 else b"/"
-
-
 class Reader:
     __slots__ = (
+        "_at",
         "_body_buf",
         "_body_len",
         "_cl",
@@ -83,14 +85,19 @@ class Reader:
         "_host_raw",
         "_host_value",
         "_invalid",
+        "_lead",
         "_lim",
+        "_line_end",
         "_nheaders",
         "_parser",
+        "_piece",
+        "_piece_seq",
         "_raw",
         "_real_ip",
         "_seq",
         "_skip_max",
         "_srv",
+        "_tail",
         "_te",
         "_url",
         "dead",
@@ -114,6 +121,15 @@ class Reader:
         self._seq = 0
         self._host_cache: bytes | None = None
         self._host_value = ""
+        self._piece = b""  # the part of a read being fed, which starts at a message boundary
+        self._piece_seq = 0  # `_seq` when it began: a later message in it follows another
+        self._lead = b""  # CR/LF received since the last message ended (b"", b"\r" or b"\r\n")
+        # the message being read: where it starts in `_piece` (-1: in an earlier read); the
+        # last byte of its request line while that is unfinished; the last bytes fed of its
+        # head or chunked body while that is unfinished (each ends with a CRLF CRLF)
+        self._at = 0
+        self._line_end: bytes | None = None
+        self._tail = b""
         self._begin()
 
     def _begin(self) -> None:
@@ -135,22 +151,111 @@ class Reader:
     def feed(self, data: bytes) -> None:
         if self.dead:
             return  # lingering, or refused: the parser is never fed again
-        phase, seq = self.phase, self._seq
-        try:
+        if self.phase != IDLE:
+            data = self._feed_on(data)
+            if not data or self.dead:
+                return
+        self._piece = data
+        self._piece_seq = self._seq
+        try:  # (no byte bound here: a piece that starts at a boundary starts a message)
             self._parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade):
-            self._conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+            self._bad_request()
+        else:  # (CR/LF left after the last message would end the piece with a byte < 14)
+            if self.phase != IDLE or data[-1] < 14:
+                self._piece_end(data)
+        self._piece = b""
+
+    def _piece_end(self, data: bytes) -> None:
+        """A piece fed whole: what it left unfinished is checked while its bytes are here."""
+        phase = self.phase
+        if phase == IDLE:  # after the last message, only CR/LF llhttp skipped: an empty line?
+            self._lead_in(data[self._after() if self._seq != self._piece_seq else 0 :])
+        elif phase != CLOSING:  # a message goes on in the next read (it began here)
+            if phase == HEAD and self._at >= 0:  # its request line, checked while it is here
+                self._start_ok(data, self._at)
+                self._at = -1
+            self._tail = data[-3:]  # (the bytes before the message hold no CRLF CRLF with it)
+
+    def _feed_on(self, data: bytes) -> bytes:
+        """Feed the rest of a message begun in an earlier read, up to its end; return what
+        follows it, which starts at a message boundary (b"" if nothing does)."""
+        steps = 0
+        while self.phase != IDLE and not self.dead:
+            self._piece_seq = self._seq  # the pieces below end where the message may end
+            if self.phase == HEAD:
+                if self._line_end is not None and not self._line_on(data):
+                    return b""
+                cut = syntax.crlf2_end(self._tail, data)
+            elif self._te is None:
+                cut = self._cl - self._body_len
+            elif steps < MAX_CHUNK_STEPS:
+                steps += 1
+                cut = syntax.crlf2_end(self._tail, data)
+            else:  # an adversarial body: feed the rest at once; if it ends in it, stop there
+                self._piece_seq = _LOST
+                self._feed(data)
+                return b""
+            if cut < 0 or cut >= len(data):
+                self._feed(data)
+                return b""
+            self._feed(data[:cut])
+            data = data[cut:]
+        return data
+
+    def _feed(self, piece: bytes) -> None:
+        phase, seq = self.phase, self._seq
+        try:
+            self._parser.feed_data(piece)
+        except (HttpParserError, HttpParserUpgrade):
+            self._bad_request()
             return
-        # A read that began and ended inside one message's head (or body) is wholly that part:
+        now = self.phase
+        # A piece that began and ended inside one message's head (or body) is wholly that part:
         # this bounds what httptools buffers in a header it has not finished.
-        if phase == self.phase and seq == self._seq and not self.dead:
-            self._raw += len(data)
+        if phase == now and seq == self._seq and not self.dead:
+            self._raw += len(piece)
             lim = self._lim
             if phase == HEAD and self._raw > lim.max_header_bytes:
                 self._conn.refuse(wire.REJECT_CLOSE[431], "headers_too_large")
             # chunk framing and trailers ride on top of a body: allow generous overhead
             elif phase == BODY and self._raw > 4 * lim.max_body_bytes + lim.max_header_bytes:
                 self._conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
+        if now == HEAD or (now == BODY and self._te is not None):
+            self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
+
+    def _after(self) -> int:
+        """Where the message that just completed in `_piece` (it began there) ends."""
+        data = self._piece
+        at = data.find(syntax.CRLF2, self._at) + 4
+        return at + self._cl if self._te is None else syntax.chunked_end(data, at)
+
+    def _lead_in(self, skipped: bytes) -> None:
+        """CR/LF llhttp skipped between messages: one CRLF is allowed (RFC 9112 2.2)."""
+        lead = self._lead + skipped
+        if b"\r\n".startswith(lead):
+            self._lead = lead
+        else:
+            self._bad_request()
+
+    def _start_ok(self, data: bytes, at: int) -> bool:
+        """A message's bytes from `data[at]`: at most one empty line before the request line,
+        one space between its parts. Refused when not."""
+        at, self._lead = syntax.line_start(data, at, self._lead), b""
+        if at < 0:
+            self._bad_request()
+            return False
+        return self._line_on(data, at)
+
+    def _line_on(self, data: bytes, at: int = 0) -> bool:
+        """The request line, from `data[at]` or going on from the previous read."""
+        ok, self._line_end = syntax.spaced_once(data, at, self._line_end)
+        if not ok:
+            self._bad_request()
+        return ok
+
+    def _bad_request(self) -> None:
+        self._conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
 
     # -- parser callbacks --------------------------------------------------------------------
 
@@ -163,10 +268,14 @@ class Reader:
         srv = self._srv
         srv.next_id += 1
         req._reset(srv.next_id, self.peer)
+        # where this message starts: at the piece's start, or after the previous one (whose
+        # scratch is still here)
+        at = 0 if self._seq == self._piece_seq else self._after()
         self._begin()
         self._seq += 1
         self.phase = HEAD
         self._conn.set_deadline(srv.loop.time() + self._lim.header_timeout)
+        self._at = at  # checked with the request line, once llhttp has parsed it
 
     def on_url(self, url: bytes) -> None:
         u = self._url
@@ -229,30 +338,40 @@ class Reader:
         # Only HTTP/1.1 and 1.0; a 1.0 request with Transfer-Encoding has faulty framing
         # (RFC 9112 6.1); an Upgrade would hand the rest of the stream to another protocol.
         if (version != "1.1" and (version != "1.0" or te is not None)) or parser.should_upgrade():
-            conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+            self._bad_request()
             return
         if te is not None and te != b"chunked":
-            coding = syntax.transfer_coding(te)
-            if coding != syntax.CHUNKED:  # and the body is not read as plain chunked
-                if coding == syntax.UNKNOWN_CODING:
-                    conn.refuse(wire.REJECT_CLOSE[501], "not_implemented")
-                else:
-                    conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+            status = syntax.transfer_coding(te)
+            if status:  # and the body is not read as plain chunked
+                conn.refuse(wire.REJECT_CLOSE[status], _CODING_REASONS[status])
+                return
+        method, url, at = parser.get_method(), self._url, self._at
+        if at >= 0:  # the message began in this piece: check its start here
+            # The strict line is `method SP target SP HTTP/d.d CRLF`, no empty line before it:
+            # its LF is where that puts it (a run of spaces moves it on). Else look closer.
+            data, line_feed = self._piece, at + len(method) + len(url) + 11
+            strict = data[line_feed] == 10 and data[at] > 13 and not self._lead  # 13: CR
+            if not strict and not self._start_ok(data, at):
                 return
         req._http10 = version == "1.0"
-        url = self._url
         q = url.find(b"?")
         if q >= 0:
             req.query = bytes(url[q + 1 :])
             url = url[:q]
         path = url if type(url) is bytes else bytes(url)
-        if path[:1] != b"/":
-            path = origin_path(path)
-        if not self._resolve_host(req) or self._invalid:
-            conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+        authority = None
+        if path[:1] != b"/" and path != b"*":
+            form = syntax.absolute_form(path)
+            if form is None:
+                self._bad_request()
+                return
+            authority, path = form
+        if not self._resolve_host(req, authority) or self._invalid:
+            self._bad_request()
             return
         if self.trusted_peer:
-            req.client_ip = self._client_ip()
+            srv = self._srv
+            req.client_ip = client_ip(self.peer, self._forwarded_for, self._real_ip, srv.trusted)
         precheck = self._srv.precheck
         if precheck is not None:  # every request on the listener, found or not
             wait = precheck(req.client_ip)
@@ -265,7 +384,7 @@ class Reader:
             self._reject(req, 404, "not_found")
             return
         req._route = route
-        if parser.get_method() != route.method:
+        if method != route.method:
             self._reject(req, 405, "method")
             return
         if self._cl > lim.max_body_bytes:
@@ -275,14 +394,15 @@ class Reader:
             conn.continue_100(req)
 
     def on_body(self, body: bytes) -> None:
-        if self.dead or self.req._reject:  # a refused request's body is read and dropped
+        if self.dead:
             return
-        n = self._body_len + len(body)
+        n = self._body_len = self._body_len + len(body)  # counted: the body's end is known
+        req = self.req
+        if req._reject:  # a refused request's body is read and dropped
+            return
         if n > self._lim.max_body_bytes:  # chunked: only the running length tells
             self._conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
-        self._body_len = n
-        req = self.req
         if not req.body:
             req.body = body  # the common case: one chunk, kept as is
         elif self._body_buf is None:
@@ -297,6 +417,10 @@ class Reader:
         req = self.req
         self.phase = IDLE
         req._keep_alive = self._parser.should_keep_alive()
+        if self._piece_seq == _LOST:  # nothing after it could be checked: the last one read
+            req._keep_alive = False
+            self.dead = True
+            self.phase = CLOSING
         if self._body_buf is not None:
             req.body = bytes(self._body_buf)
         req._pending = True
@@ -317,18 +441,24 @@ class Reader:
             return
         self._conn.refuse(early_answer(req, False), reason)
 
-    def _resolve_host(self, req: Request) -> bool:
+    def _resolve_host(self, req: Request, authority: bytes | None) -> bool:
+        """Host must be valid when sent, and sent in HTTP/1.1 (RFC 9112 3.2); an absolute-form
+        target's authority names the host instead (3.2.2)."""
         raw = self._host_raw
         if raw is None:
-            return req._http10  # HTTP/1.1 requires Host (RFC 9112 3.2)
-        if raw != self._host_cache:
-            m = _HOST_RE.fullmatch(raw.rstrip(_OWS).lower())
-            if m is None:
+            if not req._http10:
+                return False
+        elif raw != self._host_cache:
+            name = syntax.host_name(raw)
+            if name is None:
                 return False
             self._host_cache = raw
-            self._host_value = m.group(1).decode("ascii")
-        req.host = self._host_value
+            self._host_value = name
+        if authority is not None:
+            name = syntax.host_name(authority)
+            if name is None:
+                return False
+            req.host = name
+        elif raw is not None:
+            req.host = self._host_value
         return True
-
-    def _client_ip(self) -> str:
-        return client_ip(self.peer, self._forwarded_for, self._real_ip, self._srv.trusted)

@@ -15,6 +15,7 @@ from tests.http.httpkit import Calls, Client, post, start_server
 H = b"POST /api/v2 HTTP/1.1\r\nHost: panel.test\r\n"
 CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
 TE = b"Transfer-Encoding: "
+NO_BODY = b"Content-Length: 0\r\n\r\n"
 
 # name -> (request, the body the handler must see)
 GOOD: dict[str, tuple[bytes, bytes]] = {
@@ -44,6 +45,12 @@ GOOD: dict[str, tuple[bytes, bytes]] = {
     ),
     "query_and_trailing_slash": (post(b"x=1", target=b"/api/v2/?action=balance"), b"x=1"),
     "absolute_form": (post(b"x=1", target=b"http://panel.test/api/v2"), b"x=1"),
+    "absolute_form_https_port_upper_scheme": (
+        post(b"x=1", target=b"HTTPS://panel.test:8443/api/v2?a=b"),
+        b"x=1",
+    ),
+    # RFC 9112 2.2: at least one empty line before a request line is to be ignored
+    "one_empty_line_before": (b"\r\n" + post(b"x=1"), b"x=1"),
     "te_chunked_upper_case_and_ows": (
         H + TE + b"\tCHUNKED  \r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         b"abc",
@@ -118,6 +125,23 @@ BAD: dict[str, bytes] = {
     "invalid_host": b"POST /api/v2 HTTP/1.1\r\nHost: a b/c\r\nContent-Length: 0\r\n\r\n",
     "duplicate_content_type": H + b"Content-Type: a/b\r\nContent-Type: c/d\r\n\r\n",
     "duplicate_idempotency_key": H + b"Idempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n",
+    # request lines llhttp tolerates and a strict front proxy reads otherwise (issue 12, point 22)
+    "two_spaces_before_version": b"POST /api/v2  HTTP/1.1\r\nHost: a\r\n" + NO_BODY,
+    "two_spaces_after_method": b"POST  /api/v2 HTTP/1.1\r\nHost: a\r\n" + NO_BODY,
+    "bare_lf_before": b"\n" + post(),
+    "bare_lf_lines_before": b"\n\n\n" + post(),
+    "bare_cr_before": b"\r" + post(),
+    "two_empty_lines_before": b"\r\n\r\n" + post(),
+    "lf_then_crlf_before": b"\n\r\n" + post(),
+    # absolute-form and Host (RFC 9112 3.2): a scheme we do not serve, a bad authority or port
+    "absolute_form_other_scheme": post(target=b"x://panel.test/api/v2"),
+    "absolute_form_userinfo": post(target=b"http://user@panel.test/api/v2"),
+    "absolute_form_empty_authority": post(target=b"http:///api/v2"),
+    "absolute_form_port_out_of_range": post(target=b"http://panel.test:99999/api/v2"),
+    "absolute_form_without_host": b"POST http://a/api/v2 HTTP/1.1\r\n" + NO_BODY,
+    "host_port_out_of_range": b"POST /api/v2 HTTP/1.1\r\nHost: a:99999\r\n" + NO_BODY,
+    "host_port_zero": b"POST /api/v2 HTTP/1.1\r\nHost: a:0\r\n" + NO_BODY,
+    "missing_host_unknown_path": b"GET /nope HTTP/1.1\r\n\r\n",
 }
 
 # Chunked is the final coding, but another coding we do not implement comes first: 501

@@ -46,6 +46,29 @@ async def test_request_fields_reach_the_handler() -> None:
 
 
 @pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        (b"http://Target.TEST/api/v2", "target.test"),
+        (b"https://target.test:8443/api/v2?action=balance", "target.test"),
+        (b"http://[::1]:9/api/v2", "[::1]"),
+    ],
+)
+async def test_an_absolute_form_target_names_the_host_over_the_host_header(
+    target: bytes, host: str
+) -> None:
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(b"POST %s HTTP/1.1\r\nHost: other.test\r\n\r\n" % target)
+        response = await client.final()
+        assert response is not None and response.status == 200
+        assert response.json()["host"] == host  # RFC 9112 3.2.2: the target's authority wins
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+@pytest.mark.parametrize(
     "target", [b"/api/v2x", b"/API/V2", b"/api/v2/x", b"/", b"/api/%762", b"*"]
 )
 async def test_other_paths_are_404_and_keep_the_connection(target: bytes) -> None:
