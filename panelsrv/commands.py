@@ -178,7 +178,11 @@ async def order_resolve(args: argparse.Namespace, conn: asyncpg.Connection) -> R
         "resent": "sent again as a first attempt",
         "attached": f"recorded as upstream order {upstream}; the status sync takes over",
         "failed": "given up: canceled with a full refund (a refill: rejected)",
-    }[done]
+        "placed": "an earlier attempt's late answer placed it upstream after all: nothing "
+        "resent or refunded, the status sync follows it",
+    }.get(done)
+    if text is None:  # 'final'
+        raise CommandFailed(f"order {args.order} is no longer Pending: nothing to cancel")
     return {"order": args.order, "done": done}, f"order {args.order}: {text}"
 
 

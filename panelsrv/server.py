@@ -52,6 +52,7 @@ WORKER_POOL_SIZE = 4
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 0.5
 DB_MEANWHILE = "answering 503 until it is back"
+START_WAIT = 1.0  # seconds an API process waits for the database before it listens anyway
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
 # The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
 GUARD_GAUGES = {
@@ -210,9 +211,10 @@ class App:
         self._db_outage: Outage  # set by start()
 
     async def start(self) -> None:
-        """Listen at once. With the database reachable, serve; without (it is down or restarting
-        while this process starts), answer 503 with Retry-After, /readyz 503, and keep trying
-        in the background: the API is served from the moment the database answers."""
+        """Listen within START_WAIT. With the database reachable, serve; without (it is down,
+        restarting or not answering while this process starts), answer 503 with Retry-After,
+        /readyz 503, and keep trying in the background: the API is served from the moment the
+        database answers."""
         cfg = self.cfg
         registry = metrics.Registry()
         outage = counted_outage(registry)
@@ -239,15 +241,17 @@ class App:
             registry=registry,
             access_log=cfg.access_log,
         )
-        try:
-            await self._open_store(guard)
-        except Exception as exc:
-            if not db.unavailable(exc):
-                raise
-            self._db_outage.failed(str(exc))
-            task = asyncio.get_running_loop().create_task(
-                when_reachable("the API", self._db_outage, lambda: self._open_store(guard))
-            )
+        # Wait for the database a little (a normal start then serves from its first request,
+        # and an error that is not the database's absence still fails the start), but not for
+        # a host that does not answer: listen with 503s and go on trying in the background.
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(self._open_store(guard))
+        await asyncio.wait((first,), timeout=START_WAIT)
+        failure = first.exception() if first.done() else None
+        if failure is not None and not db.unavailable(failure):
+            raise failure
+        if not first.done() or failure is not None:
+            task = loop.create_task(self._open_store_later(first, guard))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._share = MetricsShare(registry, self.slot.run_dir, self.slot.index)
@@ -256,6 +260,18 @@ class App:
         if cfg.ops_port:
             self.ops = HttpServer(ops_routes(self.ready, self._share.collect))
             await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
+
+    async def _open_store_later(self, first: asyncio.Task[None], guard: Guard | None) -> None:
+        """The first attempt, still under way or failed, then retries until the API serves."""
+        try:
+            await first
+            return
+        except Exception as exc:
+            if db.unavailable(exc):
+                self._db_outage.failed(str(exc))
+            else:
+                log.error("the API cannot start: %s; retrying", exc)
+        await when_reachable("the API", self._db_outage, lambda: self._open_store(guard))
 
     async def _open_store(self, guard: Guard | None) -> None:
         """Migrations, pool, catalog, key cache and notifications; then the API is served in
@@ -340,7 +356,7 @@ class App:
         assert self.pool is not None
         try:
             self.catalog = await catalog.load(self.pool)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
             log.error("catalog reload failed (%s); keeping the previous one", exc)
 
     async def ready(self) -> bool:

@@ -5,13 +5,13 @@ factory, which is called in the child after the fork, so no event loop, socket p
 connection ever crosses a fork. Each child binds its own listeners (SO_REUSEPORT shares a port).
 
 The supervisor is synchronous (no event loop): it forks, waits for signals and readiness
-messages with select(), restarts children that die (at once when they had become ready, with
-exponential backoff when they die young before that), and tells systemd (`Type=notify`) READY=1
-once every child listens and STOPPING=1 when it stops. SIGTERM/SIGINT: forwarded to the
-children, which stop accepting, finish what is in flight within the grace period and exit 0;
-the parent exits 0 when all are gone, or kills the stragglers `kill_after` seconds past the
-grace and exits 1. Children watch a pipe whose write end only the parent holds: if the parent
-dies, they stop too.
+messages with select(), restarts children that die (at once when they had become ready and were
+killed, with exponential backoff when they die young otherwise), and tells systemd
+(`Type=notify`) READY=1 once every child listens and STOPPING=1 when it stops. SIGTERM/SIGINT:
+forwarded to the children, which stop accepting, finish what is in flight within the grace
+period and exit 0; the parent exits 0 when all are gone, or kills the stragglers `kill_after`
+seconds past the grace and exits 1. Children watch a pipe whose write end only the parent
+holds: if the parent dies, they stop too.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ class Supervisor:
         kill_after: float = 5.0,
     ) -> None:
         """`workers` 0 means one per core this process may run on. A child that dies within
-        `min_uptime` of its start without having become ready is restarted after `backoff[0]`
-        doubling up to `backoff[1]` (one that was ready is restarted at once);
+        `min_uptime` of its start is restarted after `backoff[0]` doubling up to `backoff[1]`,
+        unless it had become ready and was killed by a signal (then at once);
         before the service has been READY once, `max_start_failures` such deaths of one slot
         give up (exit 1)."""
         self._factory = factory
@@ -351,10 +351,11 @@ class Supervisor:
     def _schedule_restart(self, child: _Child, code: int) -> None:
         lived = time.monotonic() - child.started
         slot = child.slot
-        # A child that reached readiness did start: whatever killed it (an OOM kill, an
-        # operator, a crash under load), it is replaced at once, however soon it died, or every
-        # such death would cost seconds of a smaller (or, with one worker, no) listener.
-        if child.ready or lived >= self._min_uptime:
+        # A child that reached readiness and was killed (an OOM kill, an operator, a chaos
+        # run) did start: it is replaced at once, however soon it died, or every such death
+        # would cost seconds of a smaller (or, with one worker, no) listener. One that exited
+        # on its own soon after is crashing: backoff, or it would restart at full speed.
+        if (child.ready and code < 0) or lived >= self._min_uptime:
             self._streak[slot] = 0
             delay = 0.0
         else:

@@ -47,28 +47,43 @@ SELECT cl.id, cl.attempts, cl.ambiguous, cl.refill_id, o.id AS order_id, o.statu
   FROM claimed cl JOIN orders o ON o.id = cl.order_id JOIN services s ON s.id = o.service_id
 """
 # $1 job, $2 attempt, $3 order, $4 upstream id. Recorded whichever attempt got it (the order
-# exists upstream); the job is finished only by its holder. The EXISTS makes the order's lock
-# come first (an unreferenced CTE would run after the DELETE).
+# exists upstream); the job is finished by its holder, or by any attempt once it is held for the
+# operator (a late answer settles what the operator was to check). The EXISTS makes the order's
+# lock come first (an unreferenced CTE would run after the DELETE).
 SENT = """
 WITH o AS (
     UPDATE orders SET upstream_id = coalesce(upstream_id, $4), updated_at = now()
      WHERE id = $3 RETURNING id
 )
-DELETE FROM outbox WHERE id = $1 AND attempts = $2 AND EXISTS (SELECT 1 FROM o)
+DELETE FROM outbox
+ WHERE id = $1 AND (attempts = $2 OR held_at IS NOT NULL) AND EXISTS (SELECT 1 FROM o)
 """
 # $1 job, $2 attempt, $3 seconds, $4 error, $5 the attempt may have reached the provider
 RETRY = "SELECT outbox_retry($1, $2, $3, $4, $5)"
-# $1 job, $2 attempt, $3 seconds from now: the holder keeps its claim for the call it starts,
-# and the job is marked as sending: from here on, the attempt's outcome may be unknown.
+# $1 job, $2 attempt, $3 seconds from now -> 'renewed': the holder keeps its claim for the call
+# it starts, and the job is marked as sending (from here on, the attempt's outcome may be
+# unknown); 'canceled': the customer canceled a dispatch that no attempt may have sent yet, so
+# none is sent now (outbox_retry then cancels and refunds); 'lost': another attempt has it.
 RENEW = """
-UPDATE outbox SET lease_until = greatest(lease_until, now() + make_interval(secs => $3)),
-                  sending = true
- WHERE id = $1 AND attempts = $2
+WITH j AS (
+    SELECT x.id, x.kind = 'dispatch' AND NOT x.ambiguous AND o.cancel_requested
+                 AND o.upstream_id IS NULL AS canceled
+      FROM outbox x JOIN orders o ON o.id = x.order_id
+     WHERE x.id = $1 AND x.attempts = $2
+), renewed AS (
+    UPDATE outbox x
+       SET lease_until = greatest(x.lease_until, now() + make_interval(secs => $3)),
+           sending = true
+      FROM j WHERE x.id = j.id AND NOT j.canceled
+ RETURNING x.id
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM renewed) THEN 'renewed'
+            WHEN EXISTS (SELECT 1 FROM j) THEN 'canceled' ELSE 'lost' END
 """
 # $1 job, $2 attempt, $3 why: an attempt of unknown outcome for a provider that does not honour
 # Idempotency-Key; nothing sends it again until the operator says (008_held_for_operator.sql).
 HOLD = """
-UPDATE outbox SET lease_until = NULL, run_after = 'infinity', held_at = now(), sending = false,
+UPDATE outbox SET lease_until = NULL, run_after = 'infinity', held_at = now(),
                   last_error = left($3, 500)
  WHERE id = $1 AND attempts = $2
 """
@@ -178,9 +193,10 @@ async def retry(pool: Pool, job: Job, seconds: float, error: str, maybe_sent: bo
     return await pool.fetchval(RETRY, job.id, job.attempt, seconds, error, maybe_sent)
 
 
-async def renew(pool: Pool, job: Job, seconds: float) -> bool:
-    """Extend the attempt's lease to at least `seconds` from now; False when it was lost."""
-    return await pool.execute(RENEW, job.id, job.attempt, seconds) == "UPDATE 1"
+async def renew(pool: Pool, job: Job, seconds: float) -> str:
+    """Right before the attempt's request goes out: 'renewed' (send it), 'canceled' (the
+    customer canceled meanwhile: do not send) or 'lost' (another attempt holds the job)."""
+    return str(await pool.fetchval(RENEW, job.id, job.attempt, seconds))
 
 
 async def hold(pool: Pool, job: Job, why: str) -> None:

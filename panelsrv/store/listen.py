@@ -38,6 +38,9 @@ MAX_STALENESS = 1.0
 PING_INTERVAL = MAX_STALENESS / 4
 PING_TIMEOUT = 5.0  # no answer for this long: the connection is given up and remade
 CLOSE_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 5.0
+# What a connection that failed or went away raises (a server error is handled where it occurs).
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError)
 
 
 class Listener:
@@ -82,28 +85,38 @@ class Listener:
         while True:
             try:
                 conn = await asyncpg.connect(
-                    self._url, server_settings={"application_name": "panelsrv-listen"}
-                )
-            except (OSError, asyncpg.PostgresError) as exc:
+                    self._url, server_settings={"application_name": "panelsrv-listen"},
+                    timeout=CONNECT_TIMEOUT,
+                )  # fmt: skip
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 self._outage.failed(str(exc) or type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.1
             self._conn = conn
-            self._lost.clear()
-            conn.add_termination_listener(lambda _conn: self._lost.set())
-            sent = self._clock()
-            await conn.add_listener(KEYS_CHANNEL, self._dispatch)
-            await conn.add_listener(CATALOG_CHANNEL, self._dispatch)
-            await self._on_reset(True)
-            self._on_alive(sent + MAX_STALENESS)
-            self._outage.recovered()
-            self.connected.set()
-            await self._watch(conn)
+            try:
+                await self._listen(conn)
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:  # lost while setting up
+                conn.terminate()
+                self._outage.failed(str(exc) or type(exc).__name__)
+            else:
+                self._outage.failed("connection lost")
             self.connected.clear()
-            self._outage.failed("connection lost")
             await self._on_reset(False)
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        """LISTEN on `conn`, vouch for the caches, and return when the connection is gone."""
+        self._lost.clear()
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        sent = self._clock()
+        await conn.add_listener(KEYS_CHANNEL, self._dispatch)
+        await conn.add_listener(CATALOG_CHANNEL, self._dispatch)
+        await self._on_reset(True)
+        self._on_alive(sent + MAX_STALENESS)
+        self._outage.recovered()
+        self.connected.set()
+        await self._watch(conn)
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Return when the connection is gone; report every answered ping. A slow answer only
@@ -117,7 +130,7 @@ class Listener:
             sent = self._clock()
             try:
                 await asyncio.wait_for(conn.execute("SELECT 1"), timeout=PING_TIMEOUT)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError):
                 conn.terminate()
                 return
             self._on_alive(sent + MAX_STALENESS)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from panelsrv import metrics
 from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
-from panelsrv.store.pool import Pool
+from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker.providers import BeforeSend
 from panelsrv.worker.registry import ProviderSettings, Registry
 from panelsrv.worker.upstream import ItemError, ProviderError, ProviderUnavailable, usable_id
@@ -37,10 +38,16 @@ BATCH = 32  # jobs claimed at once per kind
 HOLD_SECONDS = 300.0
 WAIT_FOR_DISPATCH_SECONDS = 30.0
 MARGIN_SECONDS = 5.0  # for the database writes around a call
+RECORD_RETRY_FIRST = 0.1  # seconds between attempts to record an upstream id, doubling
+RECORD_RETRY_MAX = 5.0
 
 
 class LeaseLost(Exception):
     """The attempt's lease ran out while its call waited and another attempt claimed the job."""
+
+
+class CanceledMeanwhile(Exception):
+    """The customer canceled while the call waited for its turn; nothing was sent."""
 
 
 def lease_seconds(settings: ProviderSettings) -> float:
@@ -111,8 +118,11 @@ class Dispatcher:
         raise LeaseLost (nothing is sent) when another attempt has claimed the job since."""
 
         async def renew() -> None:
-            if not await jobs.renew(self._pool, job, self._send_lease):
+            renewed = await jobs.renew(self._pool, job, self._send_lease)
+            if renewed == "lost":
                 raise LeaseLost
+            if renewed == "canceled":
+                raise CanceledMeanwhile
 
         return renew
 
@@ -136,6 +146,8 @@ class Dispatcher:
             )
         except LeaseLost:
             log.info("order %s: claim lost while waiting for the provider; not sent", job.order_id)
+        except CanceledMeanwhile:
+            await self._not_sent(job, 0.0, "canceled while waiting for the provider")
         except ProviderUnavailable as exc:  # CircuitOpen included: certainly not sent
             seconds = exc.retry_after or backoff(job.attempt)
             if exc.maybe_sent:
@@ -160,7 +172,29 @@ class Dispatcher:
                     exc.message,
                 )
         else:
-            await jobs.sent(self._pool, job, upstream_id)
+            await self._recorded(job, jobs.sent, upstream_id)
+
+    async def _recorded(
+        self,
+        job: jobs.Job,
+        record: Callable[[Pool, jobs.Job, str], Awaitable[object]],
+        upstream_id: str,
+    ) -> None:
+        """Record the id the provider just gave. The order exists upstream now: losing the id
+        to a database blip would leave an attempt of unknown outcome (held for the operator at
+        most providers), so it is retried until the database takes it or the worker stops."""
+        delay = RECORD_RETRY_FIRST
+        while True:
+            try:
+                await record(self._pool, job, upstream_id)
+                return
+            except UNAVAILABLE as exc:
+                log.warning(
+                    "order %s: upstream id %s not recorded yet (%s); retrying in %.1fs",
+                    job.order_id, upstream_id, exc, delay,
+                )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
 
     async def _may_resend(self, job: jobs.Job, provider: str) -> bool:
         """An earlier attempt may have reached the provider. Resend (True) only where the same
@@ -251,7 +285,7 @@ class Dispatcher:
             else:
                 await jobs.refill_rejected(self._pool, job)
         else:
-            await jobs.refill_sent(self._pool, job, refill_id)
+            await self._recorded(job, jobs.refill_sent, refill_id)
 
 
 def _unusable(job: jobs.Job, consequence: str) -> None:

@@ -337,19 +337,42 @@ def parse_status_entry(entry: Any) -> OrderStatus | ItemError:
     status = canonical(ORDER_STATUSES, entry.get("status"))
     if status is None:
         return ItemError(f"unknown status {entry.get('status')!r}")
-    try:
-        result = OrderStatus(
-            status=status,
-            start_count=as_int(entry.get("start_count")),
-            remains=as_int(entry.get("remains")),
-            charge=as_amount(entry.get("charge")),
-            currency=str(entry["currency"]) if entry.get("currency") else None,
-        )
-    except (TypeError, ValueError, ArithmeticError):
-        return ItemError("malformed or out-of-range numbers in status entry")
+    # Only `remains` moves money (a Partial's refund); the rest is shown to the customer. So a
+    # number the worker cannot use never holds back the status it came with: an unusable
+    # start_count or charge is unknown, a negative remains is over-delivery (0), one past the
+    # column's range the largest count. Only a Partial needs a usable remains.
+    result = OrderStatus(
+        status=status,
+        start_count=_optional_int(entry.get("start_count"), BIGINT_MAX),
+        remains=_clamped_count(entry.get("remains")),
+        charge=_optional_amount(entry.get("charge")),
+        currency=str(entry["currency"])[:8] if entry.get("currency") else None,
+    )
     if result.status == "Partial" and result.remains is None:
-        return ItemError("Partial without remains")
+        return ItemError("Partial without a usable remains")
     return result
+
+
+def _clamped_count(value: Any) -> int | None:
+    """A remains: a whole number clamped to 0..BIGINT_MAX; None when absent or not one."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        exact = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
+        if not exact.is_finite() or exact != exact.to_integral_value():
+            return None
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    # Compared as Decimal first: int() of "1e999999" would build a million-digit number.
+    return 0 if exact < 0 else BIGINT_MAX if exact > BIGINT_MAX else int(exact)
+
+
+def _optional_amount(value: Any) -> Decimal | None:
+    """For a cosmetic amount (the provider's charge): anything but a usable one is unknown."""
+    try:
+        return as_amount(value)
+    except (TypeError, ValueError, ArithmeticError):
+        return None
 
 
 def parse_status(data: Any) -> OrderStatus:

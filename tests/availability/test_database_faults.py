@@ -25,6 +25,7 @@ from bench.pgcluster import Cluster, until_answering
 from panelsrv.store import db
 from tests.e2e.served import Served, World, call, visible
 from tests.e2e.test_unavailable import readyz
+from tests.guard.guardnet import Proxy
 from tests.http.httpkit import Client, free_port
 
 pytestmark = pytest.mark.slow
@@ -173,3 +174,31 @@ async def test_a_worker_waiting_for_the_database_stops_on_sigterm(
     assert worker.poll() is None
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
+
+
+async def test_a_database_host_that_does_not_answer_does_not_keep_the_api_from_listening(
+    cluster: Cluster,
+) -> None:
+    # A partitioned database host answers nothing, so each connect waits CONNECT_TIMEOUT (5 s):
+    # a process must not wait for it before it listens.
+    url = cluster.url()
+    await (await db.open_migrated(url)).close()
+    proxy, through = Proxy.for_database(url)
+    await proxy.start()
+    proxy.frozen = True
+    served = Served(through(), workers=1)
+    started = time.monotonic()
+    await asyncio.to_thread(served.start, 30.0, "/healthz")
+    try:
+        listening = time.monotonic() - started
+        assert listening < db.CONNECT_TIMEOUT, listening
+        status, retry_after = await balance(served.port, "any.test", "psk_x")
+        assert status == 503 and int(retry_after or 0) >= 1
+        proxy.frozen = False  # the partition heals: served from then on, without a restart
+        deadline = time.monotonic() + 3 * db.CONNECT_TIMEOUT
+        while await readyz(served.ops_port) != 200:
+            assert time.monotonic() < deadline, "not ready after the partition healed"
+            await asyncio.sleep(0.1)
+    finally:
+        assert await asyncio.to_thread(served.stop) == 0
+        await proxy.cut()

@@ -207,8 +207,8 @@ def test_a_worker_that_was_ready_is_replaced_at_once_however_soon_it_died() -> N
         assert supervisor._restart_at[0] - time.monotonic() <= 0.01
         assert not supervisor._stop_requested
     delays = []
-    for _ in range(3):
-        died = _Child(0, 4242, time.monotonic() - 1.0, ready=False)
+    for ready in (False, False, True):  # a failing start, or one that crashes once ready
+        died = _Child(0, 4242, time.monotonic() - 1.0, ready=ready)
         supervisor._schedule_restart(died, 1)
         delays.append(round(supervisor._restart_at[0] - time.monotonic(), 1))
     assert delays == [0.5, 1.0, 2.0]

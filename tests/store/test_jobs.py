@@ -9,7 +9,7 @@ import re
 import pytest
 
 from panelsrv import money
-from panelsrv.store import jobs, ledger, orders
+from panelsrv.store import held, jobs, ledger, orders
 from tests.store.helpers import World
 
 ONE = money.parse("1.00")
@@ -109,14 +109,35 @@ async def test_a_cancel_during_an_attempt_that_ends_unsent_refunds_at_once(
         assert await state(quiet) == ("Canceled", [ONE], 0)
 
         # One died after its request went out (outcome unknown): no cancel at once.
-        died, job = await cancel_while_claimed()
-        assert await jobs.renew(w.pool, job, 30.0)  # right before sending
+        (died,) = await w.place()
+        job = await _claim(w, died)
+        assert await jobs.renew(w.pool, job, 30.0) == "renewed"  # right before sending
+        answer = await orders.cancel(w.conn, w.user.id, [died], single=True)
+        assert (answer.status, answer.body) == (200, b'{"cancel":1}')
         await _expire(w, died)
         later = await _claim(w, died)
         assert later.ambiguous
         assert await jobs.retry(w.pool, job, 0.0, "circuit open", False) == "stale"
         assert await jobs.retry(w.pool, later, 0.0, "circuit open", False) == "retry"
         assert await state(died) == ("Pending", [], 2)
+        assert (await ledger.audit(w.conn)).ok
+
+
+async def test_an_attempt_waiting_for_its_turn_sends_nothing_once_the_customer_canceled(
+    own_database_url: str,
+) -> None:
+    # The rate-limit wait can last minutes: the last check before the request goes out sees the
+    # cancel, and the attempt then ends unsent, which cancels and refunds (issue 12, point 4).
+    async with World(own_database_url) as w:
+        (order_id,) = await w.place()
+        job = await _claim(w, order_id)
+        answer = await orders.cancel(w.conn, w.user.id, [order_id], single=True)
+        assert (answer.status, answer.body) == (200, b'{"cancel":1}')
+        assert await jobs.renew(w.pool, job, 30.0) == "canceled"
+        assert await jobs.retry(w.pool, job, 0.0, "canceled meanwhile", False) == "canceled"
+        assert (await w.status(order_id), await w.refunds(order_id)) == ("Canceled", [ONE])
+        stale = await jobs.renew(w.pool, job, 30.0)
+        assert stale == "lost"
         assert (await ledger.audit(w.conn)).ok
 
 
@@ -173,3 +194,26 @@ async def test_every_job_has_its_own_random_upstream_key(own_database_url: str) 
         assert all(re.fullmatch(r"panelsrv-[0-9a-f]{32}", k) for k in keys) and len(set(keys)) == 2
         await jobs.retry(w.pool, claimed[ids[0]], 0.0, "no answer", True)
         assert (await _claim(w, ids[0])).upstream_key == keys[0]  # the resend's key
+
+
+async def test_a_held_order_placed_after_all_is_never_refunded(own_database_url: str) -> None:
+    # An order held for the operator whose earlier attempt's answer arrives late: the late
+    # answer settles it (the held job goes with the upstream id recorded), and where the id
+    # got there by any other path, `order fail` refuses to refund it (review finding).
+    async with World(own_database_url) as w:
+        late, raced = await w.place(count=2)
+        first = {j.order_id: j for j in await jobs.claim(w.pool, "dispatch", 100, 60.0)}
+        for order_id in (late, raced):
+            assert await jobs.renew(w.pool, first[order_id], 60.0) == "renewed"  # sent...
+            await _expire(w, order_id)  # ...and its worker died: the outcome is unknown
+        for job in await jobs.claim(w.pool, "dispatch", 100, 60.0):
+            assert job.ambiguous
+            await jobs.hold(w.pool, job, "unknown outcome: held")
+        await jobs.sent(w.pool, first[late], "U-late")  # the stale attempt's answer
+        assert await _jobs(w, late) == 0
+        await w.conn.execute("UPDATE orders SET upstream_id = 'U-raced' WHERE id = $1", raced)
+        assert await held.resolve(w.conn, raced, "fail") == "placed"
+        for order_id in (late, raced):
+            assert (await w.status(order_id), await w.refunds(order_id)) == ("Pending", [])
+        assert await _jobs(w, raced) == 0
+        assert (await ledger.audit(w.conn)).ok

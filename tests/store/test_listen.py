@@ -85,3 +85,27 @@ async def test_a_silently_dead_listener_stops_vouching_within_a_second(database_
         proxy.frozen = False
         await listener.stop()
         await proxy.cut()
+
+
+async def test_a_failure_while_setting_up_is_a_lost_connection_not_a_dead_listener(
+    database_url: str,
+) -> None:
+    # Anything the connection raises while LISTEN is being set up (the database going away
+    # again, a reload on the connection that just dropped) must not end the listener's task.
+    import asyncpg
+
+    resets: list[bool] = []
+    vouched: list[float] = []
+
+    async def on_reset(connected: bool) -> None:
+        resets.append(connected)
+        if resets == [True]:
+            raise asyncpg.InterfaceError("connection was closed in the middle of operation")
+
+    listener = Listener(database_url, lambda _d: None, lambda _t: None, on_reset, vouched.append)
+    listener.start()
+    try:
+        await wait_until(lambda: len(vouched) >= 1, 10.0)
+        assert resets[:3] == [True, False, True]
+    finally:
+        await listener.stop()

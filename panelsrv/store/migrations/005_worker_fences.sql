@@ -75,14 +75,15 @@ END $$;
 
 -- Cancel a Pending order that certainly never reached its provider: Canceled, the whole charge
 -- refunded (once: a Pending order has no refund yet), its dispatch and cancel jobs gone, the
--- event written. The caller holds the order's lock. False when the order is not Pending.
+-- event written. The caller holds the order's lock. False when the order is not Pending, or has
+-- an upstream id (some attempt placed it: whatever the caller believed, it is not unsent).
 CREATE FUNCTION cancel_unsent(p_order bigint, p_memo text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_charge bigint;
 BEGIN
     UPDATE orders SET status = 'Canceled', remains = quantity * runs, updated_at = now()
-     WHERE id = p_order AND status = 'Pending'
+     WHERE id = p_order AND status = 'Pending' AND upstream_id IS NULL
     RETURNING charge INTO v_charge;
     IF NOT FOUND THEN
         RETURN false;

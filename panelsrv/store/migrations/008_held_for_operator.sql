@@ -7,57 +7,45 @@
 --
 -- The window is also narrower: an attempt marks its job `sending` right before its request
 -- goes out (in the statement that renews its lease), so a worker that dies before that point
--- leaves a job that is not ambiguous, only late.
+-- leaves a job that is not ambiguous, only late. (The flag only counts on a lease that expired:
+-- every claim clears it, and an attempt that ends sets lease_until NULL.)
 
 ALTER TABLE providers ADD COLUMN honours_idempotency boolean NOT NULL DEFAULT false;
 ALTER TABLE outbox ADD COLUMN sending boolean NOT NULL DEFAULT false;
 ALTER TABLE outbox ADD COLUMN held_at timestamptz;
 CREATE INDEX outbox_held ON outbox (held_at) WHERE held_at IS NOT NULL;
 
--- outbox_retry as in 005; a retried attempt is no longer sending.
-CREATE OR REPLACE FUNCTION outbox_retry(p_job bigint, p_attempt integer,
-                                        p_seconds double precision, p_error text,
-                                        p_maybe_sent boolean) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    j record;
-BEGIN
-    SELECT * INTO j FROM lock_attempt(p_job, p_attempt);
-    IF j.kind IS NULL THEN
-        RETURN 'stale';
-    END IF;
-    IF j.kind = 'dispatch' AND NOT p_maybe_sent AND NOT j.ambiguous AND j.cancel_requested
-       AND j.upstream_id IS NULL THEN
-        IF cancel_unsent(j.order_id, 'canceled before dispatch') THEN
-            RETURN 'canceled';
-        END IF;
-    END IF;
-    UPDATE outbox SET lease_until = NULL, run_after = now() + make_interval(secs => p_seconds),
-                      last_error = left(p_error, 500), ambiguous = ambiguous OR p_maybe_sent,
-                      sending = false
-     WHERE id = p_job;
-    RETURN 'retry';
-END $$;
-
 -- The operator's answer to a held job of order p_order, after checking upstream:
 -- 'resend' (it is not at the provider: send it again, as a first attempt), 'attach' (it is
 -- there as p_upstream: record that id, as a successful send would, and let the status sync take
 -- over) or 'fail' (give up: a dispatch job's order is Canceled with its whole charge refunded,
 -- once; a refill job's refill Rejected). Returns what was done ('resent', 'attached',
--- 'failed'), or NULL when the order has no held job.
+-- 'failed'; 'placed' when an earlier attempt's late answer recorded the upstream id meanwhile,
+-- 'final' when the order is no longer Pending), or NULL when the order has no held job.
 CREATE FUNCTION resolve_held(p_order bigint, p_action text, p_upstream text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     j record;
+    v_upstream text;
 BEGIN
-    PERFORM 1 FROM orders WHERE id = p_order FOR UPDATE;  -- the order before its job, always
+    IF p_action NOT IN ('resend', 'attach', 'fail') THEN
+        RAISE EXCEPTION 'unknown action %', p_action USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The order before its job, always.
+    SELECT upstream_id INTO v_upstream FROM orders WHERE id = p_order FOR UPDATE;
     SELECT x.id, x.kind, x.refill_id INTO j FROM outbox x
      WHERE x.order_id = p_order AND x.held_at IS NOT NULL ORDER BY x.id LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    IF j.kind = 'dispatch' AND v_upstream IS NOT NULL THEN
+        -- A late answer of an earlier attempt placed it after all (SENT records any attempt's
+        -- id): nothing to resend, nothing to refund; the status sync follows it.
+        DELETE FROM outbox WHERE id = j.id;
+        RETURN 'placed';
+    END IF;
     IF p_action = 'resend' THEN
-        UPDATE outbox SET run_after = now(), held_at = NULL, ambiguous = false, sending = false,
+        UPDATE outbox SET run_after = now(), held_at = NULL, ambiguous = false,
                           last_error = 'resent by the operator'
          WHERE id = j.id;
         RETURN 'resent';
@@ -71,9 +59,11 @@ BEGIN
         RETURN 'attached';
     END IF;
     IF j.kind = 'dispatch' THEN
+        IF NOT cancel_unsent(p_order, 'failed by the operator') THEN
+            RETURN 'final';  -- no longer Pending: nothing to cancel or refund (job kept held)
+        END IF;
         UPDATE orders SET error = 'failed by the operator after an unknown outcome'
          WHERE id = p_order;
-        PERFORM cancel_unsent(p_order, 'failed by the operator');
     ELSE
         PERFORM apply_refill_status(j.refill_id, 'Rejected');
     END IF;
