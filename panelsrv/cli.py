@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import orjson
 import uvloop
 
-from panelsrv import __version__, commands, config, server
+from panelsrv import __version__, commands, config, server, workerproc
 from panelsrv.store import admin, db
 from panelsrv.worker import sim
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("worker", "dispatch to providers, status/refill sync, webhooks (run 1..M)")
     p.add_argument("--sync-interval", type=float, help="seconds between polls of one order")
-    p.set_defaults(runner=server.run_worker)
+    p.set_defaults(runner=workerproc.run_worker)
 
     command("migrate", "apply pending migrations").set_defaults(func=commands.migrate)
 

@@ -1,6 +1,7 @@
-"""The one place that wires objects into running processes: `serve`, `worker` and `run`.
+"""The one place that wires objects into running processes: `serve` and `run` (`worker`'s
+process is workerproc.py, the database opening both share startup.py).
 
-Imports everything below it (store, api, guard, http, worker). Nothing is created before a fork:
+Imports everything below it (store, api, guard, http, worker, startup, workerproc). Nothing is created before a fork:
 each API process builds its own event loop, pool, caches, limits and listeners in `App.start`.
 Without Redis, the limits of one host's API processes meet in a hub process the supervisor's
 parent starts first (guard/hub.py); with Redis, every host meets there.
@@ -12,14 +13,11 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import asyncpg
 import msgspec
-import uvloop
 
 from panelsrv import demo, metrics
 from panelsrv.api.handler import Api, unavailable
@@ -34,23 +32,16 @@ from panelsrv.http.ops import MetricsShare, ops_routes
 from panelsrv.http.procs import Group, Slot, run_service, supervise
 from panelsrv.http.request import Limits
 from panelsrv.outages import Outage
+from panelsrv.startup import counted_outage, open_pool, when_reachable
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
 from panelsrv.store.listen import Listener
 from panelsrv.store.pool import Pool
-from panelsrv.worker.main import Worker, WorkerSettings
-from panelsrv.worker.registry import ProviderSettings
 from panelsrv.worker.sim import Simulator
-from panelsrv.worker.webhooks import WebhookSettings
+from panelsrv.workerproc import WorkerService
 
 log = logging.getLogger("panelsrv.server")
-T = TypeVar("T")
 
-WORKER_POOL_SIZE = 4
-# Seconds between attempts to reach a database that was away at start: doubling up to a cap low
-# enough that a process serves within about a second of the database being back.
-RECONNECT_FIRST = 0.1
-RECONNECT_MAX = 0.5
 DB_MEANWHILE = "answering 503 until it is back"
 START_WAIT = 1.0  # seconds an API process waits for the database before it listens anyway
 CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
@@ -66,32 +57,6 @@ GUARD_GAUGES = {
 }
 # Tables whose change alters what a cached principal says (discount, own rates).
 PRICING_TABLES = frozenset({"users", "user_rates"})
-
-
-def worker_settings(cfg: Config) -> WorkerSettings:
-    return WorkerSettings(
-        sync_interval=cfg.sync_interval,
-        price_sync_interval=cfg.price_sync_interval,
-        webhook_allow_http=cfg.webhook_allow_http,
-        webhook_allow_private=cfg.webhook_allow_private,
-        webhooks=WebhookSettings(
-            timeout=cfg.webhook_timeout,
-            slow=cfg.webhook_slow,
-            concurrency=cfg.webhook_concurrency,
-            per_endpoint=cfg.webhook_endpoint_concurrency,
-            per_user=cfg.webhook_user_concurrency,
-            breaker_threshold=cfg.webhook_breaker_threshold,
-            breaker_cooldown=cfg.webhook_breaker_cooldown,
-        ),
-        providers=ProviderSettings(
-            timeout=cfg.provider_timeout,
-            connect_timeout=cfg.provider_connect_timeout,
-            max_concurrency=cfg.provider_max_concurrency,
-            rate=cfg.provider_rate or None,
-            breaker_threshold=cfg.provider_breaker_threshold,
-            breaker_cooldown=cfg.provider_breaker_cooldown,
-        ),
-    )
 
 
 def guard_settings(cfg: Config) -> GuardSettings:
@@ -111,63 +76,6 @@ def http_limits(cfg: Config) -> Limits:
         keepalive_timeout=cfg.keepalive_timeout, max_connections=cfg.max_connections,
         max_connections_per_ip=cfg.max_connections_per_ip,
     )  # fmt: skip
-
-
-async def open_pool(url: str, size: int, outage: Outage) -> Pool:
-    """Pending migrations first (every process does it when it connects: a no-op but for the
-    first, under the migrations' advisory lock), then the pool, which reports to `outage`."""
-    conn = await db.open_migrated(url)
-    await conn.close()
-    return await db.create_pool(url, size, outage)
-
-
-async def when_reachable(what: str, outage: Outage, attempt: Callable[[], Awaitable[T]]) -> T:
-    """`attempt()` until it succeeds, about every RECONNECT_MAX seconds at most, the database's
-    absence reported to `outage` (one line when it begins, one when it ends). An error that is
-    not the database being away is logged each time it changes, and retried as well: the
-    operator may be fixing it."""
-    delay = RECONNECT_FIRST
-    last = ""
-    while True:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, RECONNECT_MAX)
-        try:
-            result = await attempt()
-        except Exception as exc:
-            if db.unavailable(exc):
-                outage.failed(str(exc))
-            elif str(exc) != last:
-                log.error("%s cannot start: %s; retrying", what, exc)
-            last = str(exc)
-            continue
-        outage.recovered()
-        return result
-
-
-def counted_outage(registry: metrics.Registry) -> Callable[[str, str], Outage]:
-    """Outage trackers whose faults, recoveries and downtime /metrics counts per dependency."""
-    labels = ("dependency",)
-    faults = registry.counter(
-        "panelsrv_dependency_outages_total", "Outages begun, by dependency", labels
-    )
-    recoveries = registry.counter(
-        "panelsrv_dependency_recoveries_total", "Outages ended, by dependency", labels
-    )
-    downtime = registry.counter(
-        "panelsrv_dependency_outage_seconds_total", "Length of the ended outages", labels
-    )
-
-    def outage(name: str, meanwhile: str) -> Outage:
-        def recovered(seconds: float) -> None:
-            recoveries.inc((name,))
-            downtime.inc((name,), seconds)
-
-        return Outage(
-            name, log, meanwhile=meanwhile, on_fault=lambda: faults.inc((name,)),
-            on_recovery=recovered,
-        )  # fmt: skip
-
-    return outage
 
 
 def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
@@ -431,99 +339,6 @@ def run_serve(cfg: Config, *, limits: bool = True) -> int:
     finally:
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def on_stop_signals(callback: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, callback)
-
-
-# -- worker -----------------------------------------------------------------------------------
-
-
-async def _worker_main(cfg: Config, url: str) -> None:
-    """Run the worker; started while the database is away, wait for it (a stop signal still
-    ends the wait) instead of exiting. With `worker_ops_port`, /healthz, /readyz (the database
-    answers) and /metrics (the worker's counters) are served there meanwhile and after."""
-    stopped = asyncio.Event()
-    on_stop_signals(stopped.set)
-    registry = metrics.Registry()
-    outage = counted_outage(registry)("database", "waiting for it")
-    opened: list[Pool] = []
-
-    async def ready() -> bool:
-        return bool(opened) and await opened[0].fetchval("SELECT 1") == 1
-
-    ops = HttpServer(ops_routes(ready, registry.render)) if cfg.worker_ops_port else None
-    if ops is not None:
-        await ops.start(cfg.ops_host, cfg.worker_ops_port)
-    try:
-        pool = await _worker_pool(url, outage, stopped)
-        if pool is None:
-            return
-        opened.append(pool)
-        try:
-            worker = Worker(pool, worker_settings(cfg), registry)
-            on_stop_signals(worker.stop)
-            await worker.run(grace=cfg.shutdown_grace)
-        finally:
-            await pool.close()
-    finally:
-        if ops is not None:
-            await ops.stop(1.0)
-
-
-async def _worker_pool(url: str, outage: Outage, stopped: asyncio.Event) -> Pool | None:
-    """The worker's pool, once the database answers; None when stopped first."""
-    try:
-        return await open_pool(url, WORKER_POOL_SIZE, outage)
-    except Exception as exc:
-        if not db.unavailable(exc):
-            raise
-        outage.failed(str(exc))
-    loop = asyncio.get_running_loop()
-    opening = loop.create_task(
-        when_reachable("the worker", outage, lambda: open_pool(url, WORKER_POOL_SIZE, outage))
-    )
-    stopping = loop.create_task(stopped.wait())
-    await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if stopped.is_set():
-        opening.cancel()
-        if opening.done() and not opening.cancelled() and opening.exception() is None:
-            await opening.result().close()
-        return None
-    return opening.result()
-
-
-def run_worker(cfg: Config) -> int:
-    url = db.resolve_url(cfg.database_url, cfg.data_dir)
-    uvloop.run(_worker_main(cfg, url))
-    return 0
-
-
-class WorkerService:
-    """The worker's loops as a start/stop service (for `run`)."""
-
-    def __init__(self, cfg: Config, url: str) -> None:
-        self._cfg = cfg
-        self._url = url
-        self._pool: Pool | None = None
-        self._worker: Worker | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._pool = await db.create_pool(self._url, WORKER_POOL_SIZE, Outage("database", log))
-        self._worker = Worker(self._pool, worker_settings(self._cfg))
-        self._task = asyncio.get_running_loop().create_task(self._worker.run(grace=5.0))
-
-    async def stop(self, grace: float) -> None:
-        if self._worker is not None and self._task is not None:
-            self._worker.stop()
-            await self._task
-        if self._pool is not None:
-            await self._pool.close()
 
 
 class DemoService:
