@@ -1,10 +1,11 @@
 """The one place that wires objects into running processes: `serve` and `run` (`worker`'s
 process is workerproc.py, the database opening both share startup.py).
 
-Imports everything below it (store, api, guard, http, worker, startup, workerproc). Nothing is created before a fork:
-each API process builds its own event loop, pool, caches, limits and listeners in `App.start`.
-Without Redis, the limits of one host's API processes meet in a hub process the supervisor's
-parent starts first (guard/hub.py); with Redis, every host meets there.
+Imports everything below it (store, api, guard, http, worker, startup, workerproc). Nothing is
+created before a fork: each API process builds its own event loop, pool, caches, limits and
+listeners in `App.start`. Without Redis, the limits of one host's API processes meet in a hub
+process the supervisor's parent starts first (guard/hub.py); with Redis, every host meets
+there.
 """
 
 from __future__ import annotations

@@ -39,10 +39,10 @@ UPDATE webhooks SET deleted_at = now(), active = false
 # $1 deliveries wanted, $2 lease seconds, $3 in flight per endpoint, $4 per user -> due
 # deliveries with everything needed to send them (006_webhook_fairness.sql says which).
 CLAIM = "SELECT * FROM claim_webhook_deliveries($1, $2, $3, $4)"
-# $1 delivery, $2 delivered, $3 endpoint behaved, $4 error, $5 seconds to the next attempt,
-# $6 breaker threshold, $7 cooldown seconds, $8 give-up hours -> 'opened' | 'closed' |
+# $1 delivery, $2 attempt, $3 delivered, $4 endpoint behaved, $5 error, $6 seconds to the next
+# attempt, $7 breaker threshold, $8 cooldown seconds, $9 give-up hours -> 'opened' | 'closed' |
 # 'disabled' | NULL (the endpoint's change). Locks the endpoint row, then the delivery.
-FINISH = "SELECT finish_webhook_delivery($1, $2, $3, $4, $5, $6, $7, $8)"
+FINISH = "SELECT finish_webhook_delivery($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
 class TooManyWebhooks(Exception):
@@ -118,6 +118,6 @@ async def finish(
     delay *= 0.8 + 0.4 * secrets.randbelow(1000) / 1000  # jitter: no synchronized retry storms
     threshold, cooldown = breaker
     return await pool.fetchval(
-        FINISH, delivery.id, delivered, error is None, error, delay, threshold, cooldown,
-        GIVE_UP_AFTER_HOURS,
+        FINISH, delivery.id, delivery.attempt, delivered, error is None, error, delay, threshold,
+        cooldown, GIVE_UP_AFTER_HOURS,
     )  # fmt: skip

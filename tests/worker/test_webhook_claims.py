@@ -109,3 +109,26 @@ async def test_a_deleted_endpoints_deliveries_are_dropped(own_database_url: str)
         rows = await hooks.deliveries(hook)
     assert all(r["delivered_at"] is None and r["lease_until"] is None for r in rows)
     assert all(r["never"] for r in rows)  # run_after = 'infinity': never sent
+
+
+async def test_a_stale_attempt_does_not_settle_the_delivery_claimed_again(
+    own_database_url: str,
+) -> None:
+    # Its lease ran out and another worker claimed the delivery: the late verdict of the first
+    # attempt must neither free nor reschedule the one in flight (review finding).
+    async with hooks_in(own_database_url) as hooks:
+        user, (hook,) = await hooks.user("https://x.example.test/")
+        await hooks.emit(user, 1)
+        (first,) = await webhooks.claim(hooks.pool, 1, LEASE, 4, 8)
+        await hooks.conn.execute(
+            "UPDATE webhook_deliveries SET lease_until = now() - interval '1 s' WHERE id = $1",
+            first.id,
+        )
+        (second,) = await webhooks.claim(hooks.pool, 1, LEASE, 4, 8)
+        assert second.id == first.id and second.attempt == first.attempt + 1
+        await webhooks.finish(hooks.pool, first, delivered=False, error="timeout", breaker=BREAKER)
+        (row,) = await hooks.deliveries(hook)
+        assert row["lease_until"] is not None and row["delivered_at"] is None  # still in flight
+        await webhooks.finish(hooks.pool, second, delivered=True, error=None, breaker=BREAKER)
+        (row,) = await hooks.deliveries(hook)
+        assert row["delivered_at"] is not None and row["lease_until"] is None

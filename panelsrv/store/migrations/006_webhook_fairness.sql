@@ -92,7 +92,8 @@ $$;
 -- and an endpoint not behaving for p_give_up_hours is disabled. Locks the endpoint, then the
 -- delivery (the order the trigger above takes them in). Returns the endpoint's change:
 -- 'opened', 'closed', 'disabled' or NULL.
-CREATE FUNCTION finish_webhook_delivery(p_delivery bigint, p_delivered boolean, p_ok boolean,
+CREATE FUNCTION finish_webhook_delivery(p_delivery bigint, p_attempt integer,
+                                        p_delivered boolean, p_ok boolean,
                                         p_error text, p_retry double precision,
                                         p_threshold integer, p_cooldown double precision,
                                         p_give_up_hours integer)
@@ -116,7 +117,10 @@ BEGIN
                             WHEN NOT w.active OR e.created_at < v_give_up THEN 'infinity'
                             ELSE now() + make_interval(secs => p_retry) END
       FROM webhook_events e
-     WHERE dl.id = p_delivery AND e.id = dl.event_id;
+     -- Fenced: only the attempt that holds the delivery settles it (a stale one, whose lease
+     -- ran out and whose delivery was claimed again, must not undo or reschedule that one);
+     -- what it saw of the endpoint still counts below.
+     WHERE dl.id = p_delivery AND dl.attempts = p_attempt AND e.id = dl.event_id;
     IF p_ok THEN
         UPDATE webhooks SET failures = 0, failing_since = NULL, open_until = NULL
          WHERE id = w.id;
