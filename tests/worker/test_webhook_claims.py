@@ -132,3 +132,18 @@ async def test_a_stale_attempt_does_not_settle_the_delivery_claimed_again(
         await webhooks.finish(hooks.pool, second, delivered=True, error=None, breaker=BREAKER)
         (row,) = await hooks.deliveries(hook)
         assert row["delivered_at"] is not None and row["lease_until"] is None
+
+
+async def test_a_user_holding_slots_goes_after_one_holding_none(own_database_url: str) -> None:
+    # Max-min fairness on leases: a tenant whose endpoints stall holds many slots, and a slot
+    # that frees goes to a tenant with nothing in flight first, however old the staller's
+    # backlog is (review finding: a fixed per-user cap alone let three stallers fill a worker).
+    async with hooks_in(own_database_url) as hooks:
+        staller, _ = await hooks.user(*(f"https://s{n}.example.test/" for n in range(4)))
+        await hooks.emit(staller, 20)  # due first
+        held = await webhooks.claim(hooks.pool, 8, LEASE, 4, 8)  # stalled, in flight
+        assert len(held) == 8
+        calm, (c,) = await hooks.user("https://c.example.test/")
+        await hooks.emit(calm, 2)
+        (next_one,) = await webhooks.claim(hooks.pool, 1, LEASE, 4, 16)
+        assert next_one.webhook_id == c

@@ -37,8 +37,10 @@ UPDATE webhook_deliveries d SET run_after = 'infinity', lease_until = NULL
 
 -- Lease up to p_want due deliveries for one worker. Only endpoints that are active and whose
 -- breaker is not open; at most p_per_endpoint in flight per endpoint (one while half-open) and
--- p_per_user per user, counting every worker's leases; users served in turn (every user's
--- first delivery before anyone's second), each endpoint's oldest due first. Claims are
+-- p_per_user per user, counting every worker's leases; users served in turn by what they hold
+-- (a user's k-th delivery in flight, counting those already leased, comes before anyone's
+-- k+1-th: one whose endpoints stall and hold many slots goes last), each endpoint's oldest due
+-- first. Claims are
 -- serialised by an advisory lock and each statement of this (volatile) function reads a fresh
 -- snapshot, so every claim sees the leases of the one before it: the caps are exact.
 CREATE FUNCTION claim_webhook_deliveries(p_want integer, p_lease double precision,
@@ -60,7 +62,7 @@ LANGUAGE sql VOLATILE AS $$
           FROM webhooks w LEFT JOIN flight f ON f.webhook_id = w.id
          WHERE w.active OR f.n IS NOT NULL
     ), candidate AS (
-        SELECT d.id, d.run_after, e.user_room,
+        SELECT d.id, d.run_after, e.user_room, p_per_user - e.user_room AS user_busy,
                row_number() OVER (PARTITION BY e.user_id ORDER BY d.run_after, d.id) AS nth
           FROM endpoint e
          CROSS JOIN LATERAL (
@@ -73,7 +75,7 @@ LANGUAGE sql VOLATILE AS $$
          WHERE e.ready AND e.room > 0 AND e.user_room > 0
     ), pick AS (
         SELECT c.id FROM candidate c WHERE c.nth <= c.user_room
-         ORDER BY c.nth, c.run_after, c.id
+         ORDER BY c.user_busy + c.nth, c.run_after, c.id
          LIMIT p_want
     )
     UPDATE webhook_deliveries d
