@@ -88,7 +88,8 @@ async def test_a_restart_under_load_answers_503_while_down_and_nothing_but_200_a
                 await asyncio.sleep(1 / RATE)
 
         loader = asyncio.get_running_loop().create_task(load())
-        await asyncio.sleep(0.5)
+        while len(answers) < 10:  # under load
+            await asyncio.sleep(0.02)
         # Every backend killed, the server back within a fraction of a second: most pooled
         # connections see no request meanwhile, and are dead when the next one comes.
         await asyncio.to_thread(cluster.restart)
@@ -166,12 +167,16 @@ async def test_a_worker_waiting_for_the_database_stops_on_sigterm(
 ) -> None:
     cluster.stop()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
+    ops = free_port()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "panelsrv", "worker", "--database-url", cluster.url()],
+        [sys.executable, "-m", "panelsrv", "worker", "--database-url", cluster.url(),
+         "--set", f"worker_ops_port={ops}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    await asyncio.sleep(1.0)
-    assert worker.poll() is None
+    deadline = time.monotonic() + 15.0
+    while await answering(ops) != 503:  # started, and waiting for the database
+        assert worker.poll() is None and time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
 
