@@ -9,10 +9,14 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 
 from panelsrv.store import db, ledger
+from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker
 from panelsrv.worker.sim import Faults, Simulator
 from tests.e2e.kit import cli
@@ -42,103 +46,113 @@ async def refunds(conn: asyncpg.Connection, order_id: int) -> list[int]:
     ]
 
 
+@dataclass
+class Rig:
+    conn: asyncpg.Connection
+    pool: Pool
+    sim: Simulator
+    provider: int
+    service: int
+
+
+@asynccontextmanager
+async def rig(url: str, honours_idempotency: bool) -> AsyncIterator[Rig]:
+    """A simulated provider, a service sold through it, and a worker running meanwhile."""
+    conn = await connect(url)
+    pool = await db.create_pool(url, 4)
+    try:
+        async with Simulator(complete_after=0.3, partial_ratio=0.0) as sim:
+            provider, service = await provider_service(
+                conn, sim.url, sim.key, honours_idempotency=honours_idempotency
+            )
+            worker = Worker(pool, fast_settings(timeout=1.0))
+            task = await running(worker)
+            try:
+                yield Rig(conn, pool, sim, provider, service)
+            finally:
+                worker.stop()
+                await task
+    finally:
+        await pool.close()
+        await conn.close()
+
+
 async def test_unknown_outcomes_are_held_for_the_operator_and_resolved_once(
     own_database_url: str,
 ) -> None:
     url = own_database_url
-    conn = await connect(url)
-    pool = await db.create_pool(url, 4)
-    async with Simulator(complete_after=0.3, partial_ratio=0.0) as sim:
-        provider, service = await provider_service(
-            conn, sim.url, sim.key, honours_idempotency=False
+    async with rig(url, honours_idempotency=False) as r:
+        conn, pool, sim = r.conn, r.pool, r.sim
+        provider, service = r.provider, r.service
+        sim.faults = LOST_AFTER
+        found, failed = await place_many(pool, conn, provider, service, 2, users=1)
+        await held(conn, [found, failed])
+        sim.faults = LOST_BEFORE
+        (missing,) = await place_many(pool, conn, provider, service, 1, users=1)
+        await held(conn, [missing])
+        sim.faults = Faults()
+        (normal,) = await place_many(pool, conn, provider, service, 1, users=1)
+        await wait_final(conn, [normal], timeout=15)
+        # Never resent on their own, though the worker dispatched another order meanwhile.
+        links = {
+            o: await conn.fetchval("SELECT link FROM orders WHERE id = $1", o)
+            for o in (found, failed, missing)
+        }
+        made = sim.book.creations_by_link()
+        assert [made[links[o]] for o in (found, failed, missing)] == [1, 1, 0]
+
+        listed = await asyncio.to_thread(cli, url, "order", "list", "--held")
+        assert sorted(o["order"] for o in listed) == sorted([found, failed, missing])
+        assert all("held for the operator" in o["held"] for o in listed)
+
+        upstream = next(o.id for o in sim.book.orders.values() if o.link == links[found])
+        done = await asyncio.to_thread(
+            cli, url, "order", "attach", "--order", str(found), "--upstream-id", str(upstream)
         )
-        worker = Worker(pool, fast_settings(timeout=1.0))
-        task = await running(worker)
-        try:
-            sim.faults = LOST_AFTER
-            found, failed = await place_many(pool, conn, provider, service, 2, users=1)
-            await held(conn, [found, failed])
-            sim.faults = LOST_BEFORE
-            (missing,) = await place_many(pool, conn, provider, service, 1, users=1)
-            await held(conn, [missing])
-            sim.faults = Faults()
-            (normal,) = await place_many(pool, conn, provider, service, 1, users=1)
-            await wait_final(conn, [normal], timeout=15)
-            # Never resent on their own, though the worker dispatched another order meanwhile.
-            links = {
-                o: await conn.fetchval("SELECT link FROM orders WHERE id = $1", o)
-                for o in (found, failed, missing)
-            }
-            made = sim.book.creations_by_link()
-            assert [made[links[o]] for o in (found, failed, missing)] == [1, 1, 0]
+        assert done == {"order": found, "done": "attached"}
+        assert (await asyncio.to_thread(cli, url, "order", "fail", "--order", str(failed)))[
+            "done"
+        ] == "failed"
+        assert (await asyncio.to_thread(cli, url, "order", "resend", "--order", str(missing)))[
+            "done"
+        ] == "resent"
+        again = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "panelsrv", "order", "fail", "--order", str(failed),
+             "--database-url", url],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        assert again.returncode == 2 and b"no job held" in again.stderr
 
-            listed = await asyncio.to_thread(cli, url, "order", "list", "--held")
-            assert sorted(o["order"] for o in listed) == sorted([found, failed, missing])
-            assert all("held for the operator" in o["held"] for o in listed)
-
-            upstream = next(o.id for o in sim.book.orders.values() if o.link == links[found])
-            done = await asyncio.to_thread(
-                cli, url, "order", "attach", "--order", str(found), "--upstream-id", str(upstream)
-            )
-            assert done == {"order": found, "done": "attached"}
-            assert (await asyncio.to_thread(cli, url, "order", "fail", "--order", str(failed)))[
-                "done"
-            ] == "failed"
-            assert (await asyncio.to_thread(cli, url, "order", "resend", "--order", str(missing)))[
-                "done"
-            ] == "resent"
-            again = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "panelsrv", "order", "fail", "--order", str(failed),
-                 "--database-url", url],
-                capture_output=True, check=False,
-            )  # fmt: skip
-            assert again.returncode == 2 and b"no job held" in again.stderr
-
-            await wait_final(conn, [found, missing], timeout=15)
-            made = sim.book.creations_by_link()
-            assert [made[links[o]] for o in (found, failed, missing)] == [1, 1, 1]
-            status = {
-                o: await conn.fetchval("SELECT status FROM orders WHERE id = $1", o)
-                for o in (found, failed, missing)
-            }
-            assert status == {found: "Completed", failed: "Canceled", missing: "Completed"}
-            charge = await conn.fetchval("SELECT charge FROM orders WHERE id = $1", failed)
-            assert await refunds(conn, failed) == [charge]
-            assert await refunds(conn, found) == [] and await refunds(conn, missing) == []
-            assert (await ledger.audit(conn)).ok
-        finally:
-            worker.stop()
-            await task
-            await pool.close()
-            await conn.close()
+        await wait_final(conn, [found, missing], timeout=15)
+        made = sim.book.creations_by_link()
+        assert [made[links[o]] for o in (found, failed, missing)] == [1, 1, 1]
+        status = {
+            o: await conn.fetchval("SELECT status FROM orders WHERE id = $1", o)
+            for o in (found, failed, missing)
+        }
+        assert status == {found: "Completed", failed: "Canceled", missing: "Completed"}
+        charge = await conn.fetchval("SELECT charge FROM orders WHERE id = $1", failed)
+        assert await refunds(conn, failed) == [charge]
+        assert await refunds(conn, found) == [] and await refunds(conn, missing) == []
+        assert (await ledger.audit(conn)).ok
 
 
 async def test_a_provider_that_honours_the_key_gets_the_resend_and_makes_one_order(
     own_database_url: str,
 ) -> None:
-    url = own_database_url
-    conn = await connect(url)
-    pool = await db.create_pool(url, 4)
-    async with Simulator(complete_after=0.3, partial_ratio=0.0) as sim:
-        provider, service = await provider_service(conn, sim.url, sim.key)
-        worker = Worker(pool, fast_settings(timeout=1.0))
-        task = await running(worker)
-        try:
-            sim.faults = LOST_AFTER
-            orders = await place_many(pool, conn, provider, service, 3, users=1)
-            deadline = time.monotonic() + 10
-            while sim.counters["orders_created"] < 3:  # each created, its answer lost
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-            sim.faults = Faults()
-            await wait_final(conn, orders, timeout=30, hurry=True)
-            assert set(sim.book.creations_by_link().values()) == {1}
-            assert sim.counters["idempotent_replays"] >= 3  # resent, answered from the key
-            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE held_at IS NOT NULL") == 0
-            assert (await ledger.audit(conn)).ok
-        finally:
-            worker.stop()
-            await task
-            await pool.close()
-            await conn.close()
+    async with rig(own_database_url, honours_idempotency=True) as r:
+        conn, pool, sim = r.conn, r.pool, r.sim
+        provider, service = r.provider, r.service
+        sim.faults = LOST_AFTER
+        orders = await place_many(pool, conn, provider, service, 3, users=1)
+        deadline = time.monotonic() + 10
+        while sim.counters["orders_created"] < 3:  # each created, its answer lost
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        sim.faults = Faults()
+        await wait_final(conn, orders, timeout=30, hurry=True)
+        assert set(sim.book.creations_by_link().values()) == {1}
+        assert sim.counters["idempotent_replays"] >= 3  # resent, answered from the key
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE held_at IS NOT NULL") == 0
+        assert (await ledger.audit(conn)).ok
