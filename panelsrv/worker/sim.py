@@ -1,7 +1,8 @@
 """`panelsrv provider sim`: a simulated upstream provider speaking API v2 (demos, tests, bench).
 
-Self-contained: asyncio streams, msgspec, orjson and `sim_book` (the in-memory account and its
-orders); imports nothing else from panelsrv. Faults are drawn per API request from `Faults`:
+Self-contained: asyncio streams, msgspec, orjson, `sim_book` (the in-memory account and its
+orders) and `sim_dialect` (how answers are worded: API v2 as specified, or as other panels
+answer); imports nothing else from panelsrv. Faults are drawn per API request from `Faults`:
 set at start, from Python (`sim.faults = Faults(...)`), or over loopback with
 `POST /_sim/faults` (a JSON object of the fields to change); `GET /_sim/stats` shows the
 counters. HTTP/1.1 subset: Content-Length bodies and keep-alive, enough for HTTP clients.
@@ -29,6 +30,7 @@ import msgspec
 import orjson
 
 from panelsrv.worker.sim_book import SimBook
+from panelsrv.worker.sim_dialect import Dialect
 
 log = logging.getLogger("panelsrv.worker.sim")
 
@@ -75,18 +77,20 @@ class SimOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     honour_idempotency: bool = True  # False: behave like a provider that ignores the header
     seed: int | None = None
     hang_seconds: float = 3600.0  # how long a "timeout" fault waits for the client to give up
+    dialect: Dialect = msgspec.field(default_factory=Dialect)  # how answers are worded
 
 
 class Simulator:
     """`async with Simulator(complete_after=0.5) as sim:` then POST to `sim.url` with `sim.key`.
 
     Keyword arguments are `SimOptions` fields; `clock` drives order progress. For tests:
-    `book` (orders, balance, `creations_by_link()`), `counters`, `in_flight`, `max_in_flight`.
+    `book` (orders, balance, `creations_by_link()`), `counters`, `in_flight`, `max_in_flight`;
+    `dialect` (a `sim_dialect.Dialect`) may be replaced at any time.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
         self.options = o = msgspec.convert(options, SimOptions)
-        self.host, self.port, self.faults = o.host, o.port, o.faults
+        self.host, self.port, self.faults, self.dialect = o.host, o.port, o.faults, o.dialect
         self.key = o.key or secrets.token_hex(16)
         self.book = SimBook(
             key=self.key, services=o.services, complete_after=o.complete_after,
@@ -196,7 +200,7 @@ class Simulator:
         if fault == "funds" and fields.get("action") != "add":
             fault = None
         if fault is None or (fault != "funds" and self._rng.random() < faults.after_ratio):
-            answer = _json(*self.book.act(fields))
+            answer = _json(*self.dialect.render(fields, *self.book.act(fields)))
             if fault is None:
                 return answer
         self.counters[f"fault.{fault}"] += 1
@@ -285,6 +289,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--services", type=int, default=20)
     add("--balance", default="1000000")
     add("--seed", type=int, default=None)
+    dialect = '\'{"statuses": {"Completed": "completed"}, "envelope": "data", "batch": "keyed"}\''
+    add(
+        "--dialect",
+        default="{}",
+        metavar="JSON",
+        help=f"answer as other panels do, e.g. {dialect} (fields: panelsrv/worker/sim_dialect.py)",
+    )
     add("--json", action="store_true", help="print the URL and key as one JSON object")
 
 
@@ -299,8 +310,9 @@ def simulator_from(options: argparse.Namespace) -> Simulator:
             host=options.host, port=options.port, key=options.key, services=options.services,
             complete_after=options.complete_after, partial_ratio=options.partial_ratio,
             balance=options.balance, faults=faults, seed=options.seed,
+            dialect=msgspec.json.decode(options.dialect),
         )  # fmt: skip
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValueError(str(exc)) from None
 
 

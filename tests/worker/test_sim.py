@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from panelsrv.worker.sim import Faults, Simulator, add_arguments, simulator_from
+from panelsrv.worker.sim_dialect import Dialect
 
 
 async def post(session: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, object]:
@@ -144,6 +145,11 @@ def test_cli_options_build_a_simulator():
     assert sim.faults == Faults(latency_ms=5, fail_ratio=0.1, kinds=["5xx", "html"])
     with pytest.raises(ValueError):
         simulator_from(parser.parse_args(["--fault-kinds", "meteor"]))
+    worded = simulator_from(parser.parse_args(["--dialect", '{"batch": "keyed", "ok": true}']))
+    assert worded.dialect == Dialect(batch="keyed", ok=True)
+    for bad in ('{"batch": "tree"}', '{"colour": 1}', "{"):
+        with pytest.raises(ValueError):
+            simulator_from(parser.parse_args(["--dialect", bad]))
 
 
 async def test_cli_runs_until_sigterm():
