@@ -46,7 +46,7 @@ class Worker:
         """`measured`: where the worker's counters go (the `worker_ops_port` /metrics)."""
         self.pool = pool
         self.settings = settings
-        self.registry = Registry(pool, settings.providers)
+        self.registry = Registry(pool, settings.providers, measured)
         self.dispatcher = Dispatcher(pool, self.registry, settings.providers, measured)
         self.syncer = Syncer(pool, self.registry, settings.sync_interval, measured)
         self.sender = Sender(

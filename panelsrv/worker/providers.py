@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from panelsrv import metrics
 from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
 from panelsrv.worker.upstream import (
     MAX_RATE,
@@ -31,6 +32,7 @@ from panelsrv.worker.upstream import (
     ProviderError,
     ProviderUnavailable,
     Service,
+    UnreadableAnswer,
     as_id,
     cancel_accepted,
     interpret,
@@ -58,12 +60,13 @@ _RESERVED = frozenset(("key", "action"))
 # 216 KiB. Only the catalogue (services: thousands of entries) may reach `max_answer_bytes`.
 ANSWER_BYTES = 16 << 10
 ANSWER_BYTES_PER_ID = 2 << 10
+UNREADABLE_LOG_EVERY = 60.0  # seconds: one log line per provider and action at most
 
 
 class ProviderStats:
     """Counters for logs and metrics; only this provider's calls."""
 
-    __slots__ = ("calls", "circuit_rejects", "errors", "ok", "unavailable")
+    __slots__ = ("calls", "circuit_rejects", "errors", "ok", "unavailable", "unreadable")
 
     def __init__(self) -> None:
         self.calls = 0  # HTTP requests sent
@@ -71,6 +74,7 @@ class ProviderStats:
         self.errors = 0  # {"error": ...} answers
         self.unavailable = 0
         self.circuit_rejects = 0  # refused locally while the circuit was open
+        self.unreadable = 0  # answers, and entries of batch answers, not understood
 
 
 class Provider:
@@ -81,7 +85,9 @@ class Provider:
     keep-alive connections. `timeout` bounds each HTTP exchange (connect, send, full answer);
     waiting for a concurrency or rate slot is not part of it. `rate_per_sec=None`: no rate cap.
     Answers are read undecompressed, each bounded by what its call can need (`ANSWER_BYTES`);
-    `max_answer_bytes` bounds the largest, the catalogue.
+    `max_answer_bytes` bounds the largest, the catalogue. An answer, or an entry of a batch
+    answer, that cannot be understood is counted in `stats.unreadable` and on `unreadable`
+    (labels: this provider's name, the action) and logged at most once per action a minute.
     """
 
     __slots__ = (
@@ -96,6 +102,8 @@ class Provider:
         "_semaphore",
         "_session",
         "_timeout",
+        "_unreadable",
+        "_unreadable_logged",
         "_url",
         "name",
         "stats",
@@ -116,6 +124,7 @@ class Provider:
         breaker_threshold: int = 5,
         breaker_cooldown: float = 30.0,
         max_answer_bytes: int = 8 << 20,
+        unreadable: metrics.Counter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_concurrency < 1 or timeout <= 0:
@@ -141,6 +150,8 @@ class Provider:
         self._breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
         self._max_answer = max_answer_bytes
         self._clock = clock
+        self._unreadable = unreadable
+        self._unreadable_logged: dict[str, tuple[float, int]] = {}  # action -> (when, since)
         self.stats = ProviderStats()
 
     async def __aenter__(self) -> Provider:
@@ -172,6 +183,7 @@ class Provider:
             "errors": s.errors,
             "unavailable": s.unavailable,
             "circuit_rejects": s.circuit_rejects,
+            "unreadable": s.unreadable,
         }
 
     # -- actions ----------------------------------------------------------------------------
@@ -291,6 +303,8 @@ class Provider:
                 result = parse(await self._exchange(form, idempotency_key))
             except ProviderUnavailable as exc:
                 self.stats.unavailable += 1
+                if isinstance(exc, UnreadableAnswer):
+                    self._not_understood(form["action"], 1, exc.reason)
                 if self._breaker.failed(self._clock()):
                     log.warning(
                         "provider %s: circuit open for %.0f s after %d consecutive failures "
@@ -313,7 +327,31 @@ class Provider:
                 raise
             self.stats.ok += 1
             self._record_answer()
+            if isinstance(result, dict):  # a batch: entries it could not understand
+                bad = [e for e in result.values() if isinstance(e, ItemError) and e.unreadable]
+                if bad:
+                    self._not_understood(form["action"], len(bad), bad[0].message)
             return result
+
+    def _not_understood(self, action: str, count: int, example: str) -> None:
+        """Count `count` answers (or entries) of `action` not understood; log it, once a minute
+        per action at most, with how many went unlogged since."""
+        self.stats.unreadable += count
+        if self._unreadable is not None:
+            self._unreadable.inc((self.name, action), count)
+        now = self._clock()
+        last, since = self._unreadable_logged.get(action, (None, 0))
+        if last is not None and now - last < UNREADABLE_LOG_EVERY:
+            self._unreadable_logged[action] = (last, since + count)
+            return
+        self._unreadable_logged[action] = (now, 0)
+        log.warning(
+            "provider %s: %s answer not understood (%s); it changed no order and no money%s",
+            self.name,
+            action,
+            f"{count} entries, first: {example}" if count > 1 else example,
+            f" ({since} more since the last such line)" if since else "",
+        )
 
     def _record_answer(self) -> None:
         if self._breaker.state is not BreakerState.CLOSED:

@@ -1,7 +1,7 @@
 """The worker's provider clients: one `Provider` per active provider row, kept for the life of
 the worker (its breaker, limits and connection pool live in it), rebuilt when the row changes.
 
-Imports store.jobs and worker.providers.
+Imports metrics, store.jobs and worker.providers.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from panelsrv import metrics
 from panelsrv.store import jobs
 from panelsrv.store.pool import Pool
 from panelsrv.worker.providers import Provider
@@ -38,10 +39,18 @@ class ProviderRow:
 
 
 class Registry:
-    def __init__(self, pool: Pool, settings: ProviderSettings) -> None:
+    def __init__(
+        self, pool: Pool, settings: ProviderSettings, measured: metrics.Registry | None = None
+    ) -> None:
         self._pool = pool
         self._settings = settings
         self._clients: dict[int, tuple[ProviderRow, Provider]] = {}
+        self.unreadable = (measured or metrics.Registry()).counter(
+            "panelsrv_worker_unreadable_answers_total",
+            "Provider answers, and entries of batch answers, that could not be understood and "
+            "so changed nothing, by provider and action",
+            ("provider", "action"),
+        )
 
     async def refresh(self) -> None:
         rows = {r[0]: ProviderRow(*r) for r in await self._pool.fetch(jobs.PROVIDERS)}
@@ -66,6 +75,7 @@ class Registry:
             rate_per_sec=s.rate,
             breaker_threshold=s.breaker_threshold,
             breaker_cooldown=s.breaker_cooldown,
+            unreadable=self.unreadable,
         )
 
     def get(self, provider_id: int | None) -> Provider | None:

@@ -7,6 +7,8 @@ forward-only SQL functions, which refund Partial and Canceled/Refunded/Error exa
 cannot be used - a stored upstream id that cannot be sent back, an entry the provider did not
 answer or answered with nothing usable (a `Partial` without `remains`, a number out of range) -
 is logged and left as it was: the order is polled again, its neighbours in the batch proceed.
+An answer (or entry) that cannot be understood is left likewise; the provider client counts it
+and logs it, once a minute per provider, so it is not logged here again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from panelsrv.store import jobs
 from panelsrv.store.pool import Pool
 from panelsrv.worker.providers import Provider
 from panelsrv.worker.registry import Registry
-from panelsrv.worker.upstream import MAX_BATCH, ItemError, ProviderFailure, usable_id
+from panelsrv.worker.upstream import (
+    MAX_BATCH,
+    ItemError,
+    ProviderFailure,
+    UnreadableAnswer,
+    usable_id,
+)
 
 log = logging.getLogger("panelsrv.worker")
 
@@ -102,16 +110,17 @@ async def _poll(
     try:
         answered = await ask(list(local)) if local else {}
     except ProviderFailure as exc:
-        log.warning("provider %s: poll failed (%s)", provider, exc)
+        if not isinstance(exc, UnreadableAnswer):  # the client logs those, once a minute
+            log.warning("provider %s: poll failed (%s)", provider, exc)
         return None
     answers: dict[int, Any] = {}
     for upstream, answer in answered.items():
         if upstream not in local:
             continue
-        if isinstance(answer, ItemError):
-            unusable.append((local[upstream], answer.message))
-        else:
+        if not isinstance(answer, ItemError):
             answers[local[upstream]] = answer
+        elif not answer.unreadable:  # likewise
+            unusable.append((local[upstream], answer.message))
     if unusable:
         log.warning(
             "provider %s: %d of %d %ss left as they were, polled again later: %s",

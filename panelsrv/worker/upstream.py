@@ -1,28 +1,18 @@
-"""What an API v2 provider's answers mean: typed results, the status tables, the failure types.
+"""What an API v2 provider's answers mean: typed results, the failure types, the bounds.
 
-Pure: imports only the leaf `money`, does no I/O and never reads a clock (times are passed in).
-The I/O shell is `providers.py`. Invariant: `interpret` and the `parse_*` functions either
-return a typed value or raise `ProviderUnavailable` / `ProviderError`; nothing a provider sends
-can raise anything else, and an unknown status never maps to one that moves money. Every
-number a provider sends is bounded here to the column it is stored in (counts: 0 to 2**63-1),
-and an upstream id is one that can be sent back in a comma-separated batch.
+Pure: imports only the leaf `money` and `dialects` (what panels' words and shapes mean), does no
+I/O and never reads a clock (times are passed in). The I/O shell is `providers.py`. Invariant:
+`interpret` and the `parse_*` functions either return a typed value or raise
+`ProviderUnavailable` / `ProviderError`; nothing a provider sends can raise anything else, and
+a word the table does not know never maps to a status that moves money. Every number a
+provider sends is bounded here to the column it is stored in (counts: 0 to 2**63-1), and an
+upstream id is one that can be sent back in a comma-separated batch.
 
-Status table (keys compared after lower-casing, `_`/`-` -> space, runs of spaces collapsed):
-
-| provider says                                        | order status   |
-|------------------------------------------------------|----------------|
-| pending, awaiting, queued                            | Pending        |
-| in progress, inprogress, processing, started         | In progress    |
-| completed, complete, success                         | Completed      |
-| partial, partially completed                         | Partial        |
-| canceled, cancelled                                  | Canceled       |
-| refunded                                             | Refunded       |
-| error, failed, fail                                  | Error          |
-
-Refill statuses: pending/awaiting/queued -> Pending; in progress/inprogress/processing ->
-In progress; completed/complete/success -> Completed; rejected/refused/canceled/cancelled ->
-Rejected; error/failed/fail -> Error. Anything else is an `ItemError`, never a guess, and so
-is a `Partial` without a usable `remains` (its refund depends on it): the order stays active.
+An answer that cannot be understood (not JSON, no known shape, an unknown status) raises
+`UnreadableAnswer`, or, for one entry of a batch, is an `ItemError` marked `unreadable`: it
+changes nothing, and `Provider` counts and logs it. So is a `Partial` whose `remains` is not a
+count; one whose `remains` is unknown (absent, null, "", "Unknown") is not final either (its
+refund depends on it): the order stays active and is polled again.
 """
 
 from __future__ import annotations
@@ -37,6 +27,7 @@ from typing import Annotated, Any
 import msgspec
 
 from panelsrv import money
+from panelsrv.worker.dialects import DIALECT, batch_entries, means, unwrap
 
 MAX_BATCH = 100  # ids per multi call: the API's limit
 MISSING = "Missing from provider answer"
@@ -47,24 +38,6 @@ MAX_RETRY_AFTER = 3600.0  # seconds: a provider's Retry-After is clamped to [0, 
 # it stays within money.MAX_UNITS (and every product of it within bigint).
 MAX_MARKUP_PERCENT = 10_000
 MAX_RATE = Decimal(money.MAX_UNITS) / money.SCALE / (1 + Decimal(MAX_MARKUP_PERCENT) / 100)
-
-ORDER_STATUSES = {
-    **dict.fromkeys(("pending", "awaiting", "queued"), "Pending"),
-    **dict.fromkeys(("in progress", "inprogress", "processing", "started"), "In progress"),
-    **dict.fromkeys(("completed", "complete", "success"), "Completed"),
-    **dict.fromkeys(("partial", "partially completed"), "Partial"),
-    **dict.fromkeys(("canceled", "cancelled"), "Canceled"),
-    "refunded": "Refunded",
-    **dict.fromkeys(("error", "failed", "fail"), "Error"),
-}
-REFILL_STATUSES = {
-    **dict.fromkeys(("pending", "awaiting", "queued"), "Pending"),
-    **dict.fromkeys(("in progress", "inprogress", "processing"), "In progress"),
-    **dict.fromkeys(("completed", "complete", "success"), "Completed"),
-    **dict.fromkeys(("rejected", "refused", "canceled", "cancelled"), "Rejected"),
-    **dict.fromkeys(("error", "failed", "fail"), "Error"),
-}
-
 
 # -- failures -------------------------------------------------------------------------------
 
@@ -89,6 +62,14 @@ class ProviderUnavailable(ProviderFailure):
         self.retry_after = retry_after
 
 
+class UnreadableAnswer(ProviderUnavailable):
+    """An answer arrived but cannot be understood: not JSON, or JSON of no known shape. It
+    changes nothing; `Provider` counts it (per provider and action) and logs it."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, maybe_sent=True)
+
+
 class CircuitOpen(ProviderUnavailable):
     """Refused locally: the provider failed too often; nothing was sent."""
 
@@ -110,7 +91,10 @@ class ErrorKind(enum.Enum):
 
 def classify(message: str, http_status: int = 200) -> ErrorKind:
     text = message.lower()
-    if http_status == 402 or any(p in text for p in _FUNDS):
+    by_status = DIALECT["http status"].get(str(http_status))
+    if by_status is not None:
+        return ErrorKind(by_status)
+    if any(p in text for p in _FUNDS):
         return ErrorKind.NO_FUNDS
     if "active order" in text:
         return ErrorKind.ACTIVE_LINK
@@ -166,9 +150,11 @@ class OrderStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ItemError(msgspec.Struct, frozen=True):
-    """One id of a multi call failed; the others may have succeeded."""
+    """One id of a multi call failed; the others may have succeeded. `unreadable`: its entry
+    could not be understood (rather than refused by the provider): counted and logged."""
 
     message: str
+    unreadable: bool = False
 
     @property
     def kind(self) -> ErrorKind:
@@ -188,27 +174,45 @@ _DECODER = msgspec.json.Decoder(float_hook=Decimal)  # floats stay exact: rates 
 def interpret(
     http_status: int, content_type: str, body: bytes, retry_after: str | None, now: float
 ) -> Any:
-    """An HTTP answer -> its decoded JSON, or the failure it means. `now`: the wall clock (Unix
-    seconds), for a Retry-After given as an HTTP-date."""
+    """An HTTP answer -> what it says (out of its envelope, if any), or the failure it means.
+    `now`: the wall clock (Unix seconds), for a Retry-After given as an HTTP-date."""
     if http_status in _NOT_PROCESSED or not (200 <= http_status < 300 or 400 <= http_status < 500):
         raise ProviderUnavailable(
             f"HTTP {http_status}",
             maybe_sent=http_status not in _NOT_PROCESSED,
             retry_after=retry_after_seconds(retry_after, now),
         )
-    if "html" in content_type.lower() or body.lstrip()[:1] == b"<":
-        raise ProviderUnavailable(f"HTML answer (HTTP {http_status})", maybe_sent=True)
     try:
         data = _DECODER.decode(body)
     except msgspec.DecodeError:
-        raise ProviderUnavailable(f"not JSON (HTTP {http_status})", maybe_sent=True) from None
-    if isinstance(data, dict) and data.get("error") and "status" not in data:
+        data = _NOT_JSON
+    if str(http_status) in DIALECT["http status"]:  # whatever the body says
+        raise ProviderError(_refusal(data) or f"HTTP {http_status}", http_status)
+    if "html" in content_type.lower() or body.lstrip()[:1] == b"<":
+        raise ProviderUnavailable(f"HTML answer (HTTP {http_status})", maybe_sent=True)
+    if data is _NOT_JSON:
+        raise UnreadableAnswer(f"not JSON (HTTP {http_status})")
+    try:
+        answer, refused = unwrap(data)
+    except ValueError as exc:
+        raise wrong_shape(str(exc)) from None
+    if refused is not None:
         if http_status == 409:  # our idempotency key is still in flight upstream
-            raise ProviderUnavailable(str(data["error"]), maybe_sent=True)
-        raise ProviderError(str(data["error"]), http_status)
+            raise ProviderUnavailable(refused, maybe_sent=True)
+        raise ProviderError(refused, http_status)
     if http_status >= 400:
-        raise ProviderUnavailable(f"HTTP {http_status} without an error", maybe_sent=True)
-    return data
+        raise UnreadableAnswer(f"HTTP {http_status} without an error")
+    return answer
+
+
+_NOT_JSON = object()
+
+
+def _refusal(data: Any) -> str | None:
+    try:
+        return unwrap(data)[1]
+    except ValueError:
+        return None
 
 
 # Answers that mean the request was not processed: rate limited, or a wrong URL (which must
@@ -233,8 +237,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def wrong_shape(what: str) -> ProviderUnavailable:
-    return ProviderUnavailable(f"unexpected answer shape: {what}", maybe_sent=True)
+def wrong_shape(what: str) -> UnreadableAnswer:
+    return UnreadableAnswer(f"unexpected answer shape: {what}")
 
 
 def as_int(value: Any, maximum: int = BIGINT_MAX) -> int | None:
@@ -283,12 +287,6 @@ def as_id(value: Any) -> str | None:
     return None
 
 
-def canonical(table: dict[str, str], status: Any) -> str | None:
-    if not isinstance(status, str):
-        return None
-    return table.get(" ".join(status.replace("_", " ").replace("-", " ").split()).lower())
-
-
 def parse_services(data: Any) -> tuple[list[Service], int]:
     """-> (services, how many entries were skipped as malformed or out of range: a rate above
     MAX_RATE, counts outside bigint, min < 1 or max < min)."""
@@ -330,26 +328,32 @@ def parse_order_id(data: Any, field: str) -> str:
 
 
 def parse_status_entry(entry: Any) -> OrderStatus | ItemError:
+    try:
+        entry, refused = unwrap(entry)
+    except ValueError as exc:
+        return ItemError(str(exc), unreadable=True)
+    if refused is not None:
+        return ItemError(refused)
     if not isinstance(entry, dict):
-        return ItemError("unexpected status entry")
-    if entry.get("error") and "status" not in entry:
-        return ItemError(str(entry["error"]))
-    status = canonical(ORDER_STATUSES, entry.get("status"))
+        return ItemError("unexpected status entry", unreadable=True)
+    status = means("order status", entry.get("status"))
     if status is None:
-        return ItemError(f"unknown status {entry.get('status')!r}")
+        return ItemError(f"unknown status {entry.get('status')!r:.80}", unreadable=True)
     # Only `remains` moves money (a Partial's refund); the rest is shown to the customer. So a
     # number the worker cannot use never holds back the status it came with: an unusable
     # start_count or charge is unknown, a negative remains is over-delivery (0), one past the
     # column's range the largest count. Only a Partial needs a usable remains.
+    remains = entry.get("remains")
     result = OrderStatus(
         status=status,
         start_count=_optional_int(entry.get("start_count"), BIGINT_MAX),
-        remains=_clamped_count(entry.get("remains")),
+        remains=_clamped_count(remains),
         charge=_optional_amount(entry.get("charge")),
         currency=str(entry["currency"])[:8] if entry.get("currency") else None,
     )
     if result.status == "Partial" and result.remains is None:
-        return ItemError("Partial without a usable remains")
+        unknown = remains is None or means("count", remains) is not None
+        return ItemError("Partial without a usable remains", unreadable=not unknown)
     return result
 
 
@@ -378,13 +382,17 @@ def _optional_amount(value: Any) -> Decimal | None:
 def parse_status(data: Any) -> OrderStatus:
     result = parse_status_entry(data)
     if isinstance(result, ItemError):
-        raise wrong_shape(result.message)
+        if result.unreadable:
+            raise wrong_shape(result.message)
+        raise ProviderUnavailable(result.message, maybe_sent=True)
     return result
 
 
 def parse_multi_status(data: Any, ids: list[str]) -> dict[str, OrderStatus | ItemError]:
     if not isinstance(data, dict):
         raise wrong_shape("multi-status is not an object")
+    if data and not any(oid in data for oid in ids):
+        raise wrong_shape("multi-status names none of the ids asked")
     return {
         oid: parse_status_entry(data[oid]) if oid in data else ItemError(MISSING) for oid in ids
     }
@@ -393,32 +401,38 @@ def parse_multi_status(data: Any, ids: list[str]) -> dict[str, OrderStatus | Ite
 def parse_per_id(
     data: Any, ids: list[str], id_field: str, value_field: str, value: Callable[[Any], Any]
 ) -> dict[str, Any]:
-    """`[{id_field: id, value_field: v | {"error": m}}]` -> {id: value(v) | ItemError}.
-
-    `value` returns the typed success, or None when `v` is not one. Every id gets an entry.
-    """
-    if not isinstance(data, list):
-        raise wrong_shape(f"{value_field} answer is not a list")
+    """A batch answer (`dialects.batch_entries`) -> {id: value(v) | ItemError} for every id
+    asked; an entry is `{value_field: v}`, `{"error": m}` or v. `value`: v typed, or None."""
+    entries = batch_entries(data, id_field)
+    if entries is None:
+        raise wrong_shape(f"{value_field} answer is neither a list nor an object")
     results: dict[str, Any] = dict.fromkeys(ids, ItemError(MISSING))
-    for item in data:
-        key = as_id(item.get(id_field)) if isinstance(item, dict) else None
-        if key not in results:
-            continue
-        got = item.get(value_field)
-        if isinstance(got, dict) and got.get("error"):
-            results[key] = ItemError(str(got["error"]))
-        else:
-            typed = value(got)
-            results[key] = typed if typed is not None else ItemError(f"bad {value_field}: {got!r}")
+    named = 0
+    for key, entry in entries:
+        upstream = as_id(key)
+        if upstream in results:
+            named += 1
+            results[upstream] = _batch_value(entry, value_field, value)
+    if data and not named:
+        raise wrong_shape(f"{value_field} answer names none of the ids asked")
     return results
 
 
+def _batch_value(entry: Any, field: str, value: Callable[[Any], Any]) -> Any:
+    got = entry.get(field, entry) if isinstance(entry, dict) else entry
+    if isinstance(got, dict):
+        error = got.get("error")
+        return ItemError(str(error)) if error else ItemError(f"no {field}", unreadable=True)
+    typed = value(got)
+    return typed if typed is not None else ItemError(f"bad {field}: {got!r:.80}", unreadable=True)
+
+
 def cancel_accepted(value: Any) -> bool | None:
-    return True if value in (1, "1", True, "ok", "success") else None
+    return means("cancel", value)
 
 
 def refill_state(value: Any) -> str | None:
-    return canonical(REFILL_STATUSES, value)
+    return means("refill status", value)
 
 
 def parse_balance(data: Any) -> Balance:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 
-from panelsrv import money
-from panelsrv.store import admin, ledger
+from panelsrv import metrics, money
+from panelsrv.store import admin, db, ledger
 from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
-from tests.store.helpers import new_panel, new_user, unique
+from panelsrv.worker.sim import Simulator
+from tests.store.helpers import connect, new_panel, new_user, unique
 
 FINAL = ("Completed", "Partial", "Canceled", "Refunded", "Error")
 
@@ -118,6 +122,42 @@ async def wait_final(
 
 async def running(worker: Worker) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(worker.run(grace=5.0))
+
+
+@dataclass
+class Rig:
+    conn: asyncpg.Connection
+    pool: Pool
+    sim: Simulator
+    provider: int
+    name: str  # the provider's, as metrics and log lines give it
+    service: int
+    measured: metrics.Registry  # the worker's metrics
+
+
+@asynccontextmanager
+async def rig(url: str, honours_idempotency: bool = True, **options: object) -> AsyncIterator[Rig]:
+    """A simulated provider (`SimOptions` fields; by default orders complete in 0.3 s, none
+    Partial), a service sold through it, and a worker running meanwhile."""
+    conn = await connect(url)
+    pool = await db.create_pool(url, 4)
+    measured = metrics.Registry()
+    try:
+        async with Simulator(**{"complete_after": 0.3, "partial_ratio": 0.0, **options}) as sim:
+            provider, service = await provider_service(
+                conn, sim.url, sim.key, honours_idempotency=honours_idempotency
+            )
+            name = await conn.fetchval("SELECT name FROM providers WHERE id = $1", provider)
+            worker = Worker(pool, fast_settings(timeout=1.0), measured)
+            task = await running(worker)
+            try:
+                yield Rig(conn, pool, sim, provider, name, service, measured)
+            finally:
+                worker.stop()
+                await task
+    finally:
+        await pool.close()
+        await conn.close()
 
 
 async def check_refunds(conn: asyncpg.Connection, order_ids: list[int]) -> None:

@@ -9,19 +9,13 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import asyncpg
 
-from panelsrv.store import db, ledger
-from panelsrv.store.pool import Pool
-from panelsrv.worker.main import Worker
-from panelsrv.worker.sim import Faults, Simulator
+from panelsrv.store import ledger
+from panelsrv.worker.sim import Faults
 from tests.e2e.kit import cli
-from tests.store.helpers import connect
-from tests.worker.flow import fast_settings, place_many, provider_service, running, wait_final
+from tests.worker.flow import place_many, rig, wait_final
 
 LOST_AFTER = Faults(force="drop", after_ratio=1.0)  # the order exists upstream; no answer
 LOST_BEFORE = Faults(force="drop", after_ratio=0.0)  # no order upstream; no answer either
@@ -44,37 +38,6 @@ async def refunds(conn: asyncpg.Connection, order_id: int) -> list[int]:
             "SELECT amount FROM ledger_entries WHERE order_id = $1 AND kind = 'refund'", order_id
         )
     ]
-
-
-@dataclass
-class Rig:
-    conn: asyncpg.Connection
-    pool: Pool
-    sim: Simulator
-    provider: int
-    service: int
-
-
-@asynccontextmanager
-async def rig(url: str, honours_idempotency: bool) -> AsyncIterator[Rig]:
-    """A simulated provider, a service sold through it, and a worker running meanwhile."""
-    conn = await connect(url)
-    pool = await db.create_pool(url, 4)
-    try:
-        async with Simulator(complete_after=0.3, partial_ratio=0.0) as sim:
-            provider, service = await provider_service(
-                conn, sim.url, sim.key, honours_idempotency=honours_idempotency
-            )
-            worker = Worker(pool, fast_settings(timeout=1.0))
-            task = await running(worker)
-            try:
-                yield Rig(conn, pool, sim, provider, service)
-            finally:
-                worker.stop()
-                await task
-    finally:
-        await pool.close()
-        await conn.close()
 
 
 async def test_unknown_outcomes_are_held_for_the_operator_and_resolved_once(

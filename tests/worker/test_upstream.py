@@ -21,6 +21,7 @@ from panelsrv.worker.upstream import (
     OrderStatus,
     ProviderError,
     ProviderUnavailable,
+    UnreadableAnswer,
     as_int,
     cancel_accepted,
     classify,
@@ -138,7 +139,7 @@ def test_multi_status_gives_every_id_an_entry():
     assert got == {
         "1": OrderStatus(status="Completed", remains=0),
         "2": ItemError("Incorrect order ID"),
-        "3": ItemError("unknown status 'Unheard of'"),
+        "3": ItemError("unknown status 'Unheard of'", unreadable=True),
         "4": ItemError(MISSING),
     }
     with pytest.raises(ProviderUnavailable):
@@ -152,7 +153,7 @@ def test_per_id_lists_for_cancel_refill_and_refill_status():
     assert got == {
         "1": True,
         "2": ItemError("Too late"),
-        "3": ItemError("bad cancel: 'maybe'"),
+        "3": ItemError("bad cancel: 'maybe'", unreadable=True),
         "4": ItemError(MISSING),
     }
     answer = [{"refill": 7, "status": "Completed"}, {"refill": 8, "status": "Cancelled"}]
@@ -160,8 +161,41 @@ def test_per_id_lists_for_cancel_refill_and_refill_status():
         "7": "Completed",
         "8": "Rejected",
     }
-    with pytest.raises(ProviderUnavailable):
-        parse_per_id({"1": 1}, ["1"], "order", "cancel", cancel_accepted)
+    # Keyed by id, entry or bare value; an answer naming none of the ids asked is unreadable.
+    keyed = {"1": {"cancel": "ok"}, "2": {"error": "Too late"}, "3": True, "9": 1}
+    assert parse_per_id(keyed, ["1", "2", "3"], "order", "cancel", cancel_accepted) == {
+        "1": True,
+        "2": ItemError("Too late"),
+        "3": True,
+    }
+    for unreadable in ("OK", {"canceled": [1]}, [{"order": 9, "cancel": 1}]):
+        with pytest.raises(UnreadableAnswer):
+            parse_per_id(unreadable, ["1"], "order", "cancel", cancel_accepted)
+    assert parse_per_id([], ["1"], "order", "cancel", cancel_accepted) == {"1": ItemError(MISSING)}
+
+
+@pytest.mark.parametrize(
+    ("entry", "read"),
+    [({"status": "Error"}, "Error"),  # nothing beside it: an order's status, as API v2 says
+     ({"status": "error", "remains": "100", "charge": "1"}, "Error"),  # an order's counts
+     ({"status": "Completed", "data": {"x": 1}}, "Completed"),  # not an envelope word
+     ({"status": "success", "data": {"status": "Pending"}}, "Pending"),
+     ({"status": True, "result": {"status": "Canceled", "remains": 5}}, "Canceled"),
+     ({"status": "error", "error": "Incorrect order ID"}, ItemError("Incorrect order ID")),
+     ({"status": False, "data": {"msg": "Order not found"}}, ItemError("Order not found")),
+     ({"status": "fail", "reason": "?"},
+      ItemError("a refusal without a message (fields: reason)", unreadable=True)),
+     ({"status": "success"}, ItemError("unknown status 'success'", unreadable=True)),
+     ({"status": "success", "remains": "0"},
+      ItemError("unknown status 'success'", unreadable=True)),
+     ({"status": "Partial", "remains": "Unknown"}, ItemError("Partial without a usable remains")),
+     ({"status": "Partial", "remains": "lots"},
+      ItemError("Partial without a usable remains", unreadable=True))],
+)  # fmt: skip
+def test_an_envelope_is_never_an_order_status_nor_a_status_an_envelope(entry, read):
+    # A wrapper must not complete an order; a refusal must not be an order's Error (refunded).
+    got = parse_status_entry(entry)
+    assert (got.status if isinstance(got, OrderStatus) else got) == read
 
 
 def test_order_ids_and_balance():
@@ -255,6 +289,23 @@ def test_interpret_turns_every_bad_answer_into_a_failure():
         interpret(400, JSON, b'{"error": "Incorrect service ID"}', None, NOW)
     assert caught.value.http_status == 400 and not caught.value.hold
     assert interpret(200, "text/plain", b'{"order": 1.5}', None, NOW) == {"order": Decimal("1.5")}
+
+    # Dialects: an envelope is opened, a refusal in one is an error, 402 is "no funds" whatever
+    # its body, and an answer of no known shape is unreadable (counted by the client).
+    wrapped = b'{"status": "success", "data": {"order": 7}}'
+    assert interpret(200, JSON, wrapped, None, NOW) == {"order": 7}
+    assert interpret(200, JSON, b'{"status": "ok", "order": 8}', None, NOW) == {"order": 8}
+    with pytest.raises(ProviderError) as caught:
+        interpret(400, JSON, b'{"status": "error", "message": "Incorrect service ID"}', None, NOW)
+    assert caught.value.message == "Incorrect service ID" and not caught.value.hold
+    for body in (b"Payment Required", b'{"status": "error"}', b"<html>402</html>"):
+        with pytest.raises(ProviderError) as caught:
+            interpret(402, "text/plain", body, None, NOW)
+        assert caught.value.kind is ErrorKind.NO_FUNDS and caught.value.message == "HTTP 402"
+    for status, body in ((200, b'{"status": "fail", "reason": "?"}'), (400, b'{"detail": "?"}'),
+                         (200, b"OK")):  # fmt: skip
+        assert isinstance(unavailable(status, JSON, body), UnreadableAnswer)
+    assert not isinstance(unavailable(200, "text/html", b"<html>"), UnreadableAnswer)
 
 
 NOW = 1_800_000_000.0
