@@ -22,6 +22,8 @@ COUNTS = ("start_count", "remains")
 
 
 class Dialect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How answers are worded; every field's default is API v2 as specified."""
+
     statuses: dict[str, str] = {}  # an order status -> the word said for it ("completed")
     refill_statuses: dict[str, str] = {}  # likewise for a refill's status
     numbers: bool = False  # counts and amounts as JSON numbers instead of strings
