@@ -15,6 +15,7 @@ from panelsrv.api.actions import Add, fingerprint
 from panelsrv.api.decode import decode_request
 from panelsrv.api.validate import validate_add
 from panelsrv.errors import ApiError
+from panelsrv.store.jobs import Job
 from panelsrv.worker.dispatch import order_fields
 
 KEY = "YOUR_API_KEY"
@@ -187,8 +188,6 @@ def test_extras_in_form_1_are_refused_with_the_way_out() -> None:
 
 
 def test_the_order_fields_sent_upstream_carry_the_extras_and_ours_win() -> None:
-    from panelsrv.store.jobs import Job
-
     job = Job(
         id=1, attempt=1, ambiguous=False, refill_id=None, order_id=1, status="Pending",
         provider_id=1, upstream_id=None, link="https://a.example/x", quantity=100, runs=1,
