@@ -9,8 +9,10 @@ live here (ranges, lengths); rules that need the service are in `api/validate.py
 Invariants:
 - Actions an API key must not have (keys, passwords, transfers, withdrawals, admin) have no
   Struct, so they decode as `Incorrect action`.
-- Every field of every Struct is a str, an int or None: `gc=False` is safe, and the error
-  messages of `decode` are derived from these annotations (`FIELD_RULES`).
+- Every wire field of every Struct is a str, an int or None, and the error messages of `decode`
+  are derived from these annotations (`FIELD_RULES`). The one field no request names,
+  `Add.extras`, is a tuple of (str, str) pairs: with nothing that can refer back to a Struct,
+  `gc=False` is safe.
 - Integers that reach PostgreSQL `bigint` are capped at `MAX_BIGINT` here, so no value can
   overflow a statement parameter.
 
@@ -88,6 +90,10 @@ class Add(Action, tag="add", frozen=True):
     max: Id | None = None
     answer_number: Annotated[int, Meta(ge=1, le=1000)] | None = None
     idempotency_key: IdempotencyKey | None = None
+    # Not a wire field: the fields beyond these that the request carried, passed to the provider
+    # unchanged (targeting: country, device, ...), as checked and sorted by `api.extras`. Set
+    # by the decoder; a field named `extras` is refused like any name of this API.
+    extras: tuple[tuple[str, str], ...] = ()
 
 
 class Status(Action, tag="status", frozen=True):
@@ -186,12 +192,15 @@ def _rule(info: msgspec.inspect.Type) -> str:
     raise TypeError(f"no rule text for {info!r}")
 
 
+NOT_WIRE: Final = frozenset({"extras"})  # Struct fields no request sets by name
+
 # (tag, field) -> the rule a bad value broke, e.g. ("add", "runs") -> "must be an integer
 # between 1 and 1000". Built once; `decode` looks it up instead of parsing msgspec's wording.
 FIELD_RULES: Final[dict[tuple[str, str], str]] = {
     (tag, f.name): _rule(f.type)
     for tag, cls in STRUCTS.items()
     for f in msgspec.inspect.type_info(cls).fields  # type: ignore[attr-defined]
+    if f.name not in NOT_WIRE
 }
 
 # tag -> its integer fields. `decode` reads their text itself (decimal digits only) rather than
@@ -208,7 +217,7 @@ INT_FIELDS: Final[dict[str, frozenset[str]]] = {
 # tag -> every field name the action knows, `action` included: a signed request carries no
 # other (api.sign). Their union: the names a value must not spell out in the seeds' form.
 FIELD_NAMES: Final[dict[str, frozenset[str]]] = {
-    tag: frozenset(cls.__struct_fields__) | {"action"} for tag, cls in STRUCTS.items()
+    tag: (frozenset(cls.__struct_fields__) - NOT_WIRE) | {"action"} for tag, cls in STRUCTS.items()
 }
 EVERY_FIELD_NAME: Final = frozenset[str]().union(*FIELD_NAMES.values())
 
@@ -297,7 +306,7 @@ def idempotency_key(field: str | None, header: str | None) -> str | None:
 
 _NOT_PARAMETERS: Final = frozenset({"key", "sign", "sign_version", "timestamp", "idempotency_key"})
 _PARAMETERS: Final[dict[type[Action], tuple[str, ...]]] = {
-    cls: tuple(f for f in cls.__struct_fields__ if f not in _NOT_PARAMETERS)
+    cls: tuple(f for f in cls.__struct_fields__ if f not in _NOT_PARAMETERS | NOT_WIRE)
     for cls in STRUCTS.values()
 }
 _FINGERPRINT_ENCODER: Final = msgspec.json.Encoder()
@@ -308,12 +317,16 @@ def fingerprint(action: Action) -> bytes:
 
     `key`, `sign`, `sign_version`, `timestamp` and `idempotency_key` are left out: they say who
     sent the request, how and when, not what it asks for. Absent fields count as null, so adding
-    one changes it.
+    one changes it. An `add`'s extras (sorted by name, so their order does not count) are
+    appended when there are any: an `add` without them keeps the fingerprint it had before they
+    existed, so a retry across an upgrade still finds its stored answer.
     """
     cls = type(action)
     values = [getattr(action, name) for name in _PARAMETERS[cls]]
-    payload = _FINGERPRINT_ENCODER.encode([tag_of(action), _PARAMETERS[cls], values])
-    return hashlib.sha256(payload).digest()
+    parts: list[object] = [tag_of(action), _PARAMETERS[cls], values]
+    if cls is Add and action.extras:  # type: ignore[attr-defined]
+        parts.append(action.extras)  # type: ignore[attr-defined]
+    return hashlib.sha256(_FINGERPRINT_ENCODER.encode(parts)).digest()
 
 
 # -- replies -----------------------------------------------------------------------------------

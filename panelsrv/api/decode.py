@@ -1,10 +1,11 @@
 """Request bytes -> the action Struct: form, JSON or multipart body, plus query-string fields.
 
-Pure; imports `api.actions`, `api.sign` and `errors` only. This is the one boundary where
-msgspec's errors become `ApiError`s. Precedence of errors, so that every client sees the most
-useful one: undecodable body (`Malformed request body`, or a charset other than UTF-8) >
-unknown or missing action (`Incorrect action`) > a field sent twice > a missing `key` > any
-other missing field or one that breaks its type rule > what a signed request may not carry.
+Pure; imports `api.actions`, `api.extras`, `api.sign` and `errors` only. This is the one
+boundary where msgspec's errors become `ApiError`s. Precedence of errors, so that every client
+sees the most useful one: undecodable body (`Malformed request body`, or a charset other than
+UTF-8) > unknown or missing action (`Incorrect action`) > a field sent twice > a missing `key` >
+a field of an `add` beyond its own that breaks the rule of `api.extras` > any other missing
+field or one that breaks its type rule > what a signed request may not carry.
 
 Invariants:
 - Field names are unique: a name repeated within the body or within the query string is a 400
@@ -16,6 +17,8 @@ Invariants:
   that was signed; then msgspec checks the field's bounds (strict mode). The form parsers read
   plain digits as ints as they go (the hot path); the rest, JSON strings and leading zeros,
   are read by `_integers` only when strict conversion has failed.
+- The fields an `add` carries beyond its own become `Add.extras` (`api.extras.add_extras`), for
+  the provider; other actions ignore fields they do not know.
 - `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
   `str()` renders them): the input of `api.sign`. A request carrying `sign` is also held to
   `api.sign.check_signed` (nothing its signature could be read to mean otherwise).
@@ -40,7 +43,9 @@ from panelsrv.api.actions import (
     MAX_NAME_ECHO,
     STRUCTS,
     Action,
+    Add,
 )
+from panelsrv.api.extras import add_extras
 from panelsrv.errors import ApiError, Code, bad_request
 
 MAX_FIELDS: Final = 100
@@ -117,6 +122,7 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     if "key" not in fields:
         # msgspec names missing fields in its own order; the key is the one to report first.
         raise bad_request("key", "required")
+    extras = add_extras(fields) if cls is Add else ()
     texts = None
     try:
         # Strict: a string for an integer field, a JSON float or boolean, is refused, and
@@ -129,6 +135,8 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
             action = msgspec.convert(_present(fields), cls)
         except msgspec.ValidationError as exc:
             raise _translate(exc, tag) from None
+    if extras:
+        action = msgspec.structs.replace(action, extras=extras)
     if action.sign is not None:
         sign.check_signed(tag, fields, action.sign_version or 1)
     return Decoded(action, tag, fields, texts)

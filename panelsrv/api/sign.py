@@ -1,9 +1,10 @@
 """The optional HMAC `sign` of a request: its two canonical forms, what a signed request may
 carry, and the freshness of its `timestamp`.
 
-Pure; imports `api.actions` (field names) and `errors`. `sign = hex(hmac_sha256(key,
-canonical))` over every field except `sign`, values as received (JSON values as Python's
-`str()` renders them), in one of two forms chosen by the signed field `sign_version`:
+Pure; imports `api.actions` (field names), `api.extras` (the names an `add` passes on) and
+`errors`. `sign = hex(hmac_sha256(key, canonical))` over every field except `sign`, values as
+received (JSON values as Python's `str()` renders them), in one of two forms chosen by the
+signed field `sign_version`:
 
 - 1 (the default; the seeds' form): `"&".join(f"{k}={v}" for k, v in sorted(fields.items()))`,
   byte for byte what the seed's Python snippet computes, so a client following it verifies.
@@ -13,14 +14,18 @@ canonical))` over every field except `sign`, values as received (JSON values as 
 
 A signature must cover exactly one meaning. Form 1 is ambiguous where a value holds `&`:
 `link=https://a&quantity=100` is two fields, and also the one link `https://a&quantity=100`,
-and also the unknown field `link=https://a&quantity` (ignored) set to `100`; JSON null and the
-string "None" render alike. So `check_signed` refuses, in any signed request: a field the action
-does not know (a name with `=` or `&` never is one), a JSON value that is not a string or a
-number; and in form 1, a value holding `&` + the name of any field of the API + `=`. Then no
-other field set a server would accept has the same canonical string (argued in
-`tests/api/test_sign.py`, which re-splits canonical strings every way to check it): every `&`
-that could start a field is a separator, so the pairs, and the names (no `=`), are the signed
-ones. A client whose values may hold such text (links with a query string) signs in form 2.
+and also the unknown field `link=https://a&quantity` set to `100`; JSON null and the string "None"
+render alike. So `check_signed` refuses, in any signed request: a field the action does not
+know (a name with `=` or `&` never is one), a JSON value that is not a string or a number; and
+in form 1, a value holding `&` + the name of any field of the API + `=`, and the fields an
+`add` passes to the provider (`api.extras`): their names are open-ended, so in form 1
+`link=https://a&mobile=1` would be both the link `https://a&mobile=1` and the link `https://a`
+with an extra `mobile`, and refusing every value that holds `&name=` would refuse most links
+with a query string. In form 2 an extra is a field like any other. Then no other field set a
+server would accept has the same canonical string (argued in `tests/api/test_sign.py`, which
+re-splits canonical strings every way to check it): every `&` that could start a field is a
+separator, so the pairs, and the names (no `=`), are the signed ones. A client whose values may
+hold such text (links with a query string), or that sends extras, signs in form 2.
 
 Which fields count: every field that took effect, i.e. the body's plus any query-string field
 the body did not override (`api.decode.Decoded.fields`). A client that sends everything in the
@@ -43,6 +48,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from panelsrv.api.actions import EVERY_FIELD_NAME, FIELD_NAMES, MAX_NAME_ECHO
+from panelsrv.api.extras import is_extra_name
 from panelsrv.errors import bad_request
 
 MAX_SKEW: Final = 300
@@ -83,7 +89,14 @@ def check_signed(tag: str, fields: Mapping[str, Any], version: int) -> None:
             echo = name[:MAX_NAME_ECHO]
             if "=" in name or "&" in name:
                 raise bad_request(echo, "a field name with '=' or '&' cannot be signed")
-            raise bad_request(echo, f"not a field of {tag}, refused in a signed request")
+            if tag != "add" or not is_extra_name(name):
+                raise bad_request(echo, f"not a field of {tag}, refused in a signed request")
+            if version == 1:
+                raise bad_request(
+                    name,
+                    "a field passed to the provider is signed with sign_version=2 only (the"
+                    " sign_version 1 string cannot tell it from text inside a value)",
+                )
         if type(value) is str:
             if version == 1 and name != "sign" and (found := _FIELD_START.search(value)):
                 raise bad_request(

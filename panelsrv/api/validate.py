@@ -1,7 +1,7 @@
 """The service-dependent rules of `add`: API.md's table per service type, applied to a decoded
 `Add` once the handler has the service in hand.
 
-Pure; imports `api.actions` and `errors`; the date is a parameter. Every refusal is
+Pure; imports `api.actions`, `api.extras` and `errors`; the date is a parameter. Every refusal is
 `errors.bad_request(field, rule)`. The result carries what the order row stores and the
 `units` the charge multiplies: `money.charge(rate, units)` is the charge of every type
 (`quantity * runs` by default, 1000 - i.e. the flat rate - for Package types, and
@@ -28,6 +28,9 @@ Pure; imports `api.actions` and `errors`; the date is a parameter. Every refusal
 (*) The number of non-empty lines, since every line is sent upstream: a `quantity` that differs
 (other than 0, a PHP form's default) is a 400, never a charge for fewer lines than are sent.
 
+Fields beyond the API's own (`Add.extras`, checked by `api.extras`: targeting such as `country`)
+join the type's in `extras`, whatever the type, and go to the provider unchanged.
+
 Drip-feed (`runs`, `interval`) applies only on a service with `dripfeed` and a type charged per
 unit (not Package types, not Subscriptions, whose charges `runs` would not multiply); anywhere
 else the two are ignored. Fields a type does not use are ignored, as the spec says.
@@ -42,6 +45,7 @@ from typing import Final
 import msgspec
 
 from panelsrv.api.actions import FIELD_RULES, Add
+from panelsrv.api.extras import CONTROL_IN_TEXT
 from panelsrv.errors import bad_request
 from panelsrv.servicetypes import PACKAGE_TYPES, SERVICE_TYPES
 
@@ -55,7 +59,8 @@ _COUNTED_TYPES: Final = frozenset({"Custom Comments", "Comment Replies", "Mentio
 
 
 class ValidatedOrder(msgspec.Struct, frozen=True):
-    """What an `add` asks for, normalized. `extras` holds only the fields the type uses."""
+    """What an `add` asks for, normalized. `extras` holds the fields the type uses and the
+    request's own extras (no name is in both: `api.extras.RESERVED_NAMES`)."""
 
     link: str
     quantity: int
@@ -80,7 +85,7 @@ def validate_add(
         return _subscription(add, min_qty, max_qty, today)
 
     link = normalize_link(add.link, required=service_type not in LINK_OPTIONAL)
-    extras: dict[str, str | int] = {}
+    extras: dict[str, str | int] = dict(add.extras)
     counted = 0
     if service_type in _COMMENT_TYPES:
         extras["comments"], counted = _lines("comments", add.comments)
@@ -128,6 +133,7 @@ def _subscription(add: Add, min_qty: int, max_qty: int, today: dt.date) -> Valid
     if posts + old_posts < 1:
         raise bad_request("posts", "posts + old_posts must be at least 1")
     extras: dict[str, str | int] = {
+        **dict(add.extras),
         "min": low,
         "max": high,
         "posts": posts,
@@ -169,8 +175,6 @@ def _dripfeed(runs: int | None, interval: int | None) -> tuple[int, int]:
 _NOT_IN_WORD: Final = re.compile(
     "[\\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
 )
-# Multi-line text keeps tabs and line breaks (and the joiners emoji need).
-_NOT_IN_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.S)
 _PORT: Final = re.compile(r"\d+(?:[/?#]|$)")
 _HOST_END: Final = re.compile(r"[/?#]")
@@ -236,7 +240,7 @@ def _word(field: str, raw: str | None, required: bool) -> str:
 
 def _lines(field: str, raw: str | None) -> tuple[str, int]:
     """Required newline-separated text -> (its non-empty lines, trimmed, joined by '\\n', count)."""
-    if raw and _NOT_IN_TEXT.search(raw):
+    if raw and CONTROL_IN_TEXT.search(raw):  # multi-line: tabs and line breaks are kept
         raise bad_request(field, "must not contain control characters")
     lines = [line for line in (part.strip() for part in (raw or "").split("\n")) if line]
     if not lines:

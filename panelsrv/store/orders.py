@@ -14,14 +14,23 @@ import asyncpg
 
 from panelsrv.store.pool import Pool
 
-# $1 order id, $2 user id -> (charge, start_count, status, remains)
-ORDER_STATUS = """
-SELECT charge, start_count, status, remains FROM orders WHERE id = $1 AND user_id = $2
+# The charge a reseller reconciles with, what order `o` cost in the end: its charge less its
+# refund (a Partial's share; all of it for Canceled, Refunded, Error). The refund is the order's
+# one 'refund' entry: one lookup in the unique index ledger_once_per_order (order_id, kind).
+# orders.charge stays the original debit, which the audit proves every refund against.
+# 009_net_charge.sql's order_event puts the same in webhook payloads.
+_NET_CHARGE = """o.charge - coalesce((SELECT r.amount FROM ledger_entries r
+                             WHERE r.order_id = o.id AND r.kind = 'refund'), 0)"""
+# $1 order id, $2 user id -> (charge net of refunds, start_count, status, remains)
+ORDER_STATUS = f"""
+SELECT {_NET_CHARGE} AS charge, o.start_count, o.status, o.remains
+  FROM orders o WHERE o.id = $1 AND o.user_id = $2
 """
-# $1 order ids, $2 user id -> (id, charge, start_count, status, remains) for the user's orders
-ORDERS_STATUS = """
-SELECT id, charge, start_count, status, remains FROM orders
- WHERE id = ANY($1::bigint[]) AND user_id = $2
+# $1 order ids, $2 user id -> (id, charge net of refunds, start_count, status, remains) for the
+# user's orders
+ORDERS_STATUS = f"""
+SELECT o.id, {_NET_CHARGE} AS charge, o.start_count, o.status, o.remains
+  FROM orders o WHERE o.id = ANY($1::bigint[]) AND o.user_id = $2
 """
 # $1 refill id(s), $2 user id -> (id, status)
 REFILLS_STATUS = """

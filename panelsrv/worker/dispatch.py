@@ -63,14 +63,17 @@ def backoff(attempt: int) -> float:
 
 
 def order_fields(job: jobs.Job) -> dict[str, Any]:
-    """The upstream `add` fields of an order, as a reseller's SDK would send them."""
-    fields: dict[str, Any] = {"service": job.provider_service, "link": job.link or None}
+    """The upstream `add` fields of an order, as a reseller's SDK would send them: its stored
+    extras (the type's fields and the customer's own, such as targeting, unchanged), then
+    ours, which no stored extra can replace."""
+    fields: dict[str, Any] = dict(job.extras)
+    fields["service"] = job.provider_service
+    fields["link"] = job.link or None
     if job.service_type not in PACKAGE_TYPES:
         fields["quantity"] = job.quantity
     if job.runs > 1:
         fields["runs"] = job.runs
         fields["interval"] = job.interval
-    fields.update(job.extras)
     return fields
 
 

@@ -32,6 +32,7 @@ class SimOrder:
     start_count: int
     final_remains: int  # 0: ends Completed, else Partial with this many left
     idempotency_key: str | None
+    received: dict[str, str]  # the add's fields as they arrived, the key left out
     canceled: bool = False
 
 
@@ -142,7 +143,8 @@ class SimBook:
         partial = self._rng.random() < self.partial_ratio
         final_remains = self._rng.randint(1, max(1, quantity - 1)) if partial else 0
         self.orders[oid] = SimOrder(oid, service, link, quantity, charge, self._clock(),
-                                    self._rng.randint(0, 50_000), final_remains, idem)  # fmt: skip
+                                    self._rng.randint(0, 50_000), final_remains, idem,
+                                    request)  # fmt: skip
         if idem:
             self._idempotent[idem] = (oid, request)
         self.counters["orders_created"] += 1

@@ -95,7 +95,10 @@ async def test_a_seed_signature_covers_one_of_its_three_readings(
     r = await call(server.port, unknown_name, host=DOMAIN)
     assert (r.status, r.json()) == (
         400,
-        {"error": "link=https://a&quantity: a field name with '=' or '&' cannot be signed"},
+        {
+            "error": "link=https://a&quantity: not a field of add; a field passed to the"
+            " provider is named with 1 to 64 characters a-z, 0-9 or _"
+        },
     )
     fields = {**common, "link": None, "quantity": 100}
     r = await call(server.port, signed(fields, panel.key), host=DOMAIN, encoding="json")
