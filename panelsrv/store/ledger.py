@@ -78,6 +78,12 @@ SELECT format('order %s: refunds %s exceed the charge %s', o.id, sum(e.amount), 
  GROUP BY o.id, o.charge
 HAVING sum(e.amount) > o.charge
 UNION ALL
+SELECT format('order %s: shows %s refunded but its refund entries total %s', o.id, o.refunded,
+              coalesce(sum(e.amount), 0))
+  FROM orders o LEFT JOIN ledger_entries e ON e.order_id = o.id AND e.kind = 'refund'
+ GROUP BY o.id, o.refunded
+HAVING o.refunded <> coalesce(sum(e.amount), 0)
+UNION ALL
 SELECT format('entry %s: balance chain broken (%s + %s <> %s)', id, balance_before, amount,
               balance_after)
   FROM ledger_entries WHERE balance_before + amount <> balance_after

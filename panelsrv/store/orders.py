@@ -15,12 +15,10 @@ import asyncpg
 from panelsrv.store.pool import Pool
 
 # The charge a reseller reconciles with, what order `o` cost in the end: its charge less its
-# refund (a Partial's share; all of it for Canceled, Refunded, Error). The refund is the order's
-# one 'refund' entry: one lookup in the unique index ledger_once_per_order (order_id, kind).
+# refund (a Partial's share; all of it for Canceled, Refunded, Error), kept on the row by
+# refund_order (009_net_charge.sql, whose order_event puts the same in webhook payloads).
 # orders.charge stays the original debit, which the audit proves every refund against.
-# 009_net_charge.sql's order_event puts the same in webhook payloads.
-_NET_CHARGE = """o.charge - coalesce((SELECT r.amount FROM ledger_entries r
-                             WHERE r.order_id = o.id AND r.kind = 'refund'), 0)"""
+_NET_CHARGE = "o.charge - o.refunded"
 # $1 order id, $2 user id -> (charge net of refunds, start_count, status, remains)
 ORDER_STATUS = f"""
 SELECT {_NET_CHARGE} AS charge, o.start_count, o.status, o.remains

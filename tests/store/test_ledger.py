@@ -174,6 +174,31 @@ async def test_audit_reports_a_tampered_wallet(database_url: str) -> None:
         await conn.close()
 
 
+async def test_an_orders_refunded_agrees_with_its_refund_entry(database_url: str) -> None:
+    # The net charge `status` shows is charge - refunded; the audit proves refunded against the
+    # ledger, so the shown figure cannot drift from the money that moved.
+    conn = await connect(database_url)
+    try:
+        panel_id, domain = await new_panel(conn)
+        user = await new_user(conn, domain, balance="5.00")
+        service = await new_service(conn)
+        order = await ledger.place_order(conn, order_of(panel_id, user.id, service), b"{}")
+        assert order.order_id is not None
+        assert await ledger.refund(conn, order.order_id, money.parse("0.25"), "partial")
+        assert await conn.fetchval(
+            "SELECT refunded FROM orders WHERE id = $1", order.order_id
+        ) == money.parse("0.25")
+        assert (await ledger.audit(conn)).ok
+        await conn.execute("UPDATE orders SET refunded = 0 WHERE id = $1", order.order_id)
+        report = await ledger.audit(conn)
+        assert f"order {order.order_id}: shows 0 refunded" in " ".join(report.violations)
+        await conn.execute(
+            "UPDATE orders SET refunded = $2 WHERE id = $1", order.order_id, money.parse("0.25")
+        )
+    finally:
+        await conn.close()
+
+
 async def test_ledger_is_append_only(database_url: str) -> None:
     conn = await connect(database_url)
     try:
