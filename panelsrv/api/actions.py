@@ -225,9 +225,26 @@ EVERY_FIELD_NAME: Final = frozenset[str]().union(*FIELD_NAMES.values())
 # keeps it so): the form parsers convert their digits as they read them.
 INT_NAMES: Final = frozenset[str]().union(*INT_FIELDS.values())
 
-# Fields whose empty value means "absent": PHP SDKs send `runs=` for an option left unset. All
-# are integers but `sign` and `idempotency_key`; a required one is then reported missing.
-EMPTY_IS_ABSENT: Final = INT_NAMES | {"sign", "idempotency_key"}
+# What clients send for an option left unset: PHP forms `runs=`, a Node SDK `runs=undefined`,
+# others `null` (and JSON null, which msgspec reads as None already). Each means "absent" for
+# the fields of `BLANK_IS_ABSENT`: every optional field and every integer field (a required one
+# is then reported missing).
+ABSENT_TEXTS: Final = frozenset({"", "undefined", "null"})
+BLANK_IS_ABSENT: Final = INT_NAMES | frozenset(
+    f.name
+    for cls in STRUCTS.values()
+    for f in msgspec.inspect.type_info(cls).fields  # type: ignore[attr-defined]
+    if not f.required and f.name not in NOT_WIRE
+)
+
+# tag -> {single: multi}: the id fields whose list form is the other one (`order` -> `orders`).
+# A list sent in the single field (`order=1,2,3`, as a Node SDK does) is read as the list form.
+ID_LISTS: Final[dict[str, dict[str, str]]] = {
+    "status": {"order": "orders"},
+    "cancel": {"order": "orders"},
+    "refill": {"order": "orders"},
+    "refill_status": {"refill": "refills"},
+}
 
 
 # -- id lists ----------------------------------------------------------------------------------

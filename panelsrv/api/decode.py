@@ -17,6 +17,9 @@ Invariants:
   that was signed; then msgspec checks the field's bounds (strict mode). The form parsers read
   plain digits as ints as they go (the hot path); the rest, JSON strings and leading zeros,
   are read by `_integers` only when strict conversion has failed.
+- An optional or integer field sent as `""`, `undefined` or `null` is absent (`_for_struct`);
+  so is JSON null for any optional field. Id lists are read where clients put them: `order=1,2`
+  as `orders`, a JSON array or number in `orders`.
 - The fields an `add` carries beyond its own become `Add.extras` (`api.extras.add_extras`), for
   the provider; other actions ignore fields they do not know.
 - `Decoded.fields` is every field that took effect, values as received (for JSON, as Python's
@@ -36,8 +39,10 @@ import msgspec
 
 from panelsrv.api import sign
 from panelsrv.api.actions import (
-    EMPTY_IS_ABSENT,
+    ABSENT_TEXTS,
+    BLANK_IS_ABSENT,
     FIELD_RULES,
+    ID_LISTS,
     INT_FIELDS,
     INT_NAMES,
     MAX_NAME_ECHO,
@@ -123,16 +128,17 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
         # msgspec names missing fields in its own order; the key is the one to report first.
         raise bad_request("key", "required")
     extras = add_extras(fields) if cls is Add else ()
+    present = _for_struct(fields, tag)
     texts = None
     try:
         # Strict: a string for an integer field, a JSON float or boolean, is refused, and
         # msgspec checks every bound. The form parsers have already read plain digits as ints.
-        action = msgspec.convert(_present(fields), cls)
+        action = msgspec.convert(present, cls)
     except msgspec.ValidationError:
         # Integer fields still holding text (JSON strings, leading zeros), or a real error.
-        texts = _integers(fields, tag)
+        texts = _integers(present, tag)
         try:
-            action = msgspec.convert(_present(fields), cls)
+            action = msgspec.convert(present, cls)
         except msgspec.ValidationError as exc:
             raise _translate(exc, tag) from None
     if extras:
@@ -142,11 +148,46 @@ def decode_request(body: bytes, content_type: bytes, query: bytes) -> Decoded:
     return Decoded(action, tag, fields, texts)
 
 
-def _present(fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields less those whose empty value means absent (`EMPTY_IS_ABSENT`)."""
-    if "" in fields.values():
-        return {k: v for k, v in fields.items() if v != "" or k not in EMPTY_IS_ABSENT}
+def _for_struct(fields: dict[str, Any], tag: str) -> dict[str, Any]:
+    """The fields as the action's Struct takes them; `fields` itself when nothing changes, as
+    for nearly every request (it stays what was received, for `Decoded.fields`).
+
+    - A value of `ABSENT_TEXTS` (`""`, `undefined`, `null`) of a `BLANK_IS_ABSENT` field is
+      left out: the field is absent.
+    - Id lists where clients put them (`ID_LISTS`): a comma-separated list or a JSON array in
+      the single field (`order`) is the list field (`orders`); a JSON array or a number in the
+      list field is read as its comma-separated text, for `parse_ids` to judge.
+    """
+    values = fields.values()
+    if "" in values or "undefined" in values or "null" in values:
+        fields = {
+            k: v
+            for k, v in fields.items()
+            if not (type(v) is str and v in ABSENT_TEXTS and k in BLANK_IS_ABSENT)
+        }
+    lists = ID_LISTS.get(tag)
+    if lists is not None:
+        for single, many in lists.items():
+            one = fields.get(single)
+            if type(one) is list or (type(one) is str and "," in one):
+                if many in fields:
+                    raise bad_request(many, f"send either {single} or {many}, not both")
+                fields = {k: v for k, v in fields.items() if k != single}
+                fields[many] = one
+            listed = fields.get(many)
+            if type(listed) is int:
+                fields = {**fields, many: str(listed)}
+            elif type(listed) is list:
+                fields = {**fields, many: _id_text(many, listed)}
     return fields
+
+
+def _id_text(field: str, ids: list[Any]) -> str:
+    """[8842, "8843"] -> "8842,8843": the text a JSON array of ids stands for. Items are JSON
+    integers or strings; anything else (floats, booleans, objects) is a 400."""
+    if not all(type(i) is int or type(i) is str for i in ids):
+        raise bad_request(field, "must be comma-separated positive integers")
+    return ",".join(map(str, ids))
 
 
 def _malformed() -> ApiError:

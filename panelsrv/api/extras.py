@@ -19,7 +19,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from panelsrv.api.actions import EVERY_FIELD_NAME, FIELD_NAMES, MAX_NAME_ECHO, NOT_WIRE
+from panelsrv.api.actions import (
+    ABSENT_TEXTS,
+    EVERY_FIELD_NAME,
+    FIELD_NAMES,
+    MAX_NAME_ECHO,
+    NOT_WIRE,
+)
 from panelsrv.errors import bad_request
 
 MAX_EXTRAS: Final = 20
@@ -44,8 +50,8 @@ def add_extras(fields: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     At most `MAX_EXTRAS`; a name of 1-64 `a-z 0-9 _` that is no field of this API; a value a
     string (a JSON integer counts as its digits) of at most `MAX_EXTRA_VALUE` characters with
     no control character but tab and line breaks (lists such as `keywords` are line-separated).
-    An empty value, or JSON null, is absent, as for the API's own optional fields. Values are
-    kept as received, blanks included.
+    A value of `ABSENT_TEXTS` (`""`, `undefined`, `null`), or JSON null, is absent, as for the
+    API's own optional fields. Values are kept as received, blanks included.
     """
     if _ADD_NAMES.issuperset(fields):  # nearly every add: nothing to look at
         return ()
@@ -64,7 +70,7 @@ def add_extras(fields: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
                 "not a field of add; a field passed to the provider is named with 1 to 64"
                 " characters a-z, 0-9 or _",
             )
-        if value is None or value == "":
+        if value is None or (type(value) is str and value in ABSENT_TEXTS):
             continue
         if type(value) is int:
             value = str(value)

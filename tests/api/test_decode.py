@@ -170,9 +170,8 @@ NOT_DIGITS = [
     "12345678901234567890",
     "inf",
     "nan",
-    "null",
     "true",
-]
+]  # `null` and `undefined` mean absent: test_unset_values_of_optional_fields_mean_absent
 INTEGER_FIELDS = [
     ("service", "must be an integer >= 1"),
     ("quantity", "must be an integer >= 0"),
@@ -220,14 +219,41 @@ def test_decimal_digits_are_read_exactly_up_to_the_bound() -> None:
     assert decoded.fields["quantity"] == "0100"
 
 
-def test_empty_values_of_optional_numbers_mean_absent() -> None:
-    body = b"key=k&action=add&service=1&quantity=10&runs=&interval=&sign=&idempotency_key="
-    action = decode_request(body, b"", b"").action
-    assert isinstance(action, actions.Add)
-    assert action.runs is None and action.interval is None
-    assert action.sign is None and action.idempotency_key is None
-    assert decode_request(b"key=&action=balance", b"", b"").action.key == ""
-    assert decode_request(b"key=k&action=add&service=1&link=", b"", b"").action.link == ""
+@pytest.mark.parametrize("unset", ["", "undefined", "null"])
+def test_unset_values_of_optional_fields_mean_absent(unset: str) -> None:
+    # PHP forms send `runs=`, a Node SDK `runs=undefined`: an option left unset, in every
+    # encoding, for every optional field (an extra too) and every integer field.
+    unsets = {
+        name: unset
+        for name in ("runs", "interval", "sign", "idempotency_key", "link", "username", "country")
+    }
+    for body, ctype in encodings({"key": "k", "action": "add", "service": "1", **unsets}):
+        decoded = decode_request(body, ctype, b"")
+        assert decoded.action == actions.Add(key="k", service=1), (body, ctype)
+        assert decoded.fields["runs"] == unset  # what a signature covers: as received
+    for body, ctype in encodings(
+        {"key": "k", "action": "webhook_add", "url": "u", "events": unset}
+    ):
+        assert decode_request(body, ctype, b"").action == actions.WebhookAdd(key="k", url="u")
+    # A required integer sent unset is missing; a required text is the text.
+    assert error_of(form({"key": "k", "action": "add", "service": unset})) == (
+        400,
+        "service: required",
+    )
+    assert decode_request(form({"key": unset, "action": "balance"}), b"", b"").action.key == unset
+    # JSON null is absent for every optional field, as msgspec reads it.
+    body = b'{"key": "k", "action": "add", "service": 1, "runs": null, "link": null}'
+    assert decode_request(body, b"application/json", b"").action == actions.Add(key="k", service=1)
+
+
+def test_unset_is_only_the_whole_value() -> None:
+    add = decode_request(b"key=k&action=add&service=1&username=nullable&link=Undefined", b"", b"")
+    assert isinstance(add.action, actions.Add)
+    assert (add.action.username, add.action.link) == ("nullable", "Undefined")
+    assert error_of(b"key=k&action=add&service=1&runs=NULL") == (
+        400,
+        "runs: must be an integer between 1 and 1000",
+    )
 
 
 def test_unknown_fields_are_ignored_but_kept_for_the_signature() -> None:
@@ -728,3 +754,62 @@ def test_json_fields_render_like_python_str() -> None:
         "list": "[1, 'a']",
         "text": "é",
     }
+
+
+# -- id lists where clients put them ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "single", "many"),
+    [
+        ("status", "order", "orders"),
+        ("cancel", "order", "orders"),
+        ("refill", "order", "orders"),
+        ("refill_status", "refill", "refills"),
+    ],
+)
+def test_a_list_in_the_single_field_is_the_list_form(tag: str, single: str, many: str) -> None:
+    expected = actions.STRUCTS[tag](key="k", **{many: "1,2,3"})
+    for body, ctype in encodings({"key": "k", "action": tag, single: "1,2,3"}):
+        assert decode_request(body, ctype, b"").action == expected, (body, ctype)
+    body = json.dumps({"key": "k", "action": tag, single: [1, 2, 3]}).encode()
+    assert decode_request(body, b"application/json", b"").action == expected
+    # One id with a comma is a list of one; both forms at once stay a 400.
+    assert decode_request(form({"key": "k", "action": tag, single: "7,"}), b"", b"").action == (
+        actions.STRUCTS[tag](key="k", **{many: "7,"})
+    )
+    assert error_of(form({"key": "k", "action": tag, single: "1,2", many: "3"})) == (
+        400,
+        f"{many}: send either {single} or {many}, not both",
+    )
+
+
+def test_json_id_lists_as_arrays_and_numbers() -> None:
+    def status(orders: object) -> actions.Action:
+        body = json.dumps({"key": "k", "action": "status", "orders": orders}).encode()
+        return decode_request(body, b"application/json", b"").action
+
+    assert status([1, 2]) == actions.Status(key="k", orders="1,2")
+    assert status(["1", 2]) == actions.Status(key="k", orders="1,2")
+    assert status(5) == actions.Status(key="k", orders="5")
+    for bad in ([1.5], [True], [[1]], [{"a": 1}]):
+        with pytest.raises(ApiError) as info:
+            status(bad)
+        assert json.loads(info.value.body())["error"] == (
+            "orders: must be comma-separated positive integers"
+        )
+    # What the array says is judged by the list rule afterwards (api.actions.parse_ids).
+    assert actions.order_ids(status([3, 3, 4])) == [3, 4]  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        actions.order_ids(status([]))  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        actions.order_ids(status([0, -1]))  # type: ignore[arg-type]
+    # The signature covers what was received, rendered as Python's str() does.
+    body = b'{"key": "k", "action": "status", "orders": [1, 2]}'
+    assert decode_request(body, b"application/json", b"").fields["orders"] == "[1, 2]"
+
+
+def test_the_tables_of_id_lists_name_real_fields() -> None:
+    for tag, pairs in actions.ID_LISTS.items():
+        for single, many in pairs.items():
+            assert {single, many} <= set(actions.STRUCTS[tag].__struct_fields__)

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -179,3 +180,58 @@ def test_raise_for_status_sdks_on_a_legacy_panel(
         time.sleep(0.02)
     r.raise_for_status()
     assert r.json() == {"error": "Incorrect order ID"}
+
+
+def balance(server: Served, shop: Shop, key: str) -> str:
+    status, body = raw(server, shop, {"key": key, "action": "balance"})
+    assert status == 200
+    return str(body["balance"])
+
+
+@pytest.mark.parametrize("client", ["data", "json", "files"])
+def test_options_left_unset_make_a_normal_order(
+    session: requests.Session, server: Served, shop: Shop, client: str
+) -> None:
+    """What a Node SDK sends on every order (`runs=undefined&interval=undefined`), in form,
+    JSON and multipart: the normal order at the normal charge."""
+    key = shop.alice.key
+    before = balance(server, shop, key)
+    fields = {"key": key, "action": "add", "service": MAIN, "link": LINK, "quantity": 1000}
+    unset = {"runs": "undefined", "interval": "undefined"}
+    if client == "json":
+        unset["interval"] = None  # type: ignore[assignment]  # what JSON.stringify of null sends
+    status, body = ask(session, server, shop, {**fields, **unset}, client)
+    assert status == 200 and list(body) == ["order"], body
+    answer = raw(server, shop, {"key": key, "action": "status", "order": body["order"]})
+    assert answer[1]["charge"] == "0.45" and answer[1]["remains"] == "1000"
+    after = balance(server, shop, key)
+    assert Decimal(before) - Decimal(after) == Decimal("0.45")
+
+
+def test_id_lists_where_clients_put_them(
+    session: requests.Session, server: Served, shop: Shop
+) -> None:
+    key = shop.bob.key
+    add = {"key": key, "action": "add", "service": MAIN, "link": LINK, "quantity": 100}
+    ids = [raw(server, shop, add)[1]["order"] for _ in range(3)]
+    text = ",".join(map(str, ids))
+    multi = raw(server, shop, {"key": key, "action": "status", "orders": text})
+    assert multi[0] == 200 and sorted(multi[1]) == sorted(map(str, ids))
+    # A Node SDK's comma-separated ids in `order`: the multi-status shape.
+    assert (
+        with_requests(
+            session, server, shop, {"key": key, "action": "status", "order": text}, "data"
+        )
+        == multi
+    )
+    # JSON: an array of ids, or a single number, for `orders`.
+    assert (
+        with_requests(
+            session, server, shop, {"key": key, "action": "status", "orders": ids}, "json"
+        )
+        == multi
+    )
+    one = with_requests(
+        session, server, shop, {"key": key, "action": "status", "orders": ids[0]}, "json"
+    )
+    assert one == (200, {str(ids[0]): multi[1][str(ids[0])]})
