@@ -48,6 +48,7 @@ $$;
 
 -- Credit an order's refund exactly once (unique (order_id, kind) raises on a second one).
 -- No row when the amount is not within (0, charge] or the order does not exist.
+-- Replaced by 009_net_charge.sql: it also keeps orders.refunded (the net charge).
 CREATE FUNCTION refund_order(p_order bigint, p_amount bigint, p_memo text,
                              OUT entry_id bigint, OUT balance_after bigint)
 LANGUAGE plpgsql AS $$
@@ -71,6 +72,8 @@ BEGIN
 END $$;
 
 -- Minor units (1e-5) as the API's decimal text: at least 2 decimals, at most 5 (money.format).
+-- Replaced by 004_money_text.sql: integer arithmetic, exact above 1e9 (this numeric
+-- division lost the last decimals).
 CREATE FUNCTION money_text(p_units bigint) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN length(t) - position('.' IN t) < 2 THEN t || repeat('0', 2 - (length(t) - position('.' IN t))) ELSE t END
@@ -86,6 +89,7 @@ $$;
 
 -- Record an order's current status as a webhook event, in the caller's transaction, for each
 -- active endpoint of its owner that wants order.status (nothing when there is none).
+-- Replaced by 009_net_charge.sql: the payload's charge is net of refunds.
 CREATE FUNCTION order_event(p_order bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -234,6 +238,8 @@ END $$;
 -- "Cancel is not available". Certainly never accepted upstream: canceled now with a full
 -- refund. Otherwise (sent, or maybe sent): a cancel request for the worker to forward upstream;
 -- the order becomes Canceled when the provider confirms.
+-- Replaced by 005_worker_fences.sql: its cancel-before-dispatch branch fenced by the attempt
+-- (cancel_unsent).
 CREATE FUNCTION cancel_one(p_user bigint, p_id bigint) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -17,6 +17,8 @@ $$;
 -- the order is active; Partial refunds charge * min(remains, total) / total (rounded down),
 -- Canceled and Refunded refund the whole charge - once (the ledger's unique (order, kind)).
 -- Returns 'changed', 'progress' (counters only) or 'ignored'.
+-- Replaced by 005_worker_fences.sql: the Partial refund in numeric, a Partial without remains
+-- ignored, Error refunded like Canceled.
 CREATE FUNCTION apply_order_status(p_order bigint, p_status text, p_start_count bigint,
                                    p_remains bigint) RETURNS text
 LANGUAGE plpgsql AS $$
