@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from panelsrv import money
-from panelsrv.store import admin, held, keys, ledger
+from panelsrv.store import admin, db, held, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
 from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure, usable_id
@@ -35,7 +35,7 @@ def _iso(value: datetime | None) -> str | None:
 
 async def migrate(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     # open_migrated() has applied whatever was pending before we got here.
-    versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+    versions = await db.applied_migrations(conn)
     return {"migrations": versions}, f"schema up to date ({versions[-1]})"
 
 
@@ -226,12 +226,12 @@ async def service_import(args: argparse.Namespace, conn: asyncpg.Connection) -> 
         markup_bp = money.parse_percent_bp(args.markup, maximum=MAX_MARKUP_PERCENT)
     except money.MoneyError as exc:
         raise admin.InputError(f"markup: {exc}") from None
-    row = await conn.fetchrow("SELECT name, url, api_key FROM providers WHERE id = $1", provider_id)
-    async with Provider(row["url"], row["api_key"], name=row["name"]) as client:
+    endpoint = await admin.provider_endpoint(conn, provider_id)
+    async with Provider(endpoint.url, endpoint.api_key, name=endpoint.name) as client:
         try:
             services = await client.services()
         except ProviderFailure as exc:
-            raise CommandFailed(f"provider {row['name']}: {exc}") from None
+            raise CommandFailed(f"provider {endpoint.name}: {exc}") from None
     result = await importer.import_services(conn, provider_id, services, markup_bp, args.category)
     return (
         {"imported": result.imported, "updated": result.updated},

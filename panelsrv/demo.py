@@ -32,7 +32,7 @@ class Demo:
 
 async def ensure(conn: asyncpg.Connection, provider_url: str, provider_key: str) -> Demo:
     """Seed the demo data unless it is there; always issue a fresh demo key."""
-    seeded = await conn.fetchval("SELECT count(*) FROM users WHERE email = $1", DEMO_EMAIL) == 0
+    seeded = not await admin.has_user(conn, DEMO_EMAIL)
     if seeded:
         await admin.add_panel(conn, DEMO_DOMAIN, "USD")
         await admin.add_user(conn, DEMO_EMAIL, DEMO_DOMAIN, "100.00", "0")
@@ -44,12 +44,7 @@ async def ensure(conn: asyncpg.Connection, provider_url: str, provider_key: str)
             services = await client.services()
         await importer.import_services(conn, provider_id, services, DEMO_MARKUP_BP, None)
     else:
-        await conn.execute(
-            "UPDATE providers SET url = $2, api_key = $3 WHERE name = $1",
-            DEMO_PROVIDER,
-            provider_url,
-            provider_key,
-        )
+        await admin.set_provider_endpoint(conn, DEMO_PROVIDER, provider_url, provider_key)
     user = await admin.user_by_email(conn, DEMO_EMAIL)
     for old in await keys.list_keys(conn, user.id):
         if old.revoked is None:

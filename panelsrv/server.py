@@ -271,7 +271,7 @@ class App:
     async def ready(self) -> bool:
         if self.pool is None:
             return False
-        return await self.pool.fetchval("SELECT 1") == 1
+        return await self.pool.answers()
 
     async def stop(self, grace: float) -> None:
         if self.http is not None:

@@ -77,7 +77,7 @@ async def _worker_main(cfg: Config, url: str) -> None:
     opened: list[Pool] = []
 
     async def ready() -> bool:
-        return bool(opened) and await opened[0].fetchval("SELECT 1") == 1
+        return bool(opened) and await opened[0].answers()
 
     ops = HttpServer(ops_routes(ready, registry.render)) if cfg.worker_ops_port else None
     if ops is not None:

@@ -4,11 +4,13 @@
 - `api` never sees a transport (`http`, httptools).
 - `store` and `worker` never import `http` or `api`.
 - leaves import nothing from the package but `errors`.
+- SQL is written only under `store/`: no string constant elsewhere is a statement.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,23 @@ def test_leaves_import_nothing_from_the_package(leaf: str) -> None:
         if name.startswith("panelsrv") and not name.startswith("panelsrv.errors")
     }
     assert not own, f"{leaf} imports {sorted(own)}"
+
+
+_STATEMENT = re.compile(
+    r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|DROP|TRUNCATE)\b.*\b(FROM|INTO|SET|"
+    r"TABLE|VALUES|\d)\b",
+    re.I | re.S,
+)
+
+
+def test_sql_is_written_only_under_store() -> None:
+    found = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] != "store"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and _STATEMENT.match(node.value)
+    ]
+    assert not found, found

@@ -145,6 +145,14 @@ async def add_user(
     return UserRef(user_id, email, panel_id, currency), opening
 
 
+async def has_user(conn: asyncpg.Connection, email: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)", normalize_email(email)
+        )
+    )
+
+
 async def user_by_email(conn: asyncpg.Connection, email: str) -> UserRef:
     email = normalize_email(email)
     row = await conn.fetchrow(
@@ -210,6 +218,30 @@ async def set_provider_idempotency(conn: asyncpg.Connection, ref: str, honours: 
         "UPDATE providers SET honours_idempotency = $2 WHERE id = $1", found, honours
     )
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEndpoint:
+    name: str
+    url: str
+    api_key: str
+
+
+async def provider_endpoint(conn: asyncpg.Connection, provider: int) -> ProviderEndpoint:
+    """Where and as whom to call a provider (by id, as `provider_id` returns it)."""
+    row = await conn.fetchrow("SELECT name, url, api_key FROM providers WHERE id = $1", provider)
+    if row is None:
+        raise InputError(f"no provider {provider}")
+    return ProviderEndpoint(row["name"], row["url"], row["api_key"])
+
+
+async def set_provider_endpoint(
+    conn: asyncpg.Connection, name: str, url: str, api_key: str
+) -> None:
+    """Point the provider named `name` at another URL and key (the demo's simulator moves)."""
+    await conn.execute(
+        "UPDATE providers SET url = $2, api_key = $3 WHERE name = $1", name, url, api_key
+    )
 
 
 async def provider_id(conn: asyncpg.Connection, ref: str) -> int:

@@ -154,6 +154,11 @@ def migration_files() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), text) for name, text in files]
 
 
+async def applied_migrations(conn: asyncpg.Connection) -> list[str]:
+    """The versions recorded in `schema_migrations`, in order."""
+    return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply pending migrations; return the versions applied now."""
     applied_now: list[str] = []

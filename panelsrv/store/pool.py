@@ -187,6 +187,10 @@ class Pool:
 
     # -- observability and shutdown --------------------------------------------------------------
 
+    async def answers(self) -> bool:
+        """The database answers a query now (readiness probes)."""
+        return await self.fetchval("SELECT 1") == 1
+
     def get_size(self) -> int:
         return self._size
 
