@@ -42,8 +42,8 @@ from urllib.parse import urlencode
 
 from bench.pgcluster import Cluster, until_answering
 from bench.procs import Proc, free_port, listening_children
+from panelsrv.sim.provider import Faults, Simulator
 from panelsrv.store import admin, db, keys
-from panelsrv.worker.sim import Faults, Simulator
 
 USERS = 20
 FUNDS = "1000.00"

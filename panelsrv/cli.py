@@ -16,8 +16,8 @@ import orjson
 import uvloop
 
 from panelsrv import __version__, commands, config, server, workerproc
+from panelsrv.sim import provider as sim
 from panelsrv.store import admin, db
-from panelsrv.worker import sim
 
 
 class UsageError(Exception):

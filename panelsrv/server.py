@@ -30,15 +30,15 @@ from panelsrv.guard.shared import RedisBackend
 from panelsrv.guard.sync import MEANWHILE as LIMITS_MEANWHILE
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
-from panelsrv.http.procs import Group, Slot, run_service, supervise
 from panelsrv.http.request import Limits
 from panelsrv.outages import Outage
+from panelsrv.procs import Group, Slot, run_service, supervise
+from panelsrv.sim.provider import Simulator
 from panelsrv.startup import counted_outage, open_pool, when_reachable
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
 from panelsrv.store.listen import Listener
 from panelsrv.store.pool import Pool
-from panelsrv.worker.sim import Simulator
 from panelsrv.workerproc import WorkerService
 
 log = logging.getLogger("panelsrv.server")

@@ -4,6 +4,8 @@
 - `api` never sees a transport (`http`, httptools).
 - `store` and `worker` never import `http` or `api`.
 - leaves import nothing from the package but `errors`.
+- the simulated provider (`sim/`) and the process supervisor (`procs.py`) are self-contained:
+  nothing from the package but themselves (and the worker never imports the simulator).
 - SQL is written only under `store/`: no string constant elsewhere is a statement.
 """
 
@@ -21,7 +23,7 @@ RULES = {
     "http": ("panelsrv.api", "panelsrv.store", "panelsrv.worker", "panelsrv.guard", "asyncpg"),
     "api": ("panelsrv.http", "httptools", "panelsrv.worker"),
     "store": ("panelsrv.http", "panelsrv.api", "panelsrv.worker", "panelsrv.guard"),
-    "worker": ("panelsrv.http", "panelsrv.api", "panelsrv.guard"),
+    "worker": ("panelsrv.http", "panelsrv.api", "panelsrv.guard", "panelsrv.sim"),
     "guard": ("panelsrv.http", "panelsrv.api", "panelsrv.store", "panelsrv.worker", "asyncpg"),
 }
 LEAVES = (
@@ -66,6 +68,15 @@ def test_leaves_import_nothing_from_the_package(leaf: str) -> None:
         if name.startswith("panelsrv") and not name.startswith("panelsrv.errors")
     }
     assert not own, f"{leaf} imports {sorted(own)}"
+
+
+@pytest.mark.parametrize("room", ["sim", "procs.py"])
+def test_self_contained_rooms_import_only_themselves(room: str) -> None:
+    own = "panelsrv." + room.removesuffix(".py")
+    paths = [PACKAGE / room] if room.endswith(".py") else sorted((PACKAGE / room).glob("*.py"))
+    for path in paths:
+        bad = {n for n in imports(path) if n.startswith("panelsrv") and not n.startswith(own)}
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
 
 
 _STATEMENT = re.compile(

@@ -28,8 +28,8 @@ from pathlib import Path
 import uvloop
 
 from panelsrv.config import Config
-from panelsrv.http.procs import Slot
 from panelsrv.http.protocol import HttpProtocol
+from panelsrv.procs import Slot
 from panelsrv.server import App
 
 DATA = Path(__file__).resolve().parent.parent / ".data"

@@ -11,9 +11,9 @@ from decimal import Decimal
 from typing import Any
 
 from panelsrv import money
+from panelsrv.sim.provider import Simulator
 from panelsrv.store import db
 from panelsrv.worker import importer
-from panelsrv.worker.sim import Simulator
 from panelsrv.worker.upstream import Service
 from tests.cli.test_admin_cli import ok_json, panelsrv
 from tests.e2e.served import call

@@ -8,9 +8,9 @@ import asyncio
 import json
 import time
 
+from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
-from panelsrv.worker.sim import Simulator
 from tests.e2e.kit import served, sql_value, wallet_and_orders
 from tests.e2e.served import World, call, offered
 from tests.store.helpers import unique

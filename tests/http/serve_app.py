@@ -15,7 +15,7 @@ from httpkit import echo
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer, Listen, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
-from panelsrv.http.procs import Group, Service, Slot, Supervisor
+from panelsrv.procs import Group, Service, Slot, Supervisor
 
 
 class FailingStart:

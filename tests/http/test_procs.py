@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from panelsrv.http.procs import Supervisor, _Child, notify
+from panelsrv.procs import Supervisor, _Child, notify
 from tests.http.httpkit import free_port
 
 APP = str(Path(__file__).with_name("serve_app.py"))

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import asyncpg
 
 from panelsrv import metrics, money
+from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db, ledger
 from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
-from panelsrv.worker.sim import Simulator
 from tests.store.helpers import connect, new_panel, new_user, unique
 
 FINAL = ("Completed", "Partial", "Canceled", "Refunded", "Error")

@@ -4,9 +4,9 @@ A, and its status comes back to B - each order created exactly once at each hop.
 
 from __future__ import annotations
 
+from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db, ledger
 from panelsrv.worker.main import Worker
-from panelsrv.worker.sim import Simulator
 from tests.e2e.served import Served, World, call, offered
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final

@@ -8,8 +8,8 @@ import random
 import signal
 import sys
 
+from panelsrv.sim.provider import Faults, Simulator
 from panelsrv.store import db, ledger
-from panelsrv.worker.sim import Faults, Simulator
 from tests.store.helpers import connect
 from tests.worker.flow import check_refunds, place_many, provider_service, wait_final
 

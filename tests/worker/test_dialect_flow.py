@@ -14,8 +14,8 @@ import asyncpg
 import orjson
 import pytest
 
+from panelsrv.sim.dialect import Dialect
 from panelsrv.store import ledger, orders
-from panelsrv.worker.sim_dialect import Dialect
 from tests.worker.flow import FINAL, Rig, check_refunds, place_many, rig, wait_final
 
 STATUSES = ("Pending", "In progress", "Completed", "Partial", "Canceled")

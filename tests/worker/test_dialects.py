@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from panelsrv import metrics
+from panelsrv.sim.dialect import Dialect
+from panelsrv.sim.provider import Simulator
 from panelsrv.worker import dialects
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.sim import Simulator
-from panelsrv.worker.sim_dialect import Dialect
 from panelsrv.worker.upstream import (
     ErrorKind,
     ItemError,

@@ -6,9 +6,9 @@ import asyncio
 
 import orjson
 
+from panelsrv.sim.provider import Faults, Simulator
 from panelsrv.store import db, ledger, orders
 from panelsrv.worker.main import Worker
-from panelsrv.worker.sim import Faults, Simulator
 from tests.store.helpers import connect
 from tests.worker.flow import (
     check_refunds,

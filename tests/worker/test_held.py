@@ -12,8 +12,8 @@ import time
 
 import asyncpg
 
+from panelsrv.sim.provider import Faults
 from panelsrv.store import ledger
-from panelsrv.worker.sim import Faults
 from tests.e2e.kit import cli
 from tests.worker.flow import place_many, rig, wait_final
 

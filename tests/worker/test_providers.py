@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
+from panelsrv.sim.provider import FAULT_KINDS, Faults, Simulator
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.sim import FAULT_KINDS, Faults, Simulator
 from panelsrv.worker.upstream import (
     MISSING,
     CircuitOpen,

@@ -11,9 +11,9 @@ import time
 import orjson
 from aiohttp import web
 
+from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
-from panelsrv.worker.sim import Simulator
 from tests.e2e.served import Served, World, call, offered
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final

@@ -1,7 +1,7 @@
 """`panelsrv provider sim`: a simulated upstream provider speaking API v2 (demos, tests, bench).
 
-Self-contained: asyncio streams, msgspec, orjson, `sim_book` (the in-memory account and its
-orders) and `sim_dialect` (how answers are worded: API v2 as specified, or as other panels
+Self-contained: asyncio streams, msgspec, orjson, `sim.book` (the in-memory account and its
+orders) and `sim.dialect` (how answers are worded: API v2 as specified, or as other panels
 answer); imports nothing else from panelsrv. Faults are drawn per API request from `Faults`:
 set at start, from Python (`sim.faults = Faults(...)`), or over loopback with
 `POST /_sim/faults` (a JSON object of the fields to change); `GET /_sim/stats` shows the
@@ -29,10 +29,10 @@ from urllib.parse import parse_qsl
 import msgspec
 import orjson
 
-from panelsrv.worker.sim_book import SimBook
-from panelsrv.worker.sim_dialect import Dialect
+from panelsrv.sim.book import SimBook
+from panelsrv.sim.dialect import Dialect
 
-log = logging.getLogger("panelsrv.worker.sim")
+log = logging.getLogger("panelsrv.sim.provider")
 
 FaultKind = Literal["timeout", "5xx", "html", "html502", "garbage", "shape", "funds", "drop"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
@@ -85,7 +85,7 @@ class Simulator:
 
     Keyword arguments are `SimOptions` fields; `clock` drives order progress. For tests:
     `book` (orders, balance, `creations_by_link()`), `counters`, `in_flight`, `max_in_flight`;
-    `dialect` (a `sim_dialect.Dialect`) may be replaced at any time.
+    `dialect` (a `sim.dialect.Dialect`) may be replaced at any time.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
@@ -294,7 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dialect",
         default="{}",
         metavar="JSON",
-        help=f"answer as other panels do, e.g. {dialect} (fields: panelsrv/worker/sim_dialect.py)",
+        help=f"answer as other panels do, e.g. {dialect} (fields: panelsrv/sim/dialect.py)",
     )
     add("--json", action="store_true", help="print the URL and key as one JSON object")
 

@@ -1,6 +1,6 @@
 """How the simulated provider words its answers: API v2 as specified, or the way other panels do.
 
-Pure: msgspec only, imports nothing from panelsrv. `sim_book` answers as API v2 specifies;
+Pure: msgspec only, imports nothing from panelsrv. `sim.book` answers as API v2 specifies;
 `Dialect.render` rewords that answer, changing nothing it means: status words, numbers as
 strings or numbers, `remains` unknown or left out, answers wrapped in a
 `{"status": "success", ...}` envelope, errors as `{"status": "error", "message": ...}`, and

@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from panelsrv.worker.sim import Faults, Simulator, add_arguments, simulator_from
-from panelsrv.worker.sim_dialect import Dialect
+from panelsrv.sim.dialect import Dialect
+from panelsrv.sim.provider import Faults, Simulator, add_arguments, simulator_from
 
 
 async def post(session: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, object]:
@@ -154,7 +154,7 @@ def test_cli_options_build_a_simulator():
 
 async def test_cli_runs_until_sigterm():
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "panelsrv.worker.sim", "--port", "0", "--key", "K", "--json",
+        sys.executable, "-m", "panelsrv.sim.provider", "--port", "0", "--key", "K", "--json",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
