@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import orjson
 import uvloop
 
-from panelsrv import __version__, commands, config, server, workerproc
+from panelsrv import __version__, commands, config, panelconf, server, workerproc
 from panelsrv.sim import provider as sim
 from panelsrv.store import admin, db
 
@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(
         panel,
         "set",
-        "set a panel setting (sec_order_max_per_min, legacy_errors, "
-        "duplicate_link_guard, refill_max_per_order, refill_cooldown_hours, currency)",
+        f"set a panel setting ({', '.join(panelconf.SETTING_NAMES)}, currency); "
+        "accept_get true lets clients that cannot POST send GET /api/v2?action=...&key=...",
     )
     p.add_argument("--domain", required=True)
     p.add_argument("name", metavar="KEY")

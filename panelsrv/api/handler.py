@@ -5,10 +5,10 @@ Imports api (decode, sign, actions, respond), store (key cache, catalog), errors
 Order of work, cheapest and most decisive first: panel from Host -> a GET's admission (the
 panel's `accept_get`) -> decode -> key -> sign -> per-user cap -> the action. A GET the panel
 takes is decoded exactly as a POST whose form body is its query string, and goes the same way
-from there (limits, strikes, answers). Every failure to authenticate is reported to `strike` (the limits
-layer turns strikes into IP blocks). Errors are rendered here and only here: the table's status,
-`legacy_errors` (business errors as 200 for old SDKs), Retry-After on 429/503, and a generic
-500 with the request id in the log for anything unexpected.
+from there (limits, strikes, answers). Every failure to authenticate is reported to `strike`
+(the limits layer turns strikes into IP blocks). Errors are rendered here and only here: the
+table's status, `legacy_errors` (business errors as 200 for old SDKs), Retry-After on 429/503,
+and a generic 500 with the request id in the log for anything unexpected.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
@@ -41,8 +42,12 @@ class Served:
         workers: int = 1,
         settings: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        output: Path | None = None,
     ) -> None:
+        """`output`: a file that gets the server's stdout and stderr (its log lines), for a
+        test that reads them; else they are the test run's."""
         self.database_url = database_url
+        self.output = output
         self.workers = workers
         self.settings = {**GENEROUS, **(settings or {})}
         self.env = env or {}
@@ -70,7 +75,18 @@ class Served:
         for name, value in self.settings.items():
             args += ["--set", f"{name}={value}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
-        self.proc = subprocess.Popen(args, env={**env, **self.env}, stdin=subprocess.DEVNULL)
+        out = None if self.output is None else self.output.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                args,
+                env={**env, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=None if out is None else subprocess.STDOUT,
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while not self._ready(until):
             if self.proc.poll() is not None:
