@@ -48,12 +48,13 @@ def nginx_binary() -> str:
     return found
 
 
-def site_config(upstream_port: int, listen_port: int) -> str:
+def site_config(upstream_port: int, listen_port: int, logs: Path) -> str:
     text = SITE.read_text()
     for shipped, ours in [
         ("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};"),
         ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
         ("listen [::]:80;", ""),
+        ("/var/log/nginx/", f"{logs}/"),
     ]:
         assert shipped in text, f"the shipped nginx config lost {shipped!r}"
         text = text.replace(shipped, ours)
@@ -62,7 +63,7 @@ def site_config(upstream_port: int, listen_port: int) -> str:
 
 async def _start_nginx(binary: str, prefix: Path, upstream_port: int) -> tuple[object, int]:
     port = free_port()
-    (prefix / "site.conf").write_text(site_config(upstream_port, port))
+    (prefix / "site.conf").write_text(site_config(upstream_port, port, prefix))
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -71,11 +72,11 @@ async def _start_nginx(binary: str, prefix: Path, upstream_port: int) -> tuple[o
         f"""daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
+error_log {prefix}/error.log info;
 {"user root;" if os.geteuid() == 0 else ""}
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    access_log {prefix}/default-access.log;
 {temp}
     include {prefix}/site.conf;
 }}
@@ -166,3 +167,49 @@ async def test_nginx_answers_in_json_when_the_server_is_down(
     finally:
         proc.terminate()  # type: ignore[attr-defined]
         await proc.wait()  # type: ignore[attr-defined]
+
+
+SECRET = b"psk_query_string_secret"
+
+
+def _logged(prefix: Path) -> str:
+    """Everything nginx wrote under `prefix` (its logs: the site's, and the defaults)."""
+    return "".join(f.read_text(errors="replace") for f in prefix.glob("*.log"))
+
+
+async def test_nginx_logs_no_query_string(nginx_binary: str, tmp_path: Path) -> None:
+    """With `accept_get` on, GET clients put their key in the query string: the shipped site
+    logs the path only, for answered requests, nginx's own refusals, an upstream that is down
+    and a path that is not the API's, in its access and error logs."""
+    server = await start_server(trusted_proxies=["127.0.0.1", "::1"])
+    proc, port = await _start_nginx(nginx_binary, tmp_path, server.port)
+    query = b"action=balance&key=" + SECRET
+    host = b"Host: panel.test\r\n"
+    try:
+        client = await _via(port, b"GET /api/v2?%s HTTP/1.1\r\n%s\r\n" % (query, host))
+        response = await client.final()
+        assert response is not None and response.status == 200
+        assert (response.json()["method"], response.json()["query"]) == ("GET", query.decode())
+        await client.close()
+        for request, status in [
+            (b"GET /api/v3?%s HTTP/1.1\r\n%s\r\n" % (query, host), 404),
+            (b"GET /api/v2?%s&x=%s HTTP/1.1\r\n%s\r\n" % (query, b"y" * 70_000, host), 414),
+            (post(b"x" * (256 * 1024 + 1), target=b"/api/v2?" + query), 413),
+        ]:
+            client = await _via(port, request)
+            response = await client.final()
+            assert response is not None and response.status == status
+            await client.close()
+    finally:
+        await server.stop(1.0)
+    try:  # the server is gone: nginx's 503, after an error about the upstream
+        client = await _via(port, b"GET /api/v2?%s HTTP/1.1\r\n%s\r\n" % (query, host))
+        response = await client.final()
+        assert response is not None and response.status == 503
+        await client.close()
+    finally:
+        proc.terminate()  # type: ignore[attr-defined]
+        await proc.wait()  # type: ignore[attr-defined]
+    access = (tmp_path / "panelsrv-access.log").read_text()
+    assert '"GET /api/v2 HTTP/1.1" 200 ' in access and '"GET /api/v2 HTTP/1.1" 503 ' in access
+    assert SECRET.decode() not in _logged(tmp_path)
