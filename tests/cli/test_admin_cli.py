@@ -205,6 +205,7 @@ def test_order_list_shows_what_a_provider_reported_as_error(
         ("panel", "add", "--domain", "ok.test", "--currency", "EURO"),
         ("panel", "set", "--domain", "nope.test", "legacy_errors", "true"),
         ("panel", "set", "--domain", "{domain}", "legacy_errors", "maybe"),
+        ("panel", "set", "--domain", "{domain}", "accept_get", "yes"),
         ("panel", "set", "--domain", "{domain}", "no_such_setting", "1"),
         ("panel", "set", "--domain", "{domain}", "sec_order_max_per_min", "-1"),
         ("user", "add", "--email", "{email}", "--domain", "{domain}"),
