@@ -89,7 +89,7 @@ def tier_problem(name: str, rate: float, burst: int, orders: int) -> str | None:
             "starting with a letter or digit"
         )
     if not (math.isfinite(rate) and 0 < rate <= MAX_TIER_RATE):
-        return f"--rate {rate:g}: requests per second, above 0 and at most {MAX_TIER_RATE:g}"
+        return f"--rate {rate:g}: requests per second, above 0 and at most {MAX_TIER_RATE:.0f}"
     if not 1 <= burst <= MAX_TIER_BURST:
         return f"--burst {burst}: between 1 and {MAX_TIER_BURST}"
     if not 0 <= orders <= ORDER_CEILING:
