@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from panelsrv import money
+from panelsrv import money, panelconf
 from panelsrv.store import admin, held, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
@@ -98,8 +98,8 @@ async def user_set_tier(args: argparse.Namespace, conn: asyncpg.Connection) -> R
 
 def _tier_line(t: dict[str, Any]) -> str:
     return (
-        f"{t['name']} on {t['panel']}: {t['rate']:g} requests/s, burst {t['burst']}, "
-        f"{t['orders']} orders/min ({t['users']} users)"
+        f"{t['name']} on {t['panel']}: {panelconf.rate_text(t['rate'])} requests/s, "
+        f"burst {t['burst']}, {t['orders']} orders/min ({t['users']} users)"
     )
 
 

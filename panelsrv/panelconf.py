@@ -50,6 +50,11 @@ MAX_TIER_RATE = 1_000_000.0
 MAX_TIER_BURST = 1_000_000
 
 
+def rate_text(rate: float) -> str:
+    """Requests per second as a person reads them: 5, 0.5, 1000000 (not 5.0 or 1e+06)."""
+    return str(int(rate)) if rate.is_integer() and abs(rate) < 1e15 else f"{rate:g}"
+
+
 class Tier:
     """A rate-limit tier as a principal carries it (store/keycache.py): per-user requests per
     second and burst, the orders per minute it allows (at most ORDER_CEILING), and the 429
@@ -67,7 +72,7 @@ class Tier:
         self.orders = orders
         self.key = f"{tier_id}:{rate!r}:{burst}"
         self.rate_body = too_many_body(
-            f"your tier '{name}' allows {rate:g} requests/s (burst {burst})"
+            f"your tier '{name}' allows {rate_text(rate)} requests/s (burst {burst})"
         )
         self.orders_body = too_many_body(f"your tier '{name}' allows {orders} orders per minute")
 
@@ -89,7 +94,10 @@ def tier_problem(name: str, rate: float, burst: int, orders: int) -> str | None:
             "starting with a letter or digit"
         )
     if not (math.isfinite(rate) and 0 < rate <= MAX_TIER_RATE):
-        return f"--rate {rate:g}: requests per second, above 0 and at most {MAX_TIER_RATE:.0f}"
+        return (
+            f"--rate {rate_text(rate)}: requests per second, above 0 and at most "
+            f"{rate_text(MAX_TIER_RATE)}"
+        )
     if not 1 <= burst <= MAX_TIER_BURST:
         return f"--burst {burst}: between 1 and {MAX_TIER_BURST}"
     if not 0 <= orders <= ORDER_CEILING:

@@ -34,7 +34,7 @@ from panelsrv.http.ops import MetricsShare, ops_routes
 from panelsrv.http.procs import Group, Slot, run_service, supervise
 from panelsrv.http.request import Limits
 from panelsrv.outages import Outage
-from panelsrv.panelconf import Tier
+from panelsrv.panelconf import Tier, rate_text
 from panelsrv.startup import counted_outage, open_pool, when_reachable
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
@@ -92,7 +92,7 @@ def _no_strike(ip: str) -> None:
 def user_refused(cfg: Config) -> bytes:
     """The 429 of the server's per-user cap, for users without a tier: it names the limit."""
     return too_many_body(
-        f"your account allows {cfg.user_rate:g} requests/s (burst {cfg.user_burst})"
+        f"your account allows {rate_text(cfg.user_rate)} requests/s (burst {cfg.user_burst})"
     )
 
 
