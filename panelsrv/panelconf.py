@@ -39,9 +39,13 @@ class PanelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
         return min(self.sec_order_max_per_min, ORDER_CEILING)
 
 
+def orders_per_minute(n: int) -> str:
+    return f"{n} order per minute" if n == 1 else f"{n} orders per minute"
+
+
 # The 429 of the order ceiling, prebuilt for every ceiling a panel can have (0..ORDER_CEILING).
 ORDER_LIMIT_BODIES = tuple(
-    too_many_body(f"at most {n} orders per minute on this panel") for n in range(ORDER_CEILING + 1)
+    too_many_body(f"at most {orders_per_minute(n)} on this panel") for n in range(ORDER_CEILING + 1)
 )
 
 # A tier's limits: what `tier_problem` accepts (the table's CHECKs say the same).
@@ -74,7 +78,7 @@ class Tier:
         self.rate_body = too_many_body(
             f"your tier '{name}' allows {rate_text(rate)} requests/s (burst {burst})"
         )
-        self.orders_body = too_many_body(f"your tier '{name}' allows {orders} orders per minute")
+        self.orders_body = too_many_body(f"your tier '{name}' allows {orders_per_minute(orders)}")
 
 
 def order_ceiling(panel: PanelSettings, tier: Tier | None) -> tuple[int, bytes]:
