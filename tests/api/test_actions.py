@@ -127,6 +127,7 @@ def test_parse_ids_agrees_with_the_plain_rule(text: str) -> None:
     assert got == expected
 
 
+
 def test_single_and_multi_forms() -> None:
     assert order_ids(Status(key="k", order=5)) == 5
     assert order_ids(Cancel(key="k", orders="5,6")) == [5, 6]
