@@ -144,16 +144,16 @@ async def add_user(
         tier_id = None if tier is None else await _tier_id(conn, panel_id, tier)
         try:
             user_id = await conn.fetchval(
-                "INSERT INTO users (panel_id, email, discount_bp, tier_id) VALUES ($1, $2, $3, $4)"
-                " RETURNING id",
+                "INSERT INTO users (panel_id, email, discount_bp) VALUES ($1, $2, $3) RETURNING id",
                 panel_id,
                 email,
                 discount_bp,
-                tier_id,
             )
         except asyncpg.UniqueViolationError:
             raise InputError(f"a user with email {email!r} exists already") from None
         await conn.execute("INSERT INTO wallets (user_id) VALUES ($1)", user_id)
+        if tier_id is not None:  # (the INSERT alone also serves schemas older than 010)
+            await conn.execute("UPDATE users SET tier_id = $2 WHERE id = $1", user_id, tier_id)
         if opening:
             await ledger.move_funds(conn, user_id, opening, "opening balance")
     return UserRef(user_id, email, panel_id, currency), opening
