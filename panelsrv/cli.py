@@ -134,7 +134,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="the user's panel (needed when there are several)")
     p.add_argument("--balance", default="0", help="opening balance, e.g. 10.00 (a ledger credit)")
     p.add_argument("--discount", default="0", help="discount in percent on base rates, e.g. 5")
+    p.add_argument(
+        "--tier", help="one of the panel's rate-limit tiers (default: the server's user_rate)"
+    )
     p.set_defaults(func=commands.user_add)
+    p = subcommand(
+        user, "set-tier", "put a user on a rate-limit tier, or back on the default (at once)"
+    )
+    p.add_argument("--email", required=True)
+    tier_or_default = p.add_mutually_exclusive_group(required=True)
+    tier_or_default.add_argument("--tier", help="the name of one of the user's panel's tiers")
+    tier_or_default.add_argument(
+        "--default",
+        action="store_true",
+        help="no tier: the server's user_rate/user_burst and the panel's order ceiling",
+    )
+    p.set_defaults(func=commands.user_set_tier)
+
+    tier = group(
+        "tier",
+        "rate-limit tiers: per-user requests/s and burst, and an order ceiling, per panel",
+    )
+    for name, text in (
+        ("add", "add a tier to a panel"),
+        ("set", "change a tier's limits (every server applies them at once)"),
+    ):
+        adding = name == "add"
+        p = subcommand(tier, name, text)
+        p.add_argument("--name", required=True, help="the tier's name, e.g. basic")
+        p.add_argument(
+            "--rate", type=float, required=adding, help="requests per second per user, e.g. 5"
+        )
+        p.add_argument(
+            "--burst", type=int, required=adding, help="requests a user may send at once"
+        )
+        p.add_argument(
+            "--orders",
+            type=int,
+            default=panelconf.ORDER_CEILING if adding else None,
+            help=f"orders per user per minute, at most {panelconf.ORDER_CEILING}; the lower of "
+            f"this and the panel's sec_order_max_per_min applies"
+            + (f" (default {panelconf.ORDER_CEILING})" if adding else ""),
+        )
+        p.add_argument("--domain", help="the tier's panel (needed when there are several)")
+        p.set_defaults(func=commands.tier_add if adding else commands.tier_set)
+    p = subcommand(tier, "list", "tiers with their limits and how many users each has")
+    p.add_argument("--domain", help="only this panel's tiers")
+    p.set_defaults(func=commands.tier_list)
 
     key = group("key", "API keys")
     p = subcommand(key, "create", "create a key; prints the raw key once")

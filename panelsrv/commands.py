@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from panelsrv import money
+from panelsrv import money, panelconf
 from panelsrv.store import admin, db, held, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
@@ -67,13 +67,55 @@ async def panel_fx(args: argparse.Namespace, conn: asyncpg.Connection) -> Result
     )
 
 
+def _tier_shown(tier: str | None) -> str:
+    return f"tier {tier}" if tier is not None else "the default per-user cap"
+
+
 async def user_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
-    user, opening = await admin.add_user(conn, args.email, args.domain, args.balance, args.discount)
+    user, opening = await admin.add_user(
+        conn, args.email, args.domain, args.balance, args.discount, args.tier
+    )
     shown = money.format(opening)
     return (
-        {"user": user.id, "email": user.email, "balance": shown, "currency": user.currency},
-        f"user {user.id}: {user.email}, balance {shown} {user.currency}",
+        {
+            "user": user.id,
+            "email": user.email,
+            "balance": shown,
+            "currency": user.currency,
+            "tier": args.tier,
+        },
+        f"user {user.id}: {user.email}, balance {shown} {user.currency}, {_tier_shown(args.tier)}",
     )
+
+
+async def user_set_tier(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user, tier = await admin.set_user_tier(conn, args.email, None if args.default else args.tier)
+    return (
+        {"user": user.id, "email": user.email, "tier": tier},
+        f"user {user.id}: {user.email} is on {_tier_shown(tier)} (every server, at once)",
+    )
+
+
+def _tier_line(t: dict[str, Any]) -> str:
+    return (
+        f"{t['name']} on {t['panel']}: {panelconf.rate_text(t['rate'])} requests/s, "
+        f"burst {t['burst']}, {t['orders']} orders/min ({t['users']} users)"
+    )
+
+
+async def tier_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    tier = await admin.add_tier(conn, args.domain, args.name, args.rate, args.burst, args.orders)
+    return tier, f"tier {_tier_line(tier)}"
+
+
+async def tier_set(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    tier = await admin.set_tier(conn, args.domain, args.name, args.rate, args.burst, args.orders)
+    return tier, f"tier {_tier_line(tier)} (every server, at once)"
+
+
+async def tier_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    tiers = await admin.list_tiers(conn, args.domain)
+    return tiers, "\n".join(_tier_line(t) for t in tiers) or "no tiers"
 
 
 async def key_create(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:

@@ -53,23 +53,31 @@ class Code(enum.Enum):
 
 class ApiError(Exception):
     """An error with its HTTP meaning; `detail` replaces the table's message (BAD_REQUEST
-    always has one). `retry_after` (seconds) goes out as a Retry-After header (429, 503)."""
+    always has one). `retry_after` (seconds) goes out as a Retry-After header (429, 503).
+    `prebuilt`: the whole body, built once beforehand (a 429 naming its limit)."""
 
-    __slots__ = ("code", "detail", "retry_after")
+    __slots__ = ("code", "detail", "prebuilt", "retry_after")
 
     def __init__(
-        self, code: Code, detail: str | None = None, retry_after: float | None = None
+        self,
+        code: Code,
+        detail: str | None = None,
+        retry_after: float | None = None,
+        prebuilt: bytes | None = None,
     ) -> None:
         super().__init__(detail or code.message or code.name)
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+        self.prebuilt = prebuilt
 
     @property
     def status(self) -> int:
         return self.code.status
 
     def body(self) -> bytes:
+        if self.prebuilt is not None:
+            return self.prebuilt
         if self.detail is None:
             return ERROR_BODIES[self.code]
         return error_body(self.detail)
@@ -83,6 +91,12 @@ def error_body(message: str) -> bytes:
 ERROR_BODIES: dict[Code, bytes] = {
     code: error_body(code.message) for code in Code if code.message is not None
 }
+
+
+def too_many_body(limit: str) -> bytes:
+    """A 429 body naming the limit that was hit: `Too many requests: <limit>`. Built once per
+    limit (a tier, the panel's order ceiling), never per request."""
+    return error_body(f"{Code.TOO_MANY_REQUESTS.message}: {limit}")
 
 
 def retry_after_header(seconds: int) -> bytes:

@@ -23,6 +23,7 @@ import msgspec
 from panelsrv import demo, metrics
 from panelsrv.api.handler import Api, unavailable
 from panelsrv.config import Config
+from panelsrv.errors import too_many_body
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
 from panelsrv.guard.limits import client_key
@@ -32,6 +33,7 @@ from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
 from panelsrv.http.request import Limits
 from panelsrv.outages import Outage
+from panelsrv.panelconf import Tier, rate_text
 from panelsrv.procs import Group, Slot, run_service, supervise
 from panelsrv.sim.provider import Simulator
 from panelsrv.startup import counted_outage, open_pool, when_reachable
@@ -53,11 +55,11 @@ GUARD_GAUGES = {
     "guard_processes": "Processes each process believes share its limits, summed",
     "guard_ip_keys": "Per-IP buckets held (not full)",
     "guard_ip_leases": "Per-IP keys spending tokens leased from the shared bucket",
-    "guard_user_keys": "Per-user buckets held (not full)",
+    "guard_user_keys": "Per-user buckets held (not full), every rate-limit tier's included",
     "guard_blocked_ips": "Addresses blocked for failed authentications, summed over processes",
 }
-# Tables whose change alters what a cached principal says (discount, own rates).
-PRICING_TABLES = frozenset({"users", "user_rates"})
+# Tables whose change alters what a cached principal says (discount, own rates, tier).
+PRICING_TABLES = frozenset({"users", "user_rates", "tiers"})
 
 
 def guard_settings(cfg: Config) -> GuardSettings:
@@ -87,7 +89,14 @@ def _no_strike(ip: str) -> None:
     """`limits=False`: failed authentications are not counted."""
 
 
-def _no_wait(user_id: int) -> float:
+def user_refused(cfg: Config) -> bytes:
+    """The 429 of the server's per-user cap, for users without a tier: it names the limit."""
+    return too_many_body(
+        f"your account allows {rate_text(cfg.user_rate)} requests/s (burst {cfg.user_burst})"
+    )
+
+
+def _no_wait(user_id: int, tier: Tier | None) -> float:
     """`limits=False`: no per-user cap."""
     return 0.0
 
@@ -210,6 +219,7 @@ class App:
             sign_max_skew=cfg.sign_max_skew,
             strike=guard.strike if guard else _no_strike,
             user_wait=guard.check_user if guard else _no_wait,
+            user_refused=user_refused(cfg),
             webhook_allow_http=cfg.webhook_allow_http,
             webhook_allow_private=cfg.webhook_allow_private,
         )

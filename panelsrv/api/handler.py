@@ -3,12 +3,13 @@ bytes on the socket; the protocol hands us its reused Request object.
 
 Imports api (decode, sign, actions, respond), store (key cache, catalog), errors and panelconf.
 Order of work, cheapest and most decisive first: panel from Host -> a GET's admission (the
-panel's `accept_get`) -> decode -> key -> sign -> per-user cap -> the action. A GET the panel
-takes is decoded exactly as a POST whose form body is its query string, and goes the same way
-from there (limits, strikes, answers). Every failure to authenticate is reported to `strike`
-(the limits layer turns strikes into IP blocks). Errors are rendered here and only here: the
-table's status, `legacy_errors` (business errors as 200 for old SDKs), Retry-After on 429/503,
-and a generic 500 with the request id in the log for anything unexpected.
+panel's `accept_get`) -> decode -> key -> sign -> per-user cap (the user's tier's, carried by
+the cached principal) -> the action. A GET the panel takes is decoded exactly as a POST whose
+form body is its query string, and goes the same way from there (limits, strikes, answers).
+Every failure to authenticate is reported to `strike` (the limits layer turns strikes into IP
+blocks). Errors are rendered here and only here: the table's status, `legacy_errors` (business
+errors as 200 for old SDKs), Retry-After on 429/503, and a generic 500 with the request id in
+the log for anything unexpected.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from panelsrv.api.actions import Action, Services
 from panelsrv.api.decode import Decoded, decode_request
 from panelsrv.errors import ERROR_BODIES, ApiError, Code, retry_after_header
 from panelsrv.guard import retry_after
+from panelsrv.panelconf import Tier
 from panelsrv.store import db
 from panelsrv.store.catalog import Catalog, Panel
 from panelsrv.store.keycache import KeyCache, Principal
@@ -84,6 +86,7 @@ class Api:
         "_sign_max_skew",
         "_state",
         "_strike",
+        "_user_refused",
         "_user_wait",
         "_webhook_allow_http",
         "_webhook_allow_private",
@@ -98,7 +101,8 @@ class Api:
         default_panel: str,
         sign_max_skew: int,
         strike: Callable[[str], None],
-        user_wait: Callable[[int], float],
+        user_wait: Callable[[int, Tier | None], float],
+        user_refused: bytes = ERROR_BODIES[Code.TOO_MANY_REQUESTS],
         clock: Callable[[], float] = time.time,
         webhook_allow_http: bool = False,
         webhook_allow_private: bool = False,
@@ -110,6 +114,8 @@ class Api:
         self._sign_max_skew = sign_max_skew
         self._strike = strike
         self._user_wait = user_wait
+        # The 429 of the server's per-user cap (users without a tier), naming it; built once.
+        self._user_refused = user_refused
         self._clock = clock
         # The `webhook_allow_*` settings: `webhook_add` must accept what the worker delivers to.
         self._webhook_allow_http = webhook_allow_http
@@ -182,9 +188,11 @@ class Api:
         ):
             self._strike(req.client_ip)
             raise ApiError(Code.INVALID_SIGNATURE)
-        wait = self._user_wait(principal.user_id)
+        tier = principal.tier
+        wait = self._user_wait(principal.user_id, tier)
         if wait > 0:
-            raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait)
+            body = self._user_refused if tier is None else tier.rate_body
+            raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=wait, prebuilt=body)
         return respond.Context(
             self._pool,
             catalog,

@@ -1,6 +1,6 @@
 """Each action's answer, once the caller is authenticated: one round trip to PostgreSQL at most.
 
-Imports api.actions/validate, store (ledger, orders, webhooks), money and errors. Returns
+Imports api.actions/validate, store (ledger, orders, webhooks), money, panelconf and errors. Returns
 (status, body); raises ApiError for anything the client must fix. Answers that carry an
 idempotency key come back from PostgreSQL as stored bytes, so replays are byte-identical.
 """
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from panelsrv import money, netsafe
+from panelsrv import money, netsafe, panelconf
 from panelsrv.api import actions as a
 from panelsrv.api.validate import validate_add
 from panelsrv.errors import ERROR_BODIES, ApiError, Code, bad_request
@@ -114,6 +114,8 @@ async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
             if stored is not None:
                 return stored
         raise
+    settings = ctx.panel.settings
+    order_limit, limit_body = panelconf.order_ceiling(settings, p.tier)
     rate = money.user_rate(service.rate, p.discount_bp, p.overrides.get(service.id))
     charge = money.charge(rate, order.units)
     if charge > money.MAX_UNITS:
@@ -131,15 +133,17 @@ async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
             runs=order.runs,
             interval=order.interval,
             extras=order.extras,
-            order_limit=ctx.panel.settings.order_limit,
+            order_limit=order_limit,
             idempotency_key=key,
             fingerprint=a.fingerprint(action) if key else b"",
-            link_guard=ctx.panel.settings.duplicate_link_guard,
+            link_guard=settings.duplicate_link_guard,
         ),
         FUNDS_BODY,
     )
     if placed.outcome == "limit":
-        raise ApiError(Code.TOO_MANY_REQUESTS, retry_after=placed.retry_after or 60)
+        raise ApiError(
+            Code.TOO_MANY_REQUESTS, retry_after=placed.retry_after or 60, prebuilt=limit_body
+        )
     if placed.outcome == "duplicate_link":
         raise ApiError(Code.DUPLICATE_LINK)
     if placed.outcome == "funds":

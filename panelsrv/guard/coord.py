@@ -5,6 +5,10 @@ Pure: imports only msgspec and the guard leaves, reads no clock, does no I/O. Th
 hosts, `guard/hub.py` for one host's workers) and hands the `SyncReply` to `apply(reply, now)`.
 The per-request path (`Limiter.take`, `Coordinator.strike`) never waits for the backend.
 
+Every rate-limit tier in use is one more per-user limit with its own rate and burst, named by
+the tier and its limits (panelconf.Tier.key), so the backend keeps its buckets apart and a tier
+whose limits change starts afresh under a new name.
+
 One limit (per-IP or per-user; rate r, burst b, T = 1/r) shared by P live processes, synced
 every D seconds:
 - Share mode (every key at first). Each process admits a key within its share bucket
@@ -250,10 +254,12 @@ class Limiter:
 
 
 class Coordinator:
-    """Everything the guard shares: the per-IP and per-user limiters, strikes and blocks."""
+    """Everything the guard shares: the per-IP and per-user limiters (one per rate-limit tier
+    besides the default), strikes and blocks."""
 
     __slots__ = (
         "_block_cursor",
+        "_collected",
         "_hot_cursor",
         "_strikes",
         "blocks",
@@ -262,6 +268,7 @@ class Coordinator:
         "limiters",
         "live_ttl",
         "pid",
+        "procs",
         "sharing",
         "user",
     )
@@ -272,7 +279,11 @@ class Coordinator:
         self.pid = pid
         self.ip = ip
         self.user = user
+        # By name: "ip", "user" and one per rate-limit tier in use (`adopt`), added as they are
+        # met and dropped by `sweep` once idle. Changed in place: the guard holds this dict.
         self.limiters = {ip.name: ip, user.name: user}
+        self._collected: list[Limiter] = []  # the limiters of the request in flight, in order
+        self.procs = 1  # processes sharing the limits, as the last reply said (1: alone)
         self.blocks = blocks
         self.live_ttl = max(1.0, 5 * sync_interval)
         self.hot_ttl = max(1.0, 10 * sync_interval)
@@ -291,11 +302,18 @@ class Coordinator:
         if ip in self._strikes or len(self._strikes) < self.blocks.max_keys:
             self._strikes[ip] = self._strikes.get(ip, 0) + 1
 
+    def adopt(self, limiter: Limiter, now: float) -> None:
+        """A limiter added while running (a tier met for the first time): shared like the
+        others from now on, synced from the next `collect`."""
+        limiter.share(self.procs, now)
+        self.limiters[limiter.name] = limiter
+
     def collect(self) -> SyncRequest:
         strikes, self._strikes = self._strikes, {}
+        self._collected = list(self.limiters.values())
         return SyncRequest(
             pid=self.pid,
-            limits=[limiter.collect() for limiter in self.limiters.values()],
+            limits=[limiter.collect() for limiter in self._collected],
             strike_ips=list(strikes),
             strike_counts=list(strikes.values()),
             strike_limit=self.blocks.limit,
@@ -310,9 +328,12 @@ class Coordinator:
     def apply(self, reply: SyncReply, now: float) -> None:
         """Take in a backend reply; `now` is the local clock when it arrived."""
         offset = now - reply.now
-        for limiter, limit_reply in zip(self.limiters.values(), reply.limits, strict=True):
+        collected, self._collected = self._collected, []
+        for limiter, limit_reply in zip(collected, reply.limits, strict=True):
             limiter.apply(limit_reply, now)
-            limiter.share(max(1, reply.procs), now)
+        self.procs = max(1, reply.procs)
+        for limiter in self.limiters.values():  # adopted since `collect` too
+            limiter.share(self.procs, now)
         for ip, until in reply.blocks:
             self.blocks.block(ip, until + offset, now)
         for name, key in reply.hot:
@@ -327,10 +348,19 @@ class Coordinator:
 
     def fail(self, now: float) -> None:
         """The backend is unreachable: every limit is enforced by this process alone."""
+        self.procs = 1
         for limiter in self.limiters.values():
             limiter.share(1, now)
 
     def sweep(self, now: float) -> None:
-        for limiter in self.limiters.values():
+        """Drop full buckets, and the tier limiters left with none and no lease (a tier no
+        longer in use, or one whose limits changed): `adopt` makes one again when needed."""
+        idle = []
+        for name, limiter in self.limiters.items():
             limiter.buckets.sweep(now)
+            fixed = limiter is self.ip or limiter is self.user
+            if not fixed and not limiter.leases and not len(limiter.buckets):
+                idle.append(name)
+        for name in idle:
+            del self.limiters[name]
         self.blocks.sweep(now)

@@ -10,7 +10,7 @@ Wiring, per worker process:
     guard = Guard(GuardSettings(...))
     guard.start(backend)   # in the running loop; backend None, RedisBackend(...) or HubBackend(...)
     ... guard.check_block(ip) in connection_made, guard.check_ip(ip) in on_headers_complete,
-    ... guard.strike(ip) on a bad key or signature, guard.check_user(user_id) after auth
+    ... guard.strike(ip) on a bad key or signature, guard.check_user(user_id, tier) after auth
     await guard.close()    # on shutdown: stops the sync task, closes the backend
 
 Invariants:
@@ -30,6 +30,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
@@ -51,6 +52,21 @@ class GuardSettings(msgspec.Struct, frozen=True, kw_only=True):
     sync_interval: float = 0.1  # seconds between reconciliations with the backend
     sync_timeout: float = 0.5  # a sync slower than this counts as the backend being down
     max_keys: int = 65_536  # cap per table (IP buckets, user buckets, strikes, blocks)
+
+
+class UserTier(Protocol):
+    """A user's rate-limit tier as the guard needs it (panelconf.Tier is one)."""
+
+    @property
+    def key(self) -> str:
+        """The tier and its limits: another key whenever its rate or burst changes."""
+        ...
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def burst(self) -> int: ...
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -75,7 +91,7 @@ def retry_after(wait: float) -> int:
 
 
 class Guard:
-    __slots__ = ("_blocks", "_clock", "_ip", "_syncer", "_user", "coord")
+    __slots__ = ("_blocks", "_clock", "_ip", "_limiters", "_settings", "_syncer", "_user", "coord")
 
     def __init__(
         self,
@@ -95,8 +111,10 @@ class Guard:
             Blocklist(s.strike_limit, s.strike_window, s.block_seconds, s.never_block, s.max_keys),
             s.sync_interval,
         )
+        self._settings = s
         self._ip = self.coord.ip
         self._user = self.coord.user
+        self._limiters = self.coord.limiters
         self._blocks = self.coord.blocks
         self._syncer = Syncer(
             self.coord, None, s.sync_interval, s.sync_timeout, clock=clock, outage=outage
@@ -128,9 +146,20 @@ class Guard:
         if not self._blocks.allowed(ip):  # by the address itself: the allow-list is exact
             self.coord.strike(client_key(ip), self._clock())
 
-    def check_user(self, user_id: int) -> float:
-        """The per-user soft cap: 0.0 admitted, else seconds to wait (see `retry_after`)."""
-        return self._user.take(user_id, self._clock())
+    def check_user(self, user_id: int, tier: UserTier | None = None) -> float:
+        """The per-user soft cap, the tier's when the user has one: 0.0 admitted, else seconds
+        to wait (see `retry_after`). Each tier's users are limited in a limiter of its own, kept
+        under `tier.key`: made the first time it is met, so a tier whose limits changed starts
+        with full buckets at its new limits."""
+        now = self._clock()
+        if tier is None:
+            return self._user.take(user_id, now)
+        limiter = self._limiters.get(tier.key)
+        if limiter is None:
+            s = self._settings
+            limiter = Limiter(tier.key, tier.rate, tier.burst, s.sync_interval, int, s.max_keys)
+            self.coord.adopt(limiter, now)
+        return limiter.take(user_id, now)
 
     # -- lifecycle and observability --
 
@@ -155,6 +184,8 @@ class Guard:
             "guard_processes": float(self._ip.procs),
             "guard_ip_keys": float(len(self._ip.buckets)),
             "guard_ip_leases": float(len(self._ip.leases)),
-            "guard_user_keys": float(len(self._user.buckets)),
+            "guard_user_keys": float(
+                sum(len(lim.buckets) for lim in self._limiters.values() if lim is not self._ip)
+            ),
             "guard_blocked_ips": float(self._blocks.blocked_count(now)),
         }

@@ -1,5 +1,5 @@
-"""Operator writes behind the admin CLI: panels, users, providers, services, user rates,
-exchange rates; and the order listing it shows.
+"""Operator writes behind the admin CLI: panels, users, rate-limit tiers, providers, services,
+user rates, exchange rates; and the order and tier listings it shows.
 
 Imports asyncpg, money, panelconf and the ledger. Every function validates its input before
 writing and runs in one transaction, so bad input raises `InputError` and writes nothing.
@@ -111,9 +111,28 @@ async def set_panel(conn: asyncpg.Connection, domain: str, name: str, value: str
     }
 
 
+async def _panel(conn: asyncpg.Connection, domain: str | None) -> tuple[int, str]:
+    """The panel named by `domain`, or the only one when `domain` is None: (id, currency)."""
+    if domain is not None:
+        return await panel_by_domain(conn, domain)
+    panels = await conn.fetch("SELECT id, currency FROM panels ORDER BY id LIMIT 2")
+    if not panels:
+        raise InputError("no panel yet: run `panelsrv panel add --domain D` first")
+    if len(panels) > 1:
+        raise InputError("there are several panels: pass --domain")
+    return panels[0][0], panels[0][1]
+
+
 async def add_user(
-    conn: asyncpg.Connection, email: str, domain: str | None, balance: str, discount: str
+    conn: asyncpg.Connection,
+    email: str,
+    domain: str | None,
+    balance: str,
+    discount: str,
+    tier: str | None = None,
 ) -> tuple[UserRef, int]:
+    """A user and their wallet on a panel; `tier`: the name of one of the panel's rate-limit
+    tiers (None: the server's per-user cap)."""
     email = normalize_email(email)
     opening = parse_money(balance, "balance")
     try:
@@ -121,15 +140,8 @@ async def add_user(
     except money.MoneyError as exc:
         raise InputError(f"discount: {exc}") from None
     async with conn.transaction():
-        if domain is not None:
-            panel_id, currency = await panel_by_domain(conn, domain)
-        else:
-            panels = await conn.fetch("SELECT id, currency FROM panels ORDER BY id LIMIT 2")
-            if not panels:
-                raise InputError("no panel yet: run `panelsrv panel add --domain D` first")
-            if len(panels) > 1:
-                raise InputError("there are several panels: pass --domain")
-            panel_id, currency = panels[0]
+        panel_id, currency = await _panel(conn, domain)
+        tier_id = None if tier is None else await _tier_id(conn, panel_id, tier)
         try:
             user_id = await conn.fetchval(
                 "INSERT INTO users (panel_id, email, discount_bp) VALUES ($1, $2, $3) RETURNING id",
@@ -140,6 +152,8 @@ async def add_user(
         except asyncpg.UniqueViolationError:
             raise InputError(f"a user with email {email!r} exists already") from None
         await conn.execute("INSERT INTO wallets (user_id) VALUES ($1)", user_id)
+        if tier_id is not None:  # (the INSERT alone also serves schemas older than 010)
+            await conn.execute("UPDATE users SET tier_id = $2 WHERE id = $1", user_id, tier_id)
         if opening:
             await ledger.move_funds(conn, user_id, opening, "opening balance")
     return UserRef(user_id, email, panel_id, currency), opening
@@ -452,3 +466,133 @@ async def list_orders(
         }
         for r in rows
     ]
+
+
+# -- rate-limit tiers --------------------------------------------------------------------------
+
+# $1 panel, $2 tier (NULL: any) -> tiers with how many users each has, by panel and name.
+LIST_TIERS = """
+SELECT t.id, p.domain, t.name, t.rate, t.burst, t.orders,
+       (SELECT count(*) FROM users u WHERE u.tier_id = t.id) AS users
+  FROM tiers t JOIN panels p ON p.id = t.panel_id
+ WHERE ($1::bigint IS NULL OR t.panel_id = $1) AND ($2::bigint IS NULL OR t.id = $2)
+ ORDER BY p.domain, t.name
+"""
+
+
+def _tier_doc(row: asyncpg.Record) -> dict[str, object]:
+    return {
+        "tier": row["id"],
+        "panel": row["domain"],
+        "name": row["name"],
+        "rate": row["rate"],
+        "burst": row["burst"],
+        "orders": row["orders"],
+        "users": row["users"],
+    }
+
+
+async def _tier_id(conn: asyncpg.Connection, panel_id: int, name: str) -> int:
+    found = await conn.fetchval(
+        "SELECT id FROM tiers WHERE panel_id = $1 AND name = $2", panel_id, name
+    )
+    if found is None:
+        raise InputError(f"no tier {name!r} on that panel (see `panelsrv tier list`)")
+    return int(found)
+
+
+def _check_tier(name: str, rate: float, burst: int, orders: int) -> None:
+    problem = panelconf.tier_problem(name, rate, burst, orders)
+    if problem is not None:
+        raise InputError(problem)
+
+
+async def _one_tier(conn: asyncpg.Connection, tier_id: int) -> dict[str, object]:
+    return _tier_doc((await conn.fetch(LIST_TIERS, None, tier_id))[0])
+
+
+async def add_tier(
+    conn: asyncpg.Connection,
+    domain: str | None,
+    name: str,
+    rate: float,
+    burst: int,
+    orders: int = panelconf.ORDER_CEILING,
+) -> dict[str, object]:
+    """A named rate-limit tier on a panel: per-user `rate` requests/s with `burst`, and at most
+    `orders` orders per minute (never above the ceiling of ORDER_CEILING)."""
+    name = name.strip()
+    _check_tier(name, rate, burst, orders)
+    async with conn.transaction():
+        panel_id, _ = await _panel(conn, domain)
+        try:
+            tier_id = await conn.fetchval(
+                "INSERT INTO tiers (panel_id, name, rate, burst, orders)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                panel_id,
+                name,
+                rate,
+                burst,
+                orders,
+            )
+        except asyncpg.UniqueViolationError:
+            raise InputError(
+                f"the panel has a tier named {name!r} already (change it with `tier set`)"
+            ) from None
+        return await _one_tier(conn, tier_id)
+
+
+async def set_tier(
+    conn: asyncpg.Connection,
+    domain: str | None,
+    name: str,
+    rate: float | None = None,
+    burst: int | None = None,
+    orders: int | None = None,
+) -> dict[str, object]:
+    """Change a tier's limits (None: keep that one); every process applies them at once."""
+    if rate is None and burst is None and orders is None:
+        raise InputError("nothing to change: give --rate, --burst or --orders")
+    name = name.strip()
+    async with conn.transaction():
+        panel_id, _ = await _panel(conn, domain)
+        row = await conn.fetchrow(
+            "SELECT id, rate, burst, orders FROM tiers WHERE panel_id = $1 AND name = $2"
+            " FOR UPDATE",
+            panel_id,
+            name,
+        )
+        if row is None:
+            raise InputError(f"no tier {name!r} on that panel (see `panelsrv tier list`)")
+        rate = row["rate"] if rate is None else rate
+        burst = row["burst"] if burst is None else burst
+        orders = row["orders"] if orders is None else orders
+        _check_tier(name, rate, burst, orders)
+        await conn.execute(
+            "UPDATE tiers SET rate = $2, burst = $3, orders = $4 WHERE id = $1",
+            row["id"],
+            rate,
+            burst,
+            orders,
+        )
+        return await _one_tier(conn, row["id"])
+
+
+async def list_tiers(
+    conn: asyncpg.Connection, domain: str | None = None
+) -> list[dict[str, object]]:
+    """The tiers of one panel (`domain`) or of every panel, with their users counted."""
+    panel_id = (await panel_by_domain(conn, domain))[0] if domain else None
+    return [_tier_doc(r) for r in await conn.fetch(LIST_TIERS, panel_id, None)]
+
+
+async def set_user_tier(
+    conn: asyncpg.Connection, email: str, tier: str | None
+) -> tuple[UserRef, str | None]:
+    """Put a user on one of their panel's tiers, or back on the server's per-user cap (None);
+    every process applies it at once."""
+    async with conn.transaction():
+        user = await user_by_email(conn, email)
+        tier_id = None if tier is None else await _tier_id(conn, user.panel_id, tier.strip())
+        await conn.execute("UPDATE users SET tier_id = $2 WHERE id = $1", user.id, tier_id)
+    return user, None if tier is None else tier.strip()

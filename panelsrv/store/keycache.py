@@ -1,8 +1,9 @@
 """API key -> principal, through an in-process cache in front of the hashed-key table.
 
-Imports asyncpg and keys. A hit is one dict lookup; a miss costs one indexed lookup (concurrent
-misses for the same key share it); unknown keys are remembered as unknown briefly. Entries are
-dropped the moment a revocation NOTIFY arrives (see listen.py). The cache answers only until the
+Imports asyncpg, keys and panelconf. A hit is one dict lookup; a miss costs one indexed lookup
+(concurrent misses for the same key share it); unknown keys are remembered as unknown briefly.
+Entries are dropped the moment a revocation NOTIFY arrives (see listen.py), all of them when a
+price, a discount or a rate-limit tier changes (`clear`). The cache answers only until the
 time the listener last vouched for (`trust_until`: about a second past its last answered ping),
 so when that channel is down or silently dead the cache is bypassed within about a second and a
 revocation is never missed for longer; `ttl` bounds staleness regardless.
@@ -18,15 +19,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from panelsrv.panelconf import Tier
 from panelsrv.store import keys
 from panelsrv.store.pool import Pool
 
 # $1 sha256 -> the active key's principal, with the user's own rates as [[service, rate], ...]
+# and the user's tier (all NULL without one): one indexed lookup, the tier's row by its key.
 LOOKUP_PRINCIPAL = """
 SELECT k.id, k.user_id, u.panel_id, u.discount_bp,
        coalesce((SELECT array_agg(ARRAY[r.service_id, r.rate]) FROM user_rates r
-                  WHERE r.user_id = u.id), '{}')
-  FROM api_keys k JOIN users u ON u.id = k.user_id
+                  WHERE r.user_id = u.id), '{}'),
+       t.id, t.name, t.rate, t.burst, t.orders
+  FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN tiers t ON t.id = u.tier_id
  WHERE k.hash = $1 AND k.revoked_at IS NULL
 """
 MAX_ENTRIES = 200_000
@@ -40,6 +44,7 @@ class Principal:
     discount_bp: int
     overrides: dict[int, int]  # service id -> the user's own rate
     digest_hex: str
+    tier: Tier | None  # None: the server's per-user cap and the panel's order ceiling
 
 
 class KeyCache:
@@ -113,7 +118,8 @@ class KeyCache:
         if row is None:
             return None
         overrides = {int(service): int(rate) for service, rate in row[4]}
-        return Principal(row[0], row[1], row[2], row[3], overrides, digest.hex())
+        tier = None if row[5] is None else Tier(row[5], row[6], row[7], row[8], row[9])
+        return Principal(row[0], row[1], row[2], row[3], overrides, digest.hex(), tier)
 
     def _remember(self, raw: str, principal: Principal | None) -> None:
         if self._clock() >= self._trusted_until:

@@ -61,7 +61,43 @@ def world(database_url: str) -> dict[str, str]:
     email = unique("buyer") + "@example.test"
     ok_json(database_url, "panel", "add", "--domain", domain, "--currency", "EUR")
     ok_json(database_url, "user", "add", "--email", email, "--domain", domain, "--balance", "10.00")
+    ok_json(database_url, "tier", "add", "--domain", domain, "--name", "gold", "--rate", "9",
+            "--burst", "9")  # fmt: skip
     return {"domain": domain, "email": email}
+
+
+def test_tiers_add_set_list_and_users_on_them(database_url: str) -> None:
+    domain = unique("tiers") + ".test"
+    ok_json(database_url, "panel", "add", "--domain", domain)
+    basic = ok_json(database_url, "tier", "add", "--domain", domain, "--name", "basic",
+                    "--rate", "5", "--burst", "10")  # fmt: skip
+    assert basic == {
+        "tier": basic["tier"], "panel": domain, "name": "basic", "rate": 5.0, "burst": 10,
+        "orders": 30, "users": 0,
+    }  # fmt: skip
+    ok_json(database_url, "tier", "add", "--domain", domain, "--name", "pro", "--rate", "50",
+            "--burst", "100", "--orders", "20")  # fmt: skip
+    email = unique("t") + "@example.test"
+    user = ok_json(database_url, "user", "add", "--email", email, "--domain", domain,
+                   "--tier", "basic")  # fmt: skip
+    assert user["tier"] == "basic"
+    moved = ok_json(database_url, "user", "set-tier", "--email", email, "--tier", "pro")
+    assert moved == {"user": user["user"], "email": email, "tier": "pro"}
+    changed = ok_json(database_url, "tier", "set", "--domain", domain, "--name", "pro",
+                      "--rate", "0.5", "--orders", "3")  # fmt: skip
+    assert (changed["rate"], changed["burst"], changed["orders"], changed["users"]) == (
+        0.5, 100, 3, 1,
+    )  # fmt: skip
+    listed = ok_json(database_url, "tier", "list", "--domain", domain)
+    assert [(t["name"], t["users"]) for t in listed] == [("basic", 0), ("pro", 1)]
+    text = panelsrv(database_url, "tier", "list", "--domain", domain)
+    assert text.stdout.splitlines() == [
+        f"basic on {domain}: 5 requests/s, burst 10, 30 orders/min (0 users)",
+        f"pro on {domain}: 0.5 requests/s, burst 100, 3 orders/min (1 users)",
+    ]
+    back = ok_json(database_url, "user", "set-tier", "--email", email, "--default")
+    assert back["tier"] is None
+    assert ok_json(database_url, "tier", "list", "--domain", domain)[1]["users"] == 0
 
 
 def test_documented_json_shapes(database_url: str, world: dict[str, str]) -> None:
@@ -82,7 +118,9 @@ def test_documented_json_shapes(database_url: str, world: dict[str, str]) -> Non
         "--discount",
         "5",
     )
-    assert user == {"user": user["user"], "email": email, "balance": "10.00", "currency": "USD"}
+    assert user == {
+        "user": user["user"], "email": email, "balance": "10.00", "currency": "USD", "tier": None,
+    }  # fmt: skip
     key = ok_json(database_url, "key", "create", "--email", email)
     assert set(key) == {"key", "prefix", "user"} and key["user"] == user["user"]
     assert key["key"].startswith(key["prefix"])
@@ -214,6 +252,36 @@ def test_order_list_shows_what_a_provider_reported_as_error(
         ("user", "add", "--email", "x@y.test", "--domain", "{domain}", "--balance", "-1"),
         ("user", "add", "--email", "x@y.test", "--domain", "{domain}", "--discount", "101"),
         ("user", "add", "--email", "x@y.test", "--domain", "{domain}", "--balance", "NaN"),
+        ("user", "add", "--email", "x@y.test", "--domain", "{domain}", "--tier", "nope"),
+        ("user", "set-tier", "--email", "{email}", "--tier", "nope"),
+        ("user", "set-tier", "--email", "{email}"),
+        ("user", "set-tier", "--email", "{email}", "--tier", "gold", "--default"),
+        ("user", "set-tier", "--email", "nobody@example.test", "--default"),
+        ("tier", "add", "--domain", "{domain}", "--name", "t", "--rate", "1"),
+        ("tier", "add", "--domain", "{domain}", "--name", "t", "--rate", "x", "--burst", "1"),
+        ("tier", "add", "--domain", "{domain}", "--name", "t", "--rate", "0", "--burst", "1"),
+        ("tier", "add", "--domain", "{domain}", "--name", "t", "--rate", "1", "--burst", "0"),
+        (
+            "tier",
+            "add",
+            "--domain",
+            "{domain}",
+            "--name",
+            "t",
+            "--rate",
+            "1",
+            "--burst",
+            "1",
+            "--orders",
+            "31",
+        ),
+        ("tier", "add", "--domain", "{domain}", "--name", "no way", "--rate", "1", "--burst", "1"),
+        ("tier", "add", "--domain", "nope.test", "--name", "t", "--rate", "1", "--burst", "1"),
+        ("tier", "add", "--domain", "{domain}", "--name", "gold", "--rate", "1", "--burst", "1"),
+        ("tier", "set", "--domain", "{domain}", "--name", "gold"),
+        ("tier", "set", "--domain", "{domain}", "--name", "gold", "--orders", "31"),
+        ("tier", "set", "--domain", "{domain}", "--name", "nope", "--rate", "2"),
+        ("tier", "list", "--domain", "nope.test"),
         ("key", "create", "--email", "nobody@example.test"),
         ("key", "revoke", "--prefix", "psk_nothing"),
         ("funds", "add", "--email", "{email}", "--amount", "-10.01"),

@@ -227,11 +227,13 @@ async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> Non
 
 async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
     """Wait until every process knows the panel and offers these (local or global) service ids
-    (a catalog reload after NOTIFY): ten answers in a row say so."""
+    (a catalog reload after NOTIFY): 30 answers in a row, each on a fresh connection, say so
+    (the kernel spreads connections over the processes: ten in a row all reached one of two
+    processes about once in 500 waits)."""
     await visible(port, domain, key, timeout)
     deadline = time.monotonic() + timeout
     streak = 0
-    while streak < 10:
+    while streak < 30:
         known = True
         for service in services:
             # quantity 0 is below every minimum: a known service answers with its bounds.

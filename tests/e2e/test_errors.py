@@ -423,7 +423,7 @@ async def test_rate_limits_and_blocks(database_url: str, server: Served, shop: S
             r = await call(guarded.port, alice, host=shop.domain)
             assert r.status == 200
         r = await call(guarded.port, alice, host=shop.domain)
-        expect(r, 429, "Too many requests")
+        expect(r, 429, "Too many requests: your account allows 0.1 requests/s (burst 3)")
         assert 1 <= int(r.headers["retry-after"]) <= 10
         bob = {"key": shop.bob.key, "action": "balance"}
         assert (await call(guarded.port, bob, host=shop.domain)).status == 200

@@ -203,7 +203,8 @@ async def test_legacy_errors_answer_200_except_429_and_5xx(
         host=domain,
         encoding=encoding,
     )
-    assert (r.status, r.json()) == (429, {"error": "Too many requests"})
+    limit = {"error": "Too many requests: at most 1 order per minute on this panel"}
+    assert (r.status, r.json()) == (429, limit)
     assert 1 <= int(r.headers["retry-after"]) <= 60
 
 
@@ -262,7 +263,8 @@ async def test_order_ceiling_429_with_retry_after(
         r = await ask(
             server, domain, user, encoding, action="add", service=MAIN, link=LINK, quantity=100
         )
-        assert (r.status, r.json()) == (429, {"error": "Too many requests"})
+        limit = {"error": "Too many requests: at most 3 orders per minute on this panel"}
+        assert (r.status, r.json()) == (429, limit)
         assert 55 <= int(r.headers["retry-after"]) <= 60
     # Per user: the other customer is not limited; other actions are not limited.
     r = await ask(server, domain, other, action="add", service=MAIN, link=LINK, quantity=100)

@@ -39,7 +39,9 @@ async def test_the_order_after_the_ceiling_is_refused_across_processes(
         status, body = await place(hub_server.port, domain, key, 3, source)
         assert status == 200, (n, body)
     status, body = await place(hub_server.port, domain, key, 3, source)
-    assert (status, body) == (429, {"error": "Too many requests"})
+    assert (status, body) == (
+        429, {"error": f"Too many requests: at most {allowed} orders per minute on this panel"}
+    )  # fmt: skip
     (count,) = (await sql(database_url, COUNT_ORDERS, user))[0]
     assert count == allowed
     if setting is None:
