@@ -40,7 +40,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _READY_MSG = struct.Struct("=i")  # the child's pid; pipe writes this small are atomic
 
 
-class Service(Protocol):
+class Runnable(Protocol):
     async def start(self) -> None: ...
     async def stop(self, grace: float) -> None: ...
 
@@ -55,15 +55,15 @@ class Slot:
     run_dir: str | None
 
 
-ServiceFactory = Callable[[Slot], Service]
+RunnableFactory = Callable[[Slot], Runnable]
 
 
 class Group:
     """Several services as one: started in order, stopped in reverse order."""
 
-    def __init__(self, *services: Service) -> None:
+    def __init__(self, *services: Runnable) -> None:
         self._services = services
-        self._started: list[Service] = []
+        self._started: list[Runnable] = []
 
     async def start(self) -> None:
         for service in self._services:
@@ -95,7 +95,7 @@ def notify(state: bytes, address: str | None = None) -> bool:
 
 
 def run_service(
-    factory: ServiceFactory,
+    factory: RunnableFactory,
     slot: Slot,
     *,
     grace: float,
@@ -122,7 +122,7 @@ def run_service(
 
 
 async def _serve(
-    factory: ServiceFactory,
+    factory: RunnableFactory,
     slot: Slot,
     grace: float,
     on_ready: Callable[[], object] | None,
@@ -170,7 +170,7 @@ class _Child:
 class Supervisor:
     def __init__(
         self,
-        factory: ServiceFactory,
+        factory: RunnableFactory,
         *,
         workers: int = 0,
         grace: float = 10.0,
@@ -382,7 +382,7 @@ class Supervisor:
 
 
 def supervise(
-    factory: ServiceFactory,
+    factory: RunnableFactory,
     *,
     workers: int = 0,
     grace: float = 10.0,

@@ -39,7 +39,7 @@ from panelsrv.sim.provider import Simulator
 from panelsrv.startup import counted_outage, open_pool, when_reachable
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
-from panelsrv.store.listen import Listener
+from panelsrv.store.notifications import Notifications
 from panelsrv.store.pool import Pool
 from panelsrv.workerproc import WorkerService
 
@@ -122,7 +122,7 @@ class App:
         self.ops: HttpServer | None = None
         self._share: MetricsShare | None = None
         self._guard: Guard | None = None
-        self._listener: Listener | None = None
+        self._notifications: Notifications | None = None
         self._reload: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: KeyCache | None = None
@@ -203,14 +203,14 @@ class App:
             raise
         self.pool = pool
         self._keys = keys = KeyCache(pool, cfg.key_cache_ttl, cfg.negative_key_ttl)
-        self._listener = Listener(
+        self._notifications = Notifications(
             self.url,
             keys.revoke,
             self._catalog_changed,
             self._listener_reset(keys),
             keys.trust_until,
         )
-        self._listener.start()
+        self._notifications.start()
         api = Api(
             pool=pool,
             state=self,
@@ -295,8 +295,8 @@ class App:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._listener is not None:
-            await self._listener.stop()
+        if self._notifications is not None:
+            await self._notifications.stop()
         if self._guard is not None:
             await self._guard.close()
         if self.pool is not None:

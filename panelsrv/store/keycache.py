@@ -2,8 +2,8 @@
 
 Imports asyncpg, keys and panelconf. A hit is one dict lookup; a miss costs one indexed lookup
 (concurrent misses for the same key share it); unknown keys are remembered as unknown briefly.
-Entries are dropped the moment a revocation NOTIFY arrives (see listen.py), all of them when a
-price, a discount or a rate-limit tier changes (`clear`). The cache answers only until the
+Entries are dropped the moment a revocation NOTIFY arrives (see notifications.py), all of them
+when a price, a discount or a rate-limit tier changes (`clear`). The cache answers only until the
 time the listener last vouched for (`trust_until`: about a second past its last answered ping),
 so when that channel is down or silently dead the cache is bypassed within about a second and a
 revocation is never missed for longer; `ttl` bounds staleness regardless.

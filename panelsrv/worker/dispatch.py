@@ -29,7 +29,7 @@ from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
 from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker.providers import BeforeSend
-from panelsrv.worker.registry import ProviderSettings, Registry
+from panelsrv.worker.registry import ProviderRegistry, ProviderSettings
 from panelsrv.worker.upstream import ItemError, ProviderError, ProviderUnavailable, usable_id
 
 log = logging.getLogger("panelsrv.worker")
@@ -81,7 +81,7 @@ class Dispatcher:
     def __init__(
         self,
         pool: Pool,
-        registry: Registry,
+        registry: ProviderRegistry,
         settings: ProviderSettings,
         measured: metrics.Registry | None = None,
     ) -> None:

@@ -21,7 +21,7 @@ import asyncpg
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store.importing import ImportedService, write_services
-from panelsrv.worker.upstream import Service
+from panelsrv.worker.upstream import UpstreamService
 
 log = logging.getLogger("panelsrv.worker")
 
@@ -45,7 +45,7 @@ def marked_up(rate: Decimal, markup_bp: int) -> int:
 async def import_services(
     conn: asyncpg.Connection,
     provider_id: int,
-    services: list[Service],
+    services: list[UpstreamService],
     markup_bp: int,
     category: str | None,
 ) -> ImportResult:

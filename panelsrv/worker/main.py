@@ -20,8 +20,8 @@ from panelsrv.store import jobs
 from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker import importer
 from panelsrv.worker.dispatch import Dispatcher
-from panelsrv.worker.registry import ProviderSettings, Registry
-from panelsrv.worker.sync import Syncer
+from panelsrv.worker.registry import ProviderRegistry, ProviderSettings
+from panelsrv.worker.sync import StatusPoller
 from panelsrv.worker.upstream import ProviderFailure
 from panelsrv.worker.webhooks import Sender, WebhookSettings
 
@@ -46,9 +46,9 @@ class Worker:
         """`measured`: where the worker's counters go (the `worker_ops_port` /metrics)."""
         self.pool = pool
         self.settings = settings
-        self.registry = Registry(pool, settings.providers, measured)
+        self.registry = ProviderRegistry(pool, settings.providers, measured)
         self.dispatcher = Dispatcher(pool, self.registry, settings.providers, measured)
-        self.syncer = Syncer(pool, self.registry, settings.sync_interval, measured)
+        self.syncer = StatusPoller(pool, self.registry, settings.sync_interval, measured)
         self.sender = Sender(
             pool,
             settings.webhooks,

@@ -31,8 +31,8 @@ from panelsrv.worker.upstream import (
     OrderStatus,
     ProviderError,
     ProviderUnavailable,
-    Service,
     UnreadableAnswer,
+    UpstreamService,
     as_id,
     cancel_accepted,
     interpret,
@@ -188,7 +188,7 @@ class Provider:
 
     # -- actions ----------------------------------------------------------------------------
 
-    async def services(self) -> list[Service]:
+    async def services(self) -> list[UpstreamService]:
         """The provider's catalogue; malformed or out-of-range entries are skipped (and logged)."""
         services, skipped = await self._call(self._form("services"), parse_services)
         if skipped:

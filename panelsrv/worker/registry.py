@@ -38,7 +38,7 @@ class ProviderRow:
     honours_idempotency: bool  # a resend with the same Idempotency-Key returns the same order
 
 
-class Registry:
+class ProviderRegistry:
     def __init__(
         self, pool: Pool, settings: ProviderSettings, measured: metrics.Registry | None = None
     ) -> None:

@@ -22,7 +22,7 @@ from panelsrv import metrics
 from panelsrv.store import jobs
 from panelsrv.store.pool import Pool
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.registry import Registry
+from panelsrv.worker.registry import ProviderRegistry
 from panelsrv.worker.upstream import (
     MAX_BATCH,
     ItemError,
@@ -36,11 +36,11 @@ log = logging.getLogger("panelsrv.worker")
 SHOWN = 5  # unusable entries named in a batch's log line
 
 
-class Syncer:
+class StatusPoller:
     def __init__(
         self,
         pool: Pool,
-        registry: Registry,
+        registry: ProviderRegistry,
         interval: float,
         measured: metrics.Registry | None = None,
     ) -> None:

@@ -127,7 +127,7 @@ class ProviderError(ProviderFailure):
 Count = Annotated[int, msgspec.Meta(ge=0, le=BIGINT_MAX)]
 
 
-class Service(msgspec.Struct, frozen=True, kw_only=True):
+class UpstreamService(msgspec.Struct, frozen=True, kw_only=True):
     service: str
     name: str
     rate: Decimal  # per 1000, in the provider's currency; 0..MAX_RATE
@@ -287,12 +287,12 @@ def as_id(value: Any) -> str | None:
     return None
 
 
-def parse_services(data: Any) -> tuple[list[Service], int]:
+def parse_services(data: Any) -> tuple[list[UpstreamService], int]:
     """-> (services, how many entries were skipped as malformed or out of range: a rate above
     MAX_RATE, counts outside bigint, min < 1 or max < min)."""
     if not isinstance(data, list):
         raise wrong_shape("services is not a list")
-    services: list[Service] = []
+    services: list[UpstreamService] = []
     skipped = 0
     for item in data:
         try:
@@ -300,7 +300,7 @@ def parse_services(data: Any) -> tuple[list[Service], int]:
             fields["service"] = as_id(fields.get("service"))
             fields["rate"] = as_amount(fields.get("rate"))
             fields["avg_time"] = _optional_int(fields.get("avg_time"), INT_MAX)
-            service = msgspec.convert(fields, Service, strict=False)
+            service = msgspec.convert(fields, UpstreamService, strict=False)
         except (TypeError, ValueError, ArithmeticError, msgspec.ValidationError):
             skipped += 1
             continue

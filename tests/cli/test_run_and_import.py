@@ -14,7 +14,7 @@ from panelsrv import money
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import db
 from panelsrv.worker import importer
-from panelsrv.worker.upstream import Service
+from panelsrv.worker.upstream import UpstreamService
 from tests.cli.test_admin_cli import ok_json, panelsrv
 from tests.e2e.served import call
 from tests.http.httpkit import free_port
@@ -101,7 +101,7 @@ async def test_service_import_creates_updates_and_deactivates(database_url: str)
             # A service gone upstream is deactivated, not deleted.
             provider_id = await conn.fetchval("SELECT id FROM providers WHERE name = $1", name)
             remaining = [
-                Service(
+                UpstreamService(
                     service=str(s["service"]),
                     name=s["name"],
                     rate=Decimal(s["rate"]),

@@ -16,7 +16,7 @@ import pytest
 
 from panelsrv.store import admin, db
 from panelsrv.worker import importer
-from panelsrv.worker.upstream import Service
+from panelsrv.worker.upstream import UpstreamService
 from tests.e2e.kit import served, sql
 from tests.e2e.served import Served, World, call, offered, visible
 from tests.store.helpers import migrate_before
@@ -123,7 +123,7 @@ async def test_an_import_prices_services_in_the_providers_currency(database_url:
         provider = await admin.add_provider(
             conn, f"fx-{secrets.token_hex(3)}", "https://upstream.test/api/v2", "k", "xts"
         )
-        upstream = Service(service="7", name="Likes", rate=Decimal("2.5"), min=10, max=1000)
+        upstream = UpstreamService(service="7", name="Likes", rate=Decimal("2.5"), min=10, max=1000)
         await importer.import_services(conn, provider, [upstream], 1000, None)
         row = await conn.fetchrow(
             "SELECT rate, currency FROM services WHERE provider_id = $1", provider

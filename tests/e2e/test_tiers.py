@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from panelsrv.guard.coord import excess_bound
-from panelsrv.store.listen import MAX_STALENESS
+from panelsrv.store.notifications import MAX_STALENESS
 from tests.e2e.kit import cli, served
 from tests.e2e.served import Served, World, call, offered, visible
 from tests.http.httpkit import Response

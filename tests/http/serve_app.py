@@ -15,7 +15,7 @@ from httpkit import echo
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer, Listen, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
-from panelsrv.procs import Group, Service, Slot, Supervisor
+from panelsrv.procs import Group, Runnable, Slot, Supervisor
 
 
 class FailingStart:
@@ -39,7 +39,7 @@ def main() -> int:
     async def ready() -> bool:
         return True
 
-    def factory(slot: Slot) -> Service:
+    def factory(slot: Slot) -> Runnable:
         if args.fail_start:
             return FailingStart()
         registry = metrics.Registry()

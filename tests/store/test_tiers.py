@@ -11,7 +11,7 @@ import pytest
 from panelsrv.panelconf import ORDER_CEILING
 from panelsrv.store import admin, db, keys
 from panelsrv.store.keycache import KeyCache
-from panelsrv.store.listen import CATALOG_CHANNEL
+from panelsrv.store.notifications import CATALOG_CHANNEL
 from tests.store.helpers import connect, new_panel, new_user, unique
 
 

@@ -14,7 +14,7 @@ import pytest
 from panelsrv import money
 from panelsrv.store import jobs, ledger, orders
 from panelsrv.worker.dispatch import BATCH, Dispatcher, lease_seconds
-from panelsrv.worker.registry import ProviderSettings, Registry
+from panelsrv.worker.registry import ProviderRegistry, ProviderSettings
 from tests.store.helpers import World
 from tests.worker.fake import FakeProvider
 
@@ -22,7 +22,7 @@ SETTINGS = ProviderSettings(timeout=5.0, connect_timeout=5.0, max_concurrency=1)
 
 
 async def _dispatcher(w: Dispatching, settings: ProviderSettings = SETTINGS) -> Dispatcher:
-    registry = Registry(w.pool, settings)
+    registry = ProviderRegistry(w.pool, settings)
     await registry.refresh()
     w.registries.append(registry)
     return Dispatcher(w.pool, registry, settings)
@@ -52,7 +52,7 @@ class Dispatching(World):
 
     async def __aenter__(self) -> Dispatching:
         await super().__aenter__()
-        self.registries: list[Registry] = []
+        self.registries: list[ProviderRegistry] = []
         return self
 
     async def __aexit__(self, *exc: object) -> None:

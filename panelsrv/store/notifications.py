@@ -43,7 +43,7 @@ CONNECT_TIMEOUT = 5.0
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError)
 
 
-class Listener:
+class Notifications:
     def __init__(
         self,
         url: str,

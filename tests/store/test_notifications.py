@@ -8,7 +8,7 @@ import time
 
 from panelsrv.store import db, keys
 from panelsrv.store.keycache import KeyCache
-from panelsrv.store.listen import MAX_STALENESS, PING_INTERVAL, Listener
+from panelsrv.store.notifications import MAX_STALENESS, PING_INTERVAL, Notifications
 from tests.guard.guardnet import Proxy, wait_until
 from tests.store.helpers import connect, new_panel, new_user
 
@@ -61,7 +61,7 @@ async def test_a_silently_dead_listener_stops_vouching_within_a_second(database_
     async def on_reset(connected: bool) -> None:
         resets.append(connected)
 
-    listener = Listener(
+    listener = Notifications(
         through(),
         lambda _digest: None,
         lambda _table: None,
@@ -102,7 +102,9 @@ async def test_a_failure_while_setting_up_is_a_lost_connection_not_a_dead_listen
         if resets == [True]:
             raise asyncpg.InterfaceError("connection was closed in the middle of operation")
 
-    listener = Listener(database_url, lambda _d: None, lambda _t: None, on_reset, vouched.append)
+    listener = Notifications(
+        database_url, lambda _d: None, lambda _t: None, on_reset, vouched.append
+    )
     listener.start()
     try:
         await wait_until(lambda: len(vouched) >= 1, 10.0)
