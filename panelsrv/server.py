@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import msgspec
 
 from panelsrv import demo, metrics
@@ -47,7 +46,6 @@ log = logging.getLogger("panelsrv.server")
 
 DB_MEANWHILE = "answering 503 until it is back"
 START_WAIT = 1.0  # seconds an API process waits for the database before it listens anyway
-CATALOG_RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
 # The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
 GUARD_GAUGES = {
     "guard_shared_up": "Processes whose limits are shared through Redis or the host's hub"
@@ -58,8 +56,6 @@ GUARD_GAUGES = {
     "guard_user_keys": "Per-user buckets held (not full), every rate-limit tier's included",
     "guard_blocked_ips": "Addresses blocked for failed authentications, summed over processes",
 }
-# Tables whose change alters what a cached principal says (discount, own rates, tier).
-PRICING_TABLES = frozenset({"users", "user_rates", "tiers"})
 
 
 def guard_settings(cfg: Config) -> GuardSettings:
@@ -116,14 +112,13 @@ class App:
         self.slot = slot
         self.limits = limits
         self.hub = hub  # the limits hub's socket, when this host's processes share through one
-        self.catalog: catalog.Catalog
+        self.catalog: catalog.LiveCatalog | None = None
         self.pool: Pool | None = None
         self.http: HttpServer | None = None
         self.ops: HttpServer | None = None
         self._share: MetricsShare | None = None
         self._guard: Guard | None = None
         self._notifications: Notifications | None = None
-        self._reload: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: KeyCache | None = None
         self._db_outage: Outage  # set by start()
@@ -197,23 +192,20 @@ class App:
         cfg = self.cfg
         pool = await open_pool(self.url, cfg.pool_size, self._db_outage)
         try:
-            self.catalog = await catalog.load(pool)
+            loaded = await catalog.load(pool)
         except BaseException:
             await pool.close()
             raise
         self.pool = pool
         self._keys = keys = KeyCache(pool, cfg.key_cache_ttl, cfg.negative_key_ttl)
+        self.catalog = live = catalog.LiveCatalog(pool, loaded, keys.clear)
         self._notifications = Notifications(
-            self.url,
-            keys.revoke,
-            self._catalog_changed,
-            self._listener_reset(keys),
-            keys.trust_until,
+            self.url, keys.revoke, live.changed, self._listener_reset(keys, live), keys.trust_until
         )
         self._notifications.start()
         api = Api(
             pool=pool,
-            state=self,
+            state=live,
             keys=keys,
             default_panel=cfg.default_panel,
             sign_max_skew=cfg.sign_max_skew,
@@ -244,39 +236,17 @@ class App:
             )
         return HubBackend(self.hub) if self.hub else None
 
-    def _listener_reset(self, keys: KeyCache) -> Callable[[bool], Awaitable[None]]:
+    def _listener_reset(
+        self, keys: KeyCache, live: catalog.LiveCatalog
+    ) -> Callable[[bool], Awaitable[None]]:
         async def reset(connected: bool) -> None:
             if not connected:
                 keys.distrust()
                 return
             keys.clear()  # lookups begun before LISTEN was back must not be remembered
-            if self.pool is not None:
-                await self._reload_catalog()
+            await live.reload()
 
         return reset
-
-    def _catalog_changed(self, table: str) -> None:
-        if table in PRICING_TABLES:
-            assert self._keys is not None
-            self._keys.clear()
-            self.catalog.forget_listings()
-            return
-        if self._reload is None:
-            loop = asyncio.get_running_loop()
-            self._reload = loop.call_later(CATALOG_RELOAD_DELAY, self._start_reload)
-
-    def _start_reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._reload_catalog())
-        self._tasks.add(task)  # the loop keeps only a weak reference to a running task
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reload_catalog(self) -> None:
-        self._reload = None
-        assert self.pool is not None
-        try:
-            self.catalog = await catalog.load(self.pool)
-        except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
-            log.error("catalog reload failed (%s); keeping the previous one", exc)
 
     async def ready(self) -> bool:
         if self.pool is None:
@@ -290,8 +260,8 @@ class App:
             await self.ops.stop(1.0)
         if self._share is not None:
             await self._share.stop(grace)
-        if self._reload is not None:
-            self._reload.cancel()
+        if self.catalog is not None:
+            await self.catalog.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

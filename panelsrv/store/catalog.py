@@ -2,8 +2,8 @@
 `services` answer pre-encoded once per (panel, price profile).
 
 Imports asyncpg, orjson, money and panelconf. A `Catalog` is an immutable snapshot loaded in
-one pass; a change anywhere (NOTIFY panelsrv_catalog) makes the server load a new one and swap
-it in, so readers never see a half-updated catalog. Prices: a user-specific rate wins, else
+one pass; a change anywhere (NOTIFY panelsrv_catalog) makes `LiveCatalog` load a new one and
+swap it in, so readers never see a half-updated catalog. Prices: a user-specific rate wins, else
 the base rate less the user's discount (money.user_rate), the same function `add` charges with.
 
 Ids: a number is a panel's local id first, then a global id. A local id the panel has given out
@@ -21,7 +21,9 @@ offered at all otherwise: no price is ever read in the wrong currency.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -29,7 +31,7 @@ import asyncpg
 import orjson
 
 from panelsrv import money, panelconf
-from panelsrv.store.pool import Pool
+from panelsrv.store.pool import UNAVAILABLE, Pool
 
 log = logging.getLogger("panelsrv.catalog")
 
@@ -199,3 +201,56 @@ def _convert(
                 continue
             converted[(panel_id, service.id)] = replace(service, rate=rate)
     return converted
+
+
+# -- the process's current catalog -------------------------------------------------------------
+
+RELOAD_DELAY = 0.05  # coalesce a burst of catalog notifications into one reload
+# Tables whose change alters some user's prices or limits, not the catalog: the answers built
+# from them are dropped (listings here, principals in the key cache), nothing is reloaded.
+PRICING_TABLES = frozenset({"users", "user_rates", "tiers"})
+
+
+class LiveCatalog:
+    """The process's current `Catalog` (`catalog`), kept current by the notifications.
+
+    `changed(table)` is the NOTIFY callback: a pricing table drops the encoded listings and
+    calls `on_prices_changed` (the key cache's `clear`); any other table schedules one reload
+    `RELOAD_DELAY` later, so a burst of changes costs one load. `reload()` loads now (after a
+    reconnect, when notifications may have been missed). A failed load keeps the catalog in
+    use and says so in the log. `close()` cancels what is pending.
+    """
+
+    def __init__(self, pool: Pool, current: Catalog, on_prices_changed: Callable[[], None]):
+        self.catalog = current
+        self._pool = pool
+        self._on_prices_changed = on_prices_changed
+        self._pending: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def changed(self, table: str) -> None:
+        if table in PRICING_TABLES:
+            self._on_prices_changed()
+            self.catalog.forget_listings()
+        elif self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.call_later(RELOAD_DELAY, self._start_reload)
+
+    def _start_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)  # the loop keeps only a weak reference to a running task
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> None:
+        self._pending = None
+        try:
+            self.catalog = await load(self._pool)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.error("catalog reload failed (%s); keeping the previous one", exc)
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
