@@ -9,6 +9,7 @@ returns the parsed response.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -227,14 +228,17 @@ async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> Non
 
 async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
     """Wait until every process knows the panel and offers these (local or global) service ids
-    (a catalog reload after NOTIFY): 30 answers in a row, each on a fresh connection, say so
-    (the kernel spreads connections over the processes: ten in a row all reached one of two
-    processes about once in 500 waits)."""
+    (a catalog reload after NOTIFY): 30 rounds in a row, each request on a fresh connection,
+    answer alike. Alike, not merely "known": a process that knows the panel but not yet its new
+    service 7 takes 7 as the global id of some shared service of the test database, and answers
+    with that service's bounds. (The kernel spreads connections over the processes: ten rounds
+    in a row all reached one of two processes about once in 500 waits.)"""
     await visible(port, domain, key, timeout)
     deadline = time.monotonic() + timeout
     streak = 0
+    last: list[bytes] = []
     while streak < 30:
-        known = True
+        answers = []
         for service in services:
             # quantity 0 is below every minimum: a known service answers with its bounds.
             r = await call(
@@ -248,8 +252,10 @@ async def offered(port: int, domain: str, key: str, *services: int, timeout: flo
                 },
                 host=domain,
             )
-            known = known and r.json() != {"error": "Incorrect service ID"}
-        streak = streak + 1 if known else 0
+            answers.append(r.body)
+        known = all(json.loads(a) != {"error": "Incorrect service ID"} for a in answers)
+        streak = 0 if not known else streak + 1 if answers == last else 1
+        last = answers
         assert time.monotonic() < deadline, f"services {services} not offered on {domain}"
         if not known:
             await asyncio.sleep(0.05)

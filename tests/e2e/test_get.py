@@ -227,7 +227,10 @@ async def test_gets_take_the_same_tokens_and_strikes_as_posts(
         assert (await get(port, balance, domain)).status == 200
         assert (await post(port, balance, domain)).status == 200
         for r in (await get(port, balance, domain), await post(port, balance, domain)):
-            assert (r.status, r.json()) == (429, {"error": "Too many requests"})
+            assert (r.status, r.json()) == (
+                429,
+                {"error": "Too many requests: your account allows 0.01 requests/s (burst 3)"},
+            )
             assert int(r.headers["retry-after"]) >= 1
 
         bad = fields(BAD_KEY, action="balance")
