@@ -42,6 +42,7 @@ class Sink:
     def __init__(self) -> None:
         self.written = 0
         self.last = b""
+        self.answered = asyncio.Event()  # set by every write: `feed_awaiting` waits on it
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", 40000) if name == "peername" else default
@@ -49,10 +50,12 @@ class Sink:
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.last = data
+        self.answered.set()
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         self.written += sum(map(len, parts))
         self.last = parts[0]
+        self.answered.set()
 
     def pause_reading(self) -> None: ...
 
@@ -83,14 +86,48 @@ def db_scenarios(
     users: list[tuple[str, str]], resellers: list[list[str]]
 ) -> dict[str, list[bytes]]:
     """Requests that query PostgreSQL: balance of 2,000 users, the status of one order and of
-    100 for 1,000 resellers (bench/.data/resellers.tsv: key, host, user, ids), twice."""
+    100 for 1,000 resellers (bench/.data/resellers.tsv: key, host, user, ids), twice; `add`
+    (an order per request, 2 per user and round: within the 30 orders/min ceiling) and the
+    same under an idempotency key per request (the first places, the rest replay); a cancel of
+    each reseller's 100 orders (after the warm-up round: accepted again or refused, no change)
+    and the same under one key per reseller (replays of its stored answer)."""
     balance = [b"key=%s&action=balance" % key.encode() for key, _ in users]
     one = [
         b"key=%s&action=status&order=%s" % (r[0].encode(), r[3].split(",")[n % 100].encode())
         for n, r in enumerate(resellers)
     ]
     many = [b"key=%s&action=status&orders=%s" % (r[0].encode(), r[3].encode()) for r in resellers]
+    add = [
+        b"key=%s&action=add&service=%d&link=https://instagram.com/p/b%d&quantity=100"
+        % (key.encode(), i % 166 + 1, i)
+        for i, (key, _) in enumerate(users)
+    ]
+    cancel = [b"key=%s&action=cancel&orders=%s" % (r[0].encode(), r[3].encode()) for r in resellers]
     return {
+        "add": [
+            request(users[i % 1000][1], f"10.4.{i // 256 % 256}.{i % 256}", add[i % 1000])
+            for i in range(2000)
+        ],
+        "add_replay": [
+            request(
+                users[i % 1000][1],
+                f"10.5.{i // 256 % 256}.{i % 256}",
+                add[i % 1000] + b"&idempotency_key=bench-add-%d" % (i % 1000),
+            )
+            for i in range(2000)
+        ],
+        "cancel100": [
+            request(resellers[i % 1000][1], f"10.6.{i // 256 % 256}.{i % 256}", cancel[i % 1000])
+            for i in range(2000)
+        ],
+        "cancel100_replay": [
+            request(
+                resellers[i % 1000][1],
+                f"10.7.{i // 256 % 256}.{i % 256}",
+                cancel[i % 1000] + b"&idempotency_key=bench-cancel-%d" % (i % 1000),
+            )
+            for i in range(2000)
+        ],
         "balance": [
             request(users[i % len(users)][1], f"10.1.{i // 256 % 256}.{i % 256}", balance[i % 1000])
             for i in range(2000)
@@ -128,11 +165,14 @@ async def feed_now(proto: HttpProtocol, reqs: list[bytes]) -> None:
 
 
 async def feed_awaiting(proto: HttpProtocol, reqs: list[bytes]) -> None:
-    """One at a time, each answered before the next: for requests that query PostgreSQL."""
+    """One at a time, each answered before the next: for requests that query PostgreSQL.
+    Waits on the sink rather than polling, so this process's CPU time is the requests' own
+    (a polling loop's turns grow with PostgreSQL's latency, which a loaded machine varies)."""
+    sink: Sink = proto._transport  # type: ignore[assignment]
     for data in reqs:
+        sink.answered.clear()
         proto.data_received(data)
-        while proto._busy is not None:
-            await asyncio.sleep(0)
+        await sink.answered.wait()
 
 
 async def measure(
