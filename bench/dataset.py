@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
+from panelsrv.api import respond
 from panelsrv.store import catalog, db, keys
 
 USERS = 100_000
@@ -197,7 +198,7 @@ async def _write_bodies(conn: asyncpg.Connection, data: Path) -> None:
     found = await catalog.load(conn)
     bodies = data / "bodies"
     bodies.mkdir(parents=True, exist_ok=True)
-    (bodies / "services.json").write_bytes(found.listing(1, 7, 0, {}))
+    (bodies / "services.json").write_bytes(found.listing(1, 7, 0, {}, respond.render_services))
     (bodies / "small.json").write_bytes(b'{"balance":"9955.00","currency":"USD"}')
 
 

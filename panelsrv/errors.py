@@ -3,13 +3,18 @@
 Leaf module: imports nothing from panelsrv. `ApiError` is raised by validation and business
 code and rendered at exactly one place (the API handler); library errors (msgspec, asyncpg) are
 translated into it at their own boundary, never here.
+
+Also the one JSON encoder of every body panelsrv answers (`encode_reply`, msgspec) and the shape
+every error takes (`ErrorReply`): `api.actions` renders its replies with both, and the error
+bodies are prebuilt here with them, so an error reads the same whoever answers it.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-import orjson
+import msgspec
 
 
 class Code(enum.Enum):
@@ -21,6 +26,8 @@ class Code(enum.Enum):
     INCORRECT_SERVICE = (400, "Incorrect service ID")
     INCORRECT_ORDER = (400, "Incorrect order ID")
     REFILL_NOT_FOUND = (400, "Refill not found")
+    CANCEL_UNAVAILABLE = (400, "Cancel is not available")
+    REFILL_UNAVAILABLE = (400, "Refill is not available")
     WEBHOOK_NOT_FOUND = (400, "Incorrect webhook ID")
     DUPLICATE_LINK = (
         400,
@@ -83,8 +90,18 @@ class ApiError(Exception):
         return error_body(self.detail)
 
 
+class ErrorReply(msgspec.Struct, frozen=True, gc=False):
+    """`{"error": "..."}`: an error's body, and a refused item inside a multi reply."""
+
+    error: str
+
+
+encode_reply: Final = msgspec.json.Encoder().encode
+"""Reply (or list/dict of replies) -> JSON bytes, in field declaration order."""
+
+
 def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+    return encode_reply(ErrorReply(message))
 
 
 # Prebuilt bodies for every code with a fixed message: the hot error paths encode nothing.

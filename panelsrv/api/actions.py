@@ -16,8 +16,10 @@ Invariants:
 - Integers that reach PostgreSQL `bigint` are capped at `MAX_BIGINT` here, so no value can
   overflow a statement parameter.
 
-Replies are Structs encoded with the shared `encode_reply`; a per-id error inside a multi reply is
-an `ErrorReply`.
+Replies: every body an action answers is one of the reply Structs below (or a list or dict of
+them), encoded with `encode_reply`, the one encoder of every body (it and `ErrorReply`, a per-id
+error inside a multi reply, live in `panelsrv.errors`, which prebuilds the error bodies with
+them).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta
 
+from panelsrv.errors import ErrorReply as ErrorReply  # re-exported with the reply types
 from panelsrv.errors import bad_request
+from panelsrv.errors import encode_reply as encode_reply
 
 MAX_BIGINT: Final = 2**63 - 1
 MAX_IDS: Final = 100
@@ -353,10 +357,6 @@ class Reply(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
-class ErrorReply(Reply, frozen=True):
-    error: str
-
-
 class ServiceReply(Reply, frozen=True):
     service: int
     name: str
@@ -433,7 +433,3 @@ class WebhookDeleteReply(Reply, frozen=True):
 
 # A multi `status` reply is keyed by the id as a string: {"8842": StatusReply | ErrorReply}.
 StatusMany = dict[str, StatusReply | ErrorReply]
-
-_REPLY_ENCODER: Final = msgspec.json.Encoder()
-encode_reply: Final = _REPLY_ENCODER.encode
-"""Reply (or list/dict of replies) -> JSON bytes, in field declaration order."""

@@ -1,27 +1,35 @@
 """Each action's answer, once the caller is authenticated: one round trip to PostgreSQL at most.
 
-Imports api.actions/validate, store (ledger, orders, webhooks), money, panelconf and errors. Returns
-(status, body); raises ApiError for anything the client must fix. Answers that carry an
-idempotency key come back from PostgreSQL as stored bytes, so replays are byte-identical.
+Imports api.actions/validate, store (ledger, orders, outcomes, webhooks, catalog), money,
+panelconf and errors. Returns (status, body); raises ApiError for anything the client must fix.
+Every body is rendered here from the reply types of api.actions with their one encoder; store
+answers with typed outcomes (ids and codes) and `outcomes.ERRORS` turns a code into its error.
+An idempotent replay comes back as the outcome stored with the first answer and is rendered by
+the same code, so it is byte-identical; a record stored before 012 comes back as its bytes
+(outcome 'stored') and is answered as stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import asyncpg
 
 from panelsrv import money, netsafe, panelconf
 from panelsrv.api import actions as a
 from panelsrv.api.validate import validate_add
-from panelsrv.errors import ERROR_BODIES, ApiError, Code, bad_request
-from panelsrv.store import ledger, orders, webhooks
-from panelsrv.store.catalog import Catalog, Panel
+from panelsrv.errors import ApiError, Code, bad_request
+from panelsrv.store import ledger, orders, outcomes, webhooks
+from panelsrv.store.catalog import Catalog, Panel, Service
 from panelsrv.store.keycache import Principal
 from panelsrv.store.pool import Pool
 
-FUNDS_BODY = ERROR_BODIES[Code.NOT_ENOUGH_FUNDS]
+# A refused order inside a multi cancel or refill reply, by its code: built once.
+_REFUSED: Final = {
+    code: a.ErrorReply(error.message or "") for code, error in outcomes.ERRORS.items()
+}
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~4x, per request
@@ -71,23 +79,81 @@ async def respond(ctx: Context, action: a.Action) -> tuple[int, bytes]:
 def services(ctx: Context) -> tuple[int, bytes]:
     """From memory, no I/O: the handler answers it without a task."""
     p = ctx.principal
-    return 200, ctx.catalog.listing(ctx.panel.id, p.user_id, p.discount_bp, p.overrides)
+    return 200, ctx.catalog.listing(
+        ctx.panel.id, p.user_id, p.discount_bp, p.overrides, render_services
+    )
+
+
+def render_services(offered: list[Service], discount_bp: int, overrides: dict[int, int]) -> bytes:
+    """The `services` body at one price profile. Pre-encoded bytes by measurement: the catalog
+    keeps what this returns per (panel, price profile) until the next reload (Catalog.listing),
+    since encoding 500 services costs far more than the rest of the request (bench README)."""
+    return a.encode_reply(
+        [
+            a.ServiceReply(
+                service=s.public_id,
+                name=s.name,
+                type=s.type,
+                category=s.category,
+                rate=money.format(money.user_rate(s.rate, discount_bp, overrides.get(s.id))),
+                min=s.min_qty,
+                max=s.max_qty,
+                dripfeed=s.dripfeed,
+                refill=s.refill,
+                cancel=s.cancel,
+                avg_time=s.avg_time,
+            )
+            for s in offered
+        ]
+    )
 
 
 def _as_list(ids: int | list[int]) -> list[int]:
     return [ids] if isinstance(ids, int) else ids
 
 
-def _stored(outcome: str, status: int | None, body: bytes | None) -> tuple[int, bytes]:
-    """Map an idempotent statement's outcome to the answer."""
-    if outcome in ("ok", "replay"):
-        assert status is not None and body is not None
-        return status, body
-    if outcome == "busy":
-        raise ApiError(Code.DUPLICATE_REQUEST)
-    if outcome == "mismatch":
-        raise ApiError(Code.IDEMPOTENCY_MISMATCH)
-    raise AssertionError(f"unexpected outcome {outcome!r}")
+def _placed(placed: ledger.Placement) -> tuple[int, bytes]:
+    """An add's answer, placed now or before under its idempotency key: the order, or why not."""
+    if placed.outcome == outcomes.OK:
+        assert placed.order_id is not None
+        return 200, a.encode_reply(a.AddReply(order=placed.order_id))
+    if placed.outcome == outcomes.STORED:
+        assert placed.status is not None and placed.body is not None
+        return placed.status, placed.body
+    raise ApiError(outcomes.ERRORS[placed.outcome], retry_after=placed.retry_after)
+
+
+def _handled(handled: orders.Handled, single: bool, refill: bool) -> tuple[int, bytes]:
+    """A cancel's or refill's answer, done now or before under its idempotency key: the single
+    form's reply or refusal (400), or an item per order in the order asked."""
+    if handled.outcome == outcomes.STORED:
+        assert handled.status is not None and handled.body is not None
+        return handled.status, handled.body
+    if handled.outcome != outcomes.OK:
+        raise ApiError(outcomes.ERRORS[handled.outcome])
+    ids, refills, codes = handled.order_ids, handled.refill_ids, handled.codes
+    assert ids is not None and refills is not None and codes is not None
+    if single:
+        if codes[0] is not None:
+            raise ApiError(outcomes.ERRORS[codes[0]])
+        if refill:
+            assert refills[0] is not None
+            return 200, a.encode_reply(a.RefillReply(refill=refills[0]))
+        return 200, a.encode_reply(a.CancelReply(cancel=1))
+    rows = zip(ids, refills, codes, strict=True)
+    if refill:
+        return 200, a.encode_reply([a.RefillItem(order=i, refill=_made(r, c)) for i, r, c in rows])
+    return 200, a.encode_reply(
+        [a.CancelItem(order=i, cancel=1 if c is None else _REFUSED[c]) for i, _, c in rows]
+    )
+
+
+def _made(refill: int | None, code: str | None) -> int | a.ErrorReply:
+    """One order's entry in a multi refill reply: the refill created, or why none was."""
+    if code is None:
+        assert refill is not None
+        return refill
+    return _REFUSED[code]
 
 
 async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
@@ -110,16 +176,16 @@ async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
         # since a first attempt was placed: a retry must still get that answer, not a refusal
         # that would make a charged order look refused. Costs a lookup on refusals only.
         if key is not None:
-            stored = await ledger.stored_answer(ctx.pool, p.user_id, key, a.fingerprint(action))
+            stored = await ledger.stored_placement(ctx.pool, p.user_id, key, a.fingerprint(action))
             if stored is not None:
-                return stored
+                return _placed(stored)
         raise
     settings = ctx.panel.settings
     order_limit, limit_body = panelconf.order_ceiling(settings, p.tier)
     rate = money.user_rate(service.rate, p.discount_bp, p.overrides.get(service.id))
     charge = money.charge(rate, order.units)
     if charge > money.MAX_UNITS:
-        return 402, FUNDS_BODY  # more than any wallet can hold
+        raise ApiError(Code.NOT_ENOUGH_FUNDS)  # more than any wallet can hold
     placed = await ledger.place_order(
         ctx.pool,
         ledger.NewOrder(
@@ -138,17 +204,12 @@ async def add(ctx: Context, action: a.Add) -> tuple[int, bytes]:
             fingerprint=a.fingerprint(action) if key else b"",
             link_guard=settings.duplicate_link_guard,
         ),
-        FUNDS_BODY,
     )
-    if placed.outcome == "limit":
+    if placed.outcome == "limit":  # its 429 names the ceiling that was hit: prebuilt
         raise ApiError(
-            Code.TOO_MANY_REQUESTS, retry_after=placed.retry_after or 60, prebuilt=limit_body
+            outcomes.ERRORS[placed.outcome], retry_after=placed.retry_after, prebuilt=limit_body
         )
-    if placed.outcome == "duplicate_link":
-        raise ApiError(Code.DUPLICATE_LINK)
-    if placed.outcome == "funds":
-        return 402, FUNDS_BODY
-    return _stored(placed.outcome, placed.status, placed.body)
+    return _placed(placed)
 
 
 def _status_reply(row: asyncpg.Record, currency: str) -> a.StatusReply:
@@ -186,32 +247,34 @@ async def balance(ctx: Context) -> tuple[int, bytes]:
 async def cancel(ctx: Context, action: a.Cancel) -> tuple[int, bytes]:
     ids = a.order_ids(action)
     key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
-    answer = await orders.cancel(
+    single = isinstance(ids, int)
+    handled = await orders.cancel(
         ctx.pool,
         ctx.principal.user_id,
         _as_list(ids),
-        isinstance(ids, int),
+        single,
         key,
         a.fingerprint(action) if key else b"",
     )
-    return _stored(answer.outcome, answer.status, answer.body)
+    return _handled(handled, single, refill=False)
 
 
 async def refill(ctx: Context, action: a.Refill) -> tuple[int, bytes]:
     ids = a.order_ids(action)
     key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
     settings = ctx.panel.settings
-    answer = await orders.refill(
+    single = isinstance(ids, int)
+    handled = await orders.refill(
         ctx.pool,
         ctx.principal.user_id,
         _as_list(ids),
-        isinstance(ids, int),
+        single,
         settings.refill_max_per_order,
         settings.refill_cooldown_hours,
         key,
         a.fingerprint(action) if key else b"",
     )
-    return _stored(answer.outcome, answer.status, answer.body)
+    return _handled(handled, single, refill=True)
 
 
 async def refill_status(ctx: Context, action: a.RefillStatus) -> tuple[int, bytes]:

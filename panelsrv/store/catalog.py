@@ -1,9 +1,10 @@
 """The in-memory catalog: panels by domain, services by panel-local and global id, and the
-`services` answer pre-encoded once per (panel, price profile).
+`services` answer pre-encoded once per (panel, price profile), by the renderer the API passes
+(api/respond.py `render_services`: store knows what is offered, api how it reads on the wire).
 
-Imports asyncpg, orjson, money and panelconf. A `Catalog` is an immutable snapshot loaded in
-one pass; a change anywhere (NOTIFY panelsrv_catalog) makes `LiveCatalog` load a new one and
-swap it in, so readers never see a half-updated catalog. Prices: a user-specific rate wins, else
+Imports asyncpg, money and panelconf. A `Catalog` is an immutable snapshot loaded in one pass;
+a change anywhere (NOTIFY panelsrv_catalog) makes `LiveCatalog` load a new one and swap it in,
+so readers never see a half-updated catalog. Prices: a user-specific rate wins, else
 the base rate less the user's discount (money.user_rate), the same function `add` charges with.
 
 Ids: a number is a panel's local id first, then a global id. A local id the panel has given out
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
-import orjson
 
 from panelsrv import money, panelconf
 from panelsrv.store.pool import UNAVAILABLE, Pool
@@ -81,6 +81,11 @@ class Service:
         return self.local_id if self.local_id is not None else self.id
 
 
+# (services offered, in listing order and priced as sold; discount in bp; the user's own rates
+# by service) -> the `services` body.
+RenderListing = Callable[[list[Service], int, dict[int, int]], bytes]
+
+
 @dataclass(slots=True)
 class Catalog:
     panels: dict[int, Panel]
@@ -115,44 +120,33 @@ class Catalog:
         return self.converted.get((panel_id, service.id))
 
     def listing(
-        self, panel_id: int, user_id: int, discount_bp: int, overrides: dict[int, int]
+        self,
+        panel_id: int,
+        user_id: int,
+        discount_bp: int,
+        overrides: dict[int, int],
+        render: RenderListing,
     ) -> bytes:
-        """The `services` answer for this caller, encoded once per price profile."""
+        """The `services` answer for this caller, rendered once per price profile."""
         cache_key = (panel_id, user_id if overrides else 0, discount_bp)
         body = self._listings.get(cache_key)
         if body is None:
-            offered = (
-                self._priced_for(panel_id, s)
-                for s in self.services.values()
-                if not s.hidden
-                and (s.panel_id is None or s.panel_id == panel_id)
-                and (s.local_id is not None or (panel_id, s.id) not in self.local)
-            )
-            body = orjson.dumps(
-                [
-                    {
-                        "service": s.public_id,
-                        "name": s.name,
-                        "type": s.type,
-                        "category": s.category,
-                        "rate": money.format(
-                            money.user_rate(s.rate, discount_bp, overrides.get(s.id))
-                        ),
-                        "min": s.min_qty,
-                        "max": s.max_qty,
-                        "dripfeed": s.dripfeed,
-                        "refill": s.refill,
-                        "cancel": s.cancel,
-                        "avg_time": s.avg_time,
-                    }
-                    for s in offered
-                    if s is not None
-                ]
-            )
+            body = render(self.offered(panel_id), discount_bp, overrides)
             if len(self._listings) >= MAX_CACHED_LISTINGS:
                 self._listings.clear()
             self._listings[cache_key] = body
         return body
+
+    def offered(self, panel_id: int) -> list[Service]:
+        """What the panel lists, in listing order, each priced as the panel sells it."""
+        priced = (
+            self._priced_for(panel_id, s)
+            for s in self.services.values()
+            if not s.hidden
+            and (s.panel_id is None or s.panel_id == panel_id)
+            and (s.local_id is not None or (panel_id, s.id) not in self.local)
+        )
+        return [s for s in priced if s is not None]
 
     def forget_listings(self) -> None:
         """Prices of some user changed: drop every encoded answer (they are rebuilt lazily)."""

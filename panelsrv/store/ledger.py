@@ -5,6 +5,9 @@ schema together: a wallet never goes below zero (conditional UPDATE + CHECK), ev
 the sum of its entries (each movement writes its entry in the same statement), an order is
 charged once and refunded at most once (unique (order_id, kind)), a refund never exceeds the
 charge. `audit` re-checks all of it from scratch.
+
+`place_order` answers with a typed outcome (`Placement`: a code of store.outcomes, the order
+id), never with a body: the API renders it, fresh or replayed (012_typed_outcomes.sql).
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ REFUND = "SELECT entry_id, balance_after FROM refund_order($1, $2, $3)"
 # in the window (then it said 61).
 PLACE_ORDER = """
 SELECT outcome, order_id, balance, status, body, least(retry_after, 60)
-  FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+  FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
-# $1 user, $2 idempotency key, $3 fingerprint -> (status, body) of a live record, or no row.
+# $1 user, $2 idempotency key, $3 fingerprint -> the add recorded under them within 24 h, as
+# place_order replays it (outcome, order id, status, body), or no row.
 STORED_ANSWER = """
-SELECT status, body FROM idempotency
+SELECT idem_add_outcome(body, codes), order_ids[1], status, body FROM idempotency
  WHERE user_id = $1 AND key = $2 AND fingerprint = $3 AND created_at > now() - interval '24 hours'
 """
 
@@ -100,13 +104,18 @@ class Entry:
 # times as much (object.__setattr__ per field).
 @dataclass(slots=True)
 class Placement:
-    """What `place_order` decided; `status`/`body` are set for ok, funds and replay."""
+    """What `place_order` decided, or decided before under the same idempotency key.
 
-    outcome: str  # ok | replay | busy | mismatch | funds | limit | duplicate_link
+    `outcome`: outcomes.OK (`order_id` set; `balance` too unless it is a replay), a code of
+    outcomes.ERRORS, or outcomes.STORED: an answer stored before 012, `status` and `body` as
+    they were stored.
+    """
+
+    outcome: str
     order_id: int | None
-    balance: int | None
-    status: int | None
-    body: bytes | None
+    balance: int | None = None
+    status: int | None = None
+    body: bytes | None = None
     retry_after: int | None = None  # seconds, for 'limit'
 
 
@@ -149,11 +158,8 @@ async def move_funds(
     return None if row is None else Entry(row[0], row[1])
 
 
-async def place_order(conn: asyncpg.Connection, order: NewOrder, funds_body: bytes) -> Placement:
-    """Debit + ledger entry + order + outbox row + idempotency record, atomically, or nothing.
-
-    `funds_body` is the response body stored for a 402 so that its replay is byte-identical.
-    """
+async def place_order(conn: asyncpg.Connection, order: NewOrder) -> Placement:
+    """Debit + ledger entry + order + outbox row + idempotency record, atomically, or nothing."""
     row = await conn.fetchrow(
         PLACE_ORDER,
         order.user_id,
@@ -170,18 +176,17 @@ async def place_order(conn: asyncpg.Connection, order: NewOrder, funds_body: byt
         order.idempotency_key,
         order.fingerprint,
         order.link_guard,
-        funds_body,
     )
     assert row is not None
     return Placement(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
-async def stored_answer(
+async def stored_placement(
     conn: asyncpg.Connection | Pool, user_id: int, key: str, fingerprint: bytes
-) -> tuple[int, bytes] | None:
-    """The answer recorded for this key and these parameters within 24 h, if any (no claim)."""
+) -> Placement | None:
+    """The add recorded for this key and these parameters within 24 h, if any (no claim)."""
     row = await conn.fetchrow(STORED_ANSWER, user_id, key, fingerprint)
-    return None if row is None else (row[0], row[1])
+    return None if row is None else Placement(row[0], row[1], None, row[2], row[3])
 
 
 async def refund(

@@ -2,8 +2,9 @@
 
 Imports asyncpg. Every function is one statement (one round trip). Ownership is part of every
 WHERE clause: another user's order answers exactly like a nonexistent one. Cancel and refill
-build their JSON answers inside PostgreSQL (002_money.sql) so that an idempotent replay is the
-stored bytes of the first answer.
+answer with a typed outcome (`Handled`: per order, its refill and the code of its refusal, from
+store.outcomes), which the idempotency record keeps, so the API renders a replay exactly as it
+rendered the first answer (012_typed_outcomes.sql).
 """
 
 from __future__ import annotations
@@ -35,17 +36,28 @@ REFILLS_STATUS = """
 SELECT id, status FROM refills WHERE id = ANY($1::bigint[]) AND user_id = $2
 """
 # $1 'cancel' | 'refill', $2 user, $3 order ids, $4 single form, $5/$6 refill limits,
-# $7 idempotency key, $8 fingerprint -> (outcome, status, body)
-ORDER_ACTION = "SELECT outcome, status, body FROM order_action($1, $2, $3, $4, $5, $6, $7, $8)"
+# $7 idempotency key, $8 fingerprint -> (outcome, status, body, order ids, refill ids, codes)
+ORDER_ACTION = """
+SELECT outcome, status, body, order_ids, refill_ids, codes
+  FROM order_action($1, $2, $3, $4, $5, $6, $7, $8)
+"""
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    """outcome: ok | replay | busy | mismatch; status and body are set for ok and replay."""
+class Handled:
+    """What a cancel or refill did, now or under the same idempotency key before.
+
+    `outcome`: outcomes.OK, with `order_ids` (as asked, in order) and for each its new refill
+    (refill only) and the code of its refusal (None: done); outcomes.STORED, an answer stored
+    before 012, `status` and `body` as they were stored; or a code of outcomes.ERRORS.
+    """
 
     outcome: str
-    status: int | None
-    body: bytes | None
+    order_ids: list[int] | None
+    refill_ids: list[int | None] | None
+    codes: list[str | None] | None
+    status: int | None = None
+    body: bytes | None = None
 
 
 async def order_status(
@@ -73,7 +85,7 @@ async def cancel(
     single: bool,
     idempotency_key: str | None = None,
     fingerprint: bytes = b"",
-) -> Answer:
+) -> Handled:
     return await _order_action(
         conn, "cancel", user_id, order_ids, single, 0, 0, idempotency_key, fingerprint
     )
@@ -88,7 +100,7 @@ async def refill(
     cooldown_hours: int,
     idempotency_key: str | None = None,
     fingerprint: bytes = b"",
-) -> Answer:
+) -> Handled:
     return await _order_action(
         conn, "refill", user_id, order_ids, single, max_per_order, cooldown_hours,
         idempotency_key, fingerprint,
@@ -105,10 +117,10 @@ async def _order_action(
     cooldown_hours: int,
     idempotency_key: str | None,
     fingerprint: bytes,
-) -> Answer:
+) -> Handled:
     row = await conn.fetchrow(
         ORDER_ACTION, action, user_id, order_ids, single, max_per_order, cooldown_hours,
         idempotency_key, fingerprint,
     )  # fmt: skip
     assert row is not None
-    return Answer(row[0], row[1], row[2])
+    return Handled(row[0], row[3], row[4], row[5], row[1], row[2])

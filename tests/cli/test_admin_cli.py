@@ -211,7 +211,7 @@ def test_order_list_shows_what_a_provider_reported_as_error(
             user = await admin.user_by_email(conn, world["email"])
             service = await new_service(conn)
             order = order_of(user.panel_id, user.id, service, charge=money.parse("2.50"))
-            order_id = (await ledger.place_order(conn, order, b"{}")).order_id
+            order_id = (await ledger.place_order(conn, order)).order_id
             await conn.execute("UPDATE orders SET upstream_id = 'U-1' WHERE id = $1", order_id)
             await conn.execute("SELECT apply_order_status($1, 'Error', NULL, NULL)", order_id)
             assert order_id is not None

@@ -97,7 +97,7 @@ class World:
                 order_limit=10**6,
             )  # fmt: skip
             self._links += 1
-            placed = await ledger.place_order(self.conn, order, b"{}")
+            placed = await ledger.place_order(self.conn, order)
             assert placed.order_id is not None
             ids.append(placed.order_id)
         return ids

@@ -43,7 +43,7 @@ async def test_concurrent_orders_never_overdraw_and_respect_the_ceiling(database
 
         async def place(n: int) -> str:
             async with pool.acquire() as conn:
-                return (await ledger.place_order(conn, order(n), b"{}")).outcome
+                return (await ledger.place_order(conn, order(n))).outcome
 
         outcomes = await asyncio.gather(*(place(n) for n in range(30)))
         assert outcomes.count("ok") == 17 and outcomes.count("funds") == 13
@@ -73,9 +73,9 @@ async def test_retry_after_of_the_ceiling_never_exceeds_its_window(database_url:
         await asyncio.sleep(1.1)
         for n in range(30):
             order = order_of(panel_id, user.id, service_id, link=f"https://x.test/{n}")
-            assert (await ledger.place_order(setup, order, b"{}")).outcome == "ok"
+            assert (await ledger.place_order(setup, order)).outcome == "ok"
         order = order_of(panel_id, user.id, service_id, link="https://x.test/late")
-        placed = await ledger.place_order(late, order, b"{}")
+        placed = await ledger.place_order(late, order)
         await transaction.rollback()
         assert placed.outcome == "limit" and placed.retry_after == 60
     finally:
@@ -92,7 +92,6 @@ async def test_refund_applies_once(database_url: str) -> None:
         placed = await ledger.place_order(
             conn,
             order_of(panel_id, user.id, service_id, charge=money.parse("2.00"), quantity=2000),
-            b"{}",
         )
         assert placed.outcome == "ok" and placed.order_id is not None
         first = await ledger.refund(conn, placed.order_id, money.parse("0.50"))
@@ -110,7 +109,6 @@ async def test_refund_applies_once(database_url: str) -> None:
         again = await ledger.place_order(
             conn,
             order_of(panel_id, user.id, service_id, link="https://x.test/b"),
-            b"{}",
         )
         assert again.order_id is not None
         assert await ledger.refund(conn, again.order_id, money.parse("1.01")) is None
@@ -126,12 +124,13 @@ async def test_idempotent_place_order_replays_and_refuses_mismatch(database_url:
         user = await new_user(conn, domain, balance="5.00")
         service_id = await new_service(conn)
         order = order_of(panel_id, user.id, service_id, idempotency_key="k-1", fingerprint=b"f1")
-        first = await ledger.place_order(conn, order, b"{}")
-        replay = await ledger.place_order(conn, order, b"{}")
-        assert first.outcome == "ok" and replay.outcome == "replay"
-        assert replay.body == first.body == f'{{"order":{first.order_id}}}'.encode()
+        first = await ledger.place_order(conn, order)
+        replay = await ledger.place_order(conn, order)
+        # The replay is the recorded outcome, the same order (the API renders both alike).
+        assert first.outcome == replay.outcome == "ok" and replay.order_id == first.order_id
+        assert first.balance == money.parse("4.00") and replay.body is None
         other = order_of(panel_id, user.id, service_id, idempotency_key="k-1", fingerprint=b"f2")
-        assert (await ledger.place_order(conn, other, b"{}")).outcome == "mismatch"
+        assert (await ledger.place_order(conn, other)).outcome == "mismatch"
         assert await ledger.balance(conn, user.id) == money.parse("4.00")
     finally:
         await conn.close()
@@ -151,10 +150,10 @@ async def test_idempotency_claim_of_a_dead_transaction_does_not_linger(database_
         await holder.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"idem:{user.id}:crash"
         )
-        assert (await ledger.place_order(conn, order, b"{}")).outcome == "busy"
+        assert (await ledger.place_order(conn, order)).outcome == "busy"
         await conn.execute("SELECT pg_terminate_backend($1)", holder.get_server_pid())
         await asyncio.sleep(0.2)
-        assert (await ledger.place_order(conn, order, b"{}")).outcome == "ok"
+        assert (await ledger.place_order(conn, order)).outcome == "ok"
     finally:
         holder.terminate()
         await conn.close()
@@ -182,7 +181,7 @@ async def test_an_orders_refunded_agrees_with_its_refund_entry(database_url: str
         panel_id, domain = await new_panel(conn)
         user = await new_user(conn, domain, balance="5.00")
         service = await new_service(conn)
-        order = await ledger.place_order(conn, order_of(panel_id, user.id, service), b"{}")
+        order = await ledger.place_order(conn, order_of(panel_id, user.id, service))
         assert order.order_id is not None
         assert await ledger.refund(conn, order.order_id, money.parse("0.25"), "partial")
         assert await conn.fetchval(

@@ -44,7 +44,12 @@ async def test_jobs_queued_before_005_keep_the_idempotency_key_they_were_sent_wi
                 provider,
             )
             order = order_of(panel_id, user.id, service, provider_id=provider)
-            old = (await ledger.place_order(conn, order, b"{}")).order_id
+            old = await conn.fetchval(  # place_order as 002 defined it: the schema's own
+                "SELECT order_id FROM place_order($1, $2, $3, $4, $5, $6, $7, 1, 0, '{}', 30,"
+                " NULL, '', false, '')",
+                user.id, panel_id, service, provider, order.charge, order.link,
+                order.quantity,
+            )  # fmt: skip
             refill = await conn.fetchval(
                 "INSERT INTO refills (order_id, user_id) VALUES ($1, $2) RETURNING id", old, user.id
             )
@@ -59,7 +64,7 @@ async def test_jobs_queued_before_005_keep_the_idempotency_key_they_were_sent_wi
             assert keys["dispatch"] == f"panelsrv-order-{old}"
             assert keys["refill"] == f"panelsrv-refill-{refill}"
             assert re.fullmatch(r"panelsrv-[0-9a-f]{32}", keys["cancel"])
-            new = (await ledger.place_order(conn, order, b"{}")).order_id
+            new = (await ledger.place_order(conn, order)).order_id
             key = await conn.fetchval("SELECT upstream_key FROM outbox WHERE order_id = $1", new)
             assert re.fullmatch(r"panelsrv-[0-9a-f]{32}", key)
         finally:

@@ -1,11 +1,10 @@
-"""Cancel and refill: eligibility, ownership, refunds, byte-exact idempotent answers."""
+"""Cancel and refill: eligibility, ownership, refunds, typed outcomes replayed as recorded."""
 
 from __future__ import annotations
 
 import random
 
 import asyncpg
-import orjson
 
 from panelsrv import money
 from panelsrv.store import ledger, orders
@@ -31,7 +30,6 @@ async def _order(
         conn,
         order_of(panel_id, user_id, service_id, provider_id=provider_id,
                  charge=money.parse(charge)),
-        b"{}",
     )  # fmt: skip
     assert placed.order_id is not None
     return placed.order_id
@@ -49,17 +47,13 @@ async def test_cancel_before_dispatch_refunds_at_once(database_url: str) -> None
         b = await _order(conn, panel_id, user.id, fixed)
         theirs = await _order(conn, panel_id, other.id, cancellable)
         answer = await orders.cancel(conn, user.id, [a, b, theirs, 999_999_999], single=False)
-        assert orjson.loads(answer.body or b"") == [
-            {"order": a, "cancel": 1},
-            {"order": b, "cancel": {"error": "Cancel is not available"}},
-            {"order": theirs, "cancel": {"error": "Incorrect order ID"}},
-            {"order": 999_999_999, "cancel": {"error": "Incorrect order ID"}},
-        ]
+        assert answer.outcome == "ok" and answer.order_ids == [a, b, theirs, 999_999_999]
+        assert answer.codes == [None, "cancel_unavailable", "not_found", "not_found"]
         assert (await orders.order_status(conn, user.id, a))["status"] == "Canceled"
         assert await ledger.balance(conn, user.id) == money.parse("4.00")
         # A second cancel of the same order: not Pending any more.
         again = await orders.cancel(conn, user.id, [a], single=True)
-        assert (again.status, again.body) == (400, b'{"error":"Cancel is not available"}')
+        assert again.codes == ["cancel_unavailable"]
         assert await conn.fetchval("SELECT count(*) FROM outbox WHERE order_id = $1", a) == 0
         assert (await ledger.audit(conn)).ok
     finally:
@@ -75,13 +69,13 @@ async def test_cancel_of_a_claimed_order_is_forwarded(database_url: str) -> None
         provider = await new_provider(conn)
         order = await _order(conn, panel_id, user.id, service, provider_id=provider)
         never_sent = await _order(conn, panel_id, user.id, service, provider_id=provider)
-        assert (await orders.cancel(conn, user.id, [never_sent], single=True)).status == 200
+        assert (await orders.cancel(conn, user.id, [never_sent], single=True)).codes == [None]
         assert (await orders.order_status(conn, user.id, never_sent))["status"] == "Canceled"
         await conn.execute(
             "UPDATE outbox SET lease_until = now() + interval '1 minute' WHERE order_id = $1", order
         )
         answer = await orders.cancel(conn, user.id, [order], single=True)
-        assert (answer.status, answer.body) == (200, b'{"cancel":1}')
+        assert (answer.outcome, answer.codes) == ("ok", [None])
         row = await conn.fetchrow(
             "SELECT status, cancel_requested FROM orders WHERE id = $1", order
         )
@@ -105,23 +99,24 @@ async def test_refill_rules_and_idempotent_replay(database_url: str) -> None:
         refillable = await new_service(conn, refill=True)
         order = await _order(conn, panel_id, user.id, refillable)
         pending = await orders.refill(conn, user.id, [order], True, 3, 24)
-        assert pending.body == b'{"error":"Refill is not available"}'
+        assert pending.codes == ["refill_unavailable"] and pending.refill_ids == [None]
         await conn.execute("UPDATE orders SET status = 'Completed' WHERE id = $1", order)
         first = await orders.refill(conn, user.id, [order], True, 3, 24, "r-1", b"fp")
         replay = await orders.refill(conn, user.id, [order], True, 3, 24, "r-1", b"fp")
-        assert first.outcome == "ok" and replay.outcome == "replay"
-        assert replay.body == first.body and orjson.loads(first.body or b"")["refill"] > 0
+        assert first.outcome == replay.outcome == "ok" and first.codes == replay.codes == [None]
+        assert replay.refill_ids == first.refill_ids and (first.refill_ids or [0])[0] > 0
         mismatch = await orders.refill(conn, user.id, [order], True, 3, 24, "r-1", b"other")
         assert mismatch.outcome == "mismatch"
         # One in flight: refused; finished but within the cooldown: refused; cooldown 0: allowed.
-        assert (await orders.refill(conn, user.id, [order], True, 3, 24)).status == 400
+        refused = ["refill_unavailable"]
+        assert (await orders.refill(conn, user.id, [order], True, 3, 24)).codes == refused
         await conn.execute("UPDATE refills SET status = 'Completed' WHERE order_id = $1", order)
-        assert (await orders.refill(conn, user.id, [order], True, 3, 24)).status == 400
-        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).status == 200
+        assert (await orders.refill(conn, user.id, [order], True, 3, 24)).codes == refused
+        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).codes == [None]
         await conn.execute("UPDATE refills SET status = 'Completed' WHERE order_id = $1", order)
-        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).status == 200
+        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).codes == [None]
         await conn.execute("UPDATE refills SET status = 'Completed' WHERE order_id = $1", order)
-        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).status == 400  # 3 max
+        assert (await orders.refill(conn, user.id, [order], True, 3, 0)).codes == refused  # 3 max
         refills = await conn.fetch("SELECT id FROM refills WHERE order_id = $1", order)
         ids = [r[0] for r in refills]
         assert await orders.refills_status(conn, user.id, ids) == dict.fromkeys(ids, "Completed")

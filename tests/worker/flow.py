@@ -79,7 +79,6 @@ async def place_many(
                     quantity=quantity,
                     order_limit=10**6,
                 ),
-                b"{}",
             )
         assert placed.order_id is not None, placed
         return placed.order_id

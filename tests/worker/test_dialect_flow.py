@@ -11,7 +11,6 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import asyncpg
-import orjson
 import pytest
 
 from panelsrv.sim.dialect import Dialect
@@ -77,7 +76,7 @@ async def test_a_panel_of_another_dialect_settles_orders_and_cancels_with_the_ri
 
         await until(sent)
         answer = await orders.cancel(r.pool, owner, canceled, single=False)
-        assert orjson.loads(answer.body or b"") == [{"order": o, "cancel": 1} for o in canceled]
+        assert (answer.order_ids, answer.codes) == (canceled, [None] * len(canceled))
         await wait_final(r.conn, canceled, timeout=30)  # {"4": {"cancel": "ok"}}, then canceled
         assert await statuses(r.conn, canceled) == {"Canceled"}
 
