@@ -12,6 +12,8 @@
 -- transaction, so no stale claim outlives it. Records live 24 h.
 
 -- Claim (p_user, p_key): 'new' (go on), 'busy', 'mismatch', or 'replay' with the stored answer.
+-- Replaced by 012_typed_outcomes.sql: the record's outcome (ids, codes) besides the
+-- body of records from before 012 (dropped and created again).
 CREATE FUNCTION idem_claim(p_user bigint, p_key text, p_fingerprint bytea,
                            OUT outcome text, OUT status smallint, OUT body bytea)
 LANGUAGE plpgsql AS $$
@@ -36,6 +38,8 @@ BEGIN
 END $$;
 
 -- Record the answer under a claimed key (an expired record under the same key is replaced).
+-- Replaced by 012_typed_outcomes.sql: stores the outcome, not a body (dropped and
+-- created again).
 CREATE FUNCTION idem_store(p_user bigint, p_key text, p_fingerprint bytea, p_status smallint,
                            p_body bytea) RETURNS void
 LANGUAGE sql AS $$
@@ -137,6 +141,8 @@ BEGIN
 END $$;
 
 -- outcome: 'ok' | 'replay' | 'busy' | 'mismatch' | 'funds' | 'limit' | 'duplicate_link'
+-- Replaced by 012_typed_outcomes.sql: answers with codes and the order id, and stores
+-- the outcome; no body, no p_funds_body (dropped and created again).
 CREATE FUNCTION place_order(
     p_user bigint, p_panel bigint, p_service bigint, p_provider bigint, p_charge bigint,
     p_link text, p_quantity bigint, p_runs integer, p_interval integer, p_extras jsonb,
@@ -240,6 +246,8 @@ END $$;
 -- the order becomes Canceled when the provider confirms.
 -- Replaced by 005_worker_fences.sql: its cancel-before-dispatch branch fenced by the attempt
 -- (cancel_unsent).
+-- Replaced by 012_typed_outcomes.sql: the refusal as a code ('not_found',
+-- 'cancel_unavailable'), not as the client's text.
 CREATE FUNCTION cancel_one(p_user bigint, p_id bigint) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -279,6 +287,8 @@ END $$;
 -- Refill one order of p_user (locked by the caller): only Completed/Partial orders of services
 -- with refill, no refill in flight, none in the last p_cooldown_hours, fewer than p_max per
 -- order. (refill id, NULL) when created, else (NULL, the refusal).
+-- Replaced by 012_typed_outcomes.sql: the refusal as a code ('not_found',
+-- 'refill_unavailable') in OUT code (dropped and created again).
 CREATE FUNCTION refill_one(p_user bigint, p_id bigint, p_max integer, p_cooldown_hours integer,
                            OUT refill bigint, OUT error text)
 LANGUAGE plpgsql AS $$
@@ -310,6 +320,8 @@ END $$;
 -- idempotency key. The answer is built here, byte-compatible with the API's JSON, so an
 -- idempotent replay is exact: p_single -> {"<action>":value} or {"error":...} (status 400);
 -- else [{"order":N,"<action>":value or {"error":...}}, ...].
+-- Replaced by 012_typed_outcomes.sql: answers with ids and codes, which the API
+-- renders, instead of this JSON (dropped and created again).
 CREATE FUNCTION order_action(p_action text, p_user bigint, p_ids bigint[], p_single boolean,
                              p_max integer, p_cooldown_hours integer,
                              p_idem_key text, p_fingerprint bytea,
