@@ -87,7 +87,8 @@ def services(ctx: Context) -> tuple[int, bytes]:
 def render_services(offered: list[Service], discount_bp: int, overrides: dict[int, int]) -> bytes:
     """The `services` body at one price profile. Pre-encoded bytes by measurement: the catalog
     keeps what this returns per (panel, price profile) until the next reload (Catalog.listing),
-    since encoding 500 services costs far more than the rest of the request (bench README)."""
+    since rendering the bench's 167-service listing (37 KB) takes ~140 µs, ten times the whole
+    request answered from the cache (~14 µs, bench/README.md)."""
     return a.encode_reply(
         [
             a.ServiceReply(

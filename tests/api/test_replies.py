@@ -38,7 +38,7 @@ class Shop:
         self.user_id = w.user.id
 
     async def ask(self, action: a.Action, as_user: int | None = None) -> tuple[int, bytes]:
-        p = Principal(0, as_user or self.user_id, self.w.panel_id, 0, {}, "")
+        p = Principal(0, as_user or self.user_id, self.w.panel_id, 0, {}, "", None)
         ctx = respond.Context(
             self.w.pool, self.catalog, self.catalog.panels[self.w.panel_id], p, None
         )
