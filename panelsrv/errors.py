@@ -27,11 +27,13 @@ class Code(enum.Enum):
         "You have active order with this link. Please wait until order being completed.",
     )
     IDEMPOTENCY_MISMATCH = (400, "idempotency_key: reused with different parameters")
+    GET_WITH_BODY = (400, "A GET carries its fields in the query string, not in a body")
     INVALID_KEY = (401, "Invalid API key")
     INVALID_SIGNATURE = (401, "Invalid signature")
     NOT_ENOUGH_FUNDS = (402, "Not enough funds on balance")
     NOT_FOUND = (404, "Not found")
-    METHOD_NOT_ALLOWED = (405, "Method not allowed")
+    USE_POST = (405, "Method not allowed: use POST")  # /api/v2 (and a GET the panel refuses)
+    USE_GET = (405, "Method not allowed: use GET")  # the operations routes
     DUPLICATE_REQUEST = (409, "Duplicate request")
     BODY_TOO_LARGE = (413, "Request body too large")
     HEADERS_TOO_LARGE = (431, "Request header fields too large")

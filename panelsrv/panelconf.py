@@ -27,6 +27,10 @@ class PanelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     # Refills: at most this many per order, and at most one per cooldown.
     refill_max_per_order: NonNegative = 3
     refill_cooldown_hours: NonNegative = 24
+    # Also take `GET /api/v2?action=...&key=...` (the fields in the query string), for clients
+    # that cannot POST; off: such a GET is a 405 that says "use POST". A key in a URL reaches
+    # proxies' and browsers' logs, hence off by default.
+    accept_get: bool = False
 
     @property
     def order_limit(self) -> int:

@@ -2,8 +2,10 @@
 bytes on the socket; the protocol hands us its reused Request object.
 
 Imports api (decode, sign, actions, respond), store (key cache, catalog), errors and panelconf.
-Order of work, cheapest and most decisive first: panel from Host -> decode -> key -> sign ->
-per-user cap -> the action. Every failure to authenticate is reported to `strike` (the limits
+Order of work, cheapest and most decisive first: panel from Host -> a GET's admission (the
+panel's `accept_get`) -> decode -> key -> sign -> per-user cap -> the action. A GET the panel
+takes is decoded exactly as a POST whose form body is its query string, and goes the same way
+from there (limits, strikes, answers). Every failure to authenticate is reported to `strike` (the limits
 layer turns strikes into IP blocks). Errors are rendered here and only here: the table's status,
 `legacy_errors` (business errors as 200 for old SDKs), Retry-After on 429/503, and a generic
 500 with the request id in the log for anything unexpected.
@@ -34,6 +36,7 @@ Answer = tuple[int, bytes, bytes]  # status, body, extra header lines (the trans
 
 
 class Request(Protocol):
+    method: bytes  # POST, or GET (the transport hands us no other)
     client_ip: str
     host: str
     content_type: bytes
@@ -59,6 +62,11 @@ UNAVAILABLE_ANSWER: Answer = (
     ERROR_BODIES[Code.UNAVAILABLE],
     retry_after_header(UNAVAILABLE_RETRY_AFTER),
 )
+
+
+# A GET on a panel without `accept_get` (or on no panel): the transport's own 405, which
+# `legacy_errors` leaves alone like the 405 of any other method.
+GET_REFUSED: Answer = (405, ERROR_BODIES[Code.USE_POST], b"Allow: POST\r\n")
 
 
 def unavailable(req: Request) -> Answer:
@@ -113,6 +121,11 @@ class Api:
         catalog = self._state.catalog
         panel = catalog.panel_for_host(req.host, self._default_panel)
         try:
+            if req.method != b"POST":
+                if panel is None or not panel.settings.accept_get:
+                    return GET_REFUSED
+                if req.body:  # which would count, the body or the query? Neither guess.
+                    raise ApiError(Code.GET_WITH_BODY)
             decoded = decode_request(req.body, req.content_type, req.query)
             req.action = decoded.tag
             if panel is None:  # no key can be valid here, so no lookup either

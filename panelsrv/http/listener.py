@@ -160,8 +160,9 @@ class HttpServer:
 
 
 def api_routes(handler: Handler) -> dict[bytes, Route]:
-    """`POST /api/v2` and `/api/v2/` answered by `handler` (JSON responses)."""
-    route = Route(b"POST", handler)
+    """`POST /api/v2` and `/api/v2/` answered by `handler` (JSON responses); a GET reaches
+    `handler` too, which serves or refuses it (`accept_get`)."""
+    route = Route(b"POST", handler, takes_get=True)
     return {b"/api/v2": route, b"/api/v2/": route}
 
 

@@ -384,9 +384,10 @@ class Reader:
             self._reject(req, 404, "not_found")
             return
         req._route = route
-        if method != route.method:
+        if method != route.method and (method != b"GET" or not route.takes_get):
             self._reject(req, 405, "method")
             return
+        req.method = method
         if self._cl > lim.max_body_bytes:
             conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return

@@ -20,11 +20,15 @@ Handler = Callable[["Request"], "Answer | Awaitable[Answer]"]
 
 
 class Route(NamedTuple):
-    """What a path answers: its one method, the handler, and the Content-Type line it sends."""
+    """What a path answers: its one method, the handler, and the Content-Type line it sends.
+    With `takes_get`, a GET reaches the handler too, which decides whether to serve it (the
+    panel setting `accept_get` for /api/v2: only the handler knows the panel); any other
+    method is the route's 405."""
 
     method: bytes
     handler: Handler
     content_type: bytes = wire.JSON
+    takes_get: bool = False
 
 
 class Limits(NamedTuple):
@@ -44,7 +48,8 @@ class Request:
     """One request as the handler sees it. The protocol reuses it for the connection's next
     request once the response is written, so a handler must not keep it beyond its return.
 
-    `host` is the Host header lowercased without port; `content_type` lowercased (b"" if none);
+    `method` is the request's (the route's, or GET on a route that `takes_get`); `host` the
+    Host header lowercased without port; `content_type` lowercased (b"" if none);
     `query` the raw query string; `idempotency_key` the header decoded latin-1 (one char per
     byte, unvalidated); `body` the whole body; `id` a per-process request number for logs
     (`request_id` is the same as text); `action` may be set by the handler to label metrics.
@@ -67,6 +72,7 @@ class Request:
         "host",
         "id",
         "idempotency_key",
+        "method",
         "query",
     )
 
@@ -83,6 +89,7 @@ class Request:
     def _reset(self, rid: int, ip: str) -> None:
         self.id = rid
         self.client_ip = ip
+        self.method = b""
         self.host = ""
         self.content_type = b""
         self.query = b""

@@ -66,10 +66,14 @@ def render_head(
     )
 
 
+# The 405 of a route, by the method it takes: the body says which one to use.
+_405_BODIES = {b"POST": ERROR_BODIES[Code.USE_POST], b"GET": ERROR_BODIES[Code.USE_GET]}
+
+
 def render_405(method: bytes, keep_alive: bool) -> bytes:
-    """405 for a route that takes only `method` (the Allow line differs per route)."""
-    body = ERROR_BODIES[Code.METHOD_NOT_ALLOWED]
-    return render(405, body, keep_alive, b"Allow: %s\r\n" % method)
+    """405 for a route that takes only `method` (POST or GET; the Allow line differs per
+    route)."""
+    return render(405, _405_BODIES[method], keep_alive, b"Allow: %s\r\n" % method)
 
 
 # Prebuilt rejects, keyed by status; refreshed in place with the Date (same dict objects, so

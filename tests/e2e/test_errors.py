@@ -164,7 +164,7 @@ async def test_transport_errors(server: Served, shop: Shop) -> None:
         await client.send(b"GET /api/v2 HTTP/1.1\r\nHost: %s\r\n\r\n" % shop.domain.encode())
         r = await client.final()
         assert r is not None and r.status == 405 and r.headers["allow"] == "POST"
-        expect(r, 405, "Method not allowed")
+        expect(r, 405, "Method not allowed: use POST")
         await client.send(
             b"POST /api/v3 HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % shop.domain.encode()
         )

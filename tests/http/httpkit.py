@@ -50,6 +50,7 @@ async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, by
             raise RuntimeError("secret-key-material-must-not-be-logged")
         body = {
             "id": req.id,
+            "method": req.method.decode(),
             "pid": os.getpid(),
             "client_ip": req.client_ip,
             "host": req.host,

@@ -218,7 +218,8 @@ async def test_precheck_refusals_that_close(wait: int, framing: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "request_line", [b"GET /nope HTTP/1.1", b"POST /nope HTTP/1.1", b"GET /api/v2 HTTP/1.1"]
+    "request_line",
+    [b"GET /nope HTTP/1.1", b"POST /nope HTTP/1.1", b"PUT /api/v2 HTTP/1.1", b"GET /api/v2 HTTP/1.1"],
 )
 async def test_404_and_405_pass_the_precheck_like_any_request(request_line: bytes) -> None:
     seen: list[str] = []

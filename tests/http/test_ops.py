@@ -47,8 +47,9 @@ async def test_health_readiness_and_metrics_endpoints() -> None:
         assert status == 200
         assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert b"t_total 1" in body
-        status, headers, _ = await _get(server.port, b"/healthz", b"POST")
+        status, headers, body = await _get(server.port, b"/healthz", b"POST")
         assert status == 405 and headers["allow"] == "GET"
+        assert body == b'{"error":"Method not allowed: use GET"}'
         assert (await _get(server.port, b"/api/v2", b"POST"))[0] == 404
     finally:
         await server.stop(1.0)

@@ -118,17 +118,40 @@ async def test_404_with_a_large_body_is_answered_without_reading_it_and_closes()
         await server.stop(1.0)
 
 
-@pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE", b"HEAD", b"OPTIONS"])
+@pytest.mark.parametrize("method", [b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"])
 async def test_other_methods_are_405_with_allow_post(method: bytes) -> None:
-    server = await start_server()
+    calls = Calls()
+    server = await start_server(calls)
     try:
         client = await Client.connect(server.port)
-        await client.send(b"%s /api/v2 HTTP/1.1\r\nHost: a\r\n\r\n" % method + post())
+        await client.send(b"%s /api/v2?a=1 HTTP/1.1\r\nHost: a\r\n\r\n" % method + post())
         response = await client.final()
         assert response is not None and response.status == 405
         assert response.headers["allow"] == "POST"
         if method != b"HEAD":
-            assert response.json() == {"error": "Method not allowed"}
+            assert response.json() == {"error": "Method not allowed: use POST"}
+        response = await client.final()  # the connection stays
+        assert response is not None and response.status == 200
+        assert calls.count == 1
+        await client.close()
+    finally:
+        await server.stop(1.0)
+
+
+async def test_a_get_reaches_the_api_handler_which_decides() -> None:
+    """/api/v2 takes GET to its handler (the panel's `accept_get` is the handler's to read),
+    with the method, query and body as sent."""
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        await client.send(b"GET /api/v2/?action=balance&key=k HTTP/1.1\r\nHost: a\r\n\r\n")
+        response = await client.final()
+        assert response is not None and response.status == 200
+        seen = response.json()
+        assert (seen["method"], seen["query"], seen["body"]) == ("GET", "action=balance&key=k", "")
+        await client.send(post(b"key=k"))
+        response = await client.final()
+        assert response is not None and response.json()["method"] == "POST"
         await client.close()
     finally:
         await server.stop(1.0)

@@ -38,6 +38,10 @@ def test_prebuilt_rejects_follow_the_date() -> None:
     assert b"Connection" not in wire.REJECT_KEEP[404]
     allow_get = wire.render_405(b"GET", True)
     assert b"Allow: GET\r\n" in allow_get and b"Connection" not in allow_get
+    assert allow_get.endswith(b'{"error":"Method not allowed: use GET"}')
+    allow_post = wire.render_405(b"POST", False)
+    assert b"Allow: POST\r\n" in allow_post and b"Connection: close\r\n" in allow_post
+    assert allow_post.endswith(b'{"error":"Method not allowed: use POST"}')
 
 
 def test_429s_are_rendered_once_per_retry_after_and_date() -> None:
