@@ -4,6 +4,8 @@
 - `api` never sees a transport (`http`, httptools).
 - `store` and `worker` never import `http` or `api`.
 - leaves import nothing from the package but `errors`.
+- inside `http`, a connection's modules import only downwards: the listener owns the protocol,
+  the protocol owns the Reader, and the Reader knows neither (it writes to a Sink).
 """
 
 from __future__ import annotations
@@ -64,3 +66,19 @@ def test_leaves_import_nothing_from_the_package(leaf: str) -> None:
         if name.startswith("panelsrv") and not name.startswith("panelsrv.errors")
     }
     assert not own, f"{leaf} imports {sorted(own)}"
+
+
+HTTP_INWARD = {
+    "http/reader.py": ("panelsrv.http.listener", "panelsrv.http.protocol"),
+    "http/protocol.py": ("panelsrv.http.listener",),
+}
+
+
+@pytest.mark.parametrize("module", sorted(HTTP_INWARD))
+def test_the_connection_modules_import_no_circle(module: str) -> None:
+    bad = {
+        name
+        for name in imports(PACKAGE / module)
+        if any(name == f or name.startswith(f + ".") for f in HTTP_INWARD[module])
+    }
+    assert not bad, f"{module} imports {sorted(bad)}"

@@ -29,7 +29,7 @@ import uvloop
 
 from panelsrv.config import Config
 from panelsrv.http.procs import Slot
-from panelsrv.http.protocol import HttpProtocol
+from panelsrv.http.protocol import BUSY, READY, HttpProtocol
 from panelsrv.server import App
 
 DATA = Path(__file__).resolve().parent.parent / ".data"
@@ -136,7 +136,7 @@ async def feed_awaiting(proto: HttpProtocol, reqs: list[bytes]) -> None:
     """One at a time, each answered before the next: for requests that query PostgreSQL."""
     for data in reqs:
         proto.data_received(data)
-        while proto._busy is not None:
+        while proto.state == BUSY:
             await asyncio.sleep(0)
 
 
@@ -153,7 +153,7 @@ async def measure(
         start = clock()
         await feeder(proto, reqs)
         runs.append((clock() - start) / len(reqs) * 1e6)
-        assert not proto._reader.dead, "the connection was closed"
+        assert proto.state == READY, f"the connection is {proto.state}"
         await asyncio.sleep(0.2)  # the guard's sweeps and syncs run between rounds
     if profile:
         profiler = cProfile.Profile()
@@ -195,7 +195,7 @@ async def main(args: argparse.Namespace) -> None:
         for name, reqs in cases.items():
             if only is None or name in only:
                 runs = await measure(proto, reqs, feed_now, time.perf_counter, args.profile)
-                assert proto._busy is None, f"{name}: a request went to the database"
+                assert proto.state == READY, f"{name}: a request went to the database"
                 report(name, runs, "µs/request")
         for name, reqs in db_scenarios(users, resellers).items():
             if only is None or name in only:
