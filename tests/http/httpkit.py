@@ -207,7 +207,9 @@ class FakeTransport:
         self.protocol: HttpProtocol | None = None
         self.writes: list[bytes] = []
         self.closed = False
+        self.aborted = False
         self.eof_written = False
+        self.reading = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return (self.peer, 40000) if name == "peername" else default
@@ -218,9 +220,11 @@ class FakeTransport:
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         self.writes.append(b"".join(parts))
 
-    def pause_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        self.reading = False
 
-    def resume_reading(self) -> None: ...
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def can_write_eof(self) -> bool:
         return True
@@ -235,6 +239,7 @@ class FakeTransport:
         self.lose()
 
     def abort(self) -> None:
+        self.aborted = True
         self.lose()
 
     def lose(self) -> None:
