@@ -1,5 +1,6 @@
 """Test helpers without sockets or wall time: a Reader that records its events, a fake clock, and
-a connection (HttpProtocol) over a FakeTransport whose handler the test releases by hand.
+a connection (HttpProtocol) over a FakeTransport on that clock, with a handler (Gate) whose
+held answers the test releases by hand.
 
 `events(data)` feeds a Reader (one read, or a list of reads) and returns what it said;
 `every_split(data)` feeds the same bytes cut at every byte boundary and one byte at a time, so
@@ -12,16 +13,17 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from panelsrv.http.clientip import TrustedProxies
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.reader import Reader, Rules
 from panelsrv.http.request import Answer, Limits, Request
-from tests.http.httpkit import FakeTransport, connect
+from tests.http.httpkit import FakeTransport, connect, post
 
 Event = tuple[object, ...]
+DEFAULT_LIMITS = Limits()
 
 
 class Events:
@@ -51,7 +53,7 @@ class Events:
 
 
 def reader(
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     precheck: Callable[[str], int] | None = None,
     peer: str = "127.0.0.1",
     trusted: tuple[str, ...] = (),
@@ -93,7 +95,7 @@ class FakeClock:
     """The protocol's Clock: time moves only by `advance`, which fires what falls due, in order."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1024.0
         self._due: list[tuple[float, int, Handle]] = []
         self._seq = itertools.count()
 
@@ -124,23 +126,30 @@ class Handle:
         self.cancelled = True
 
 
-@dataclass
-class Held:
-    """An async handler that answers only when the test says: `release()` the oldest call."""
+OK: Answer = (200, b"{}", b"")
+HOLD = post(target=b"/api/v2?hold")  # a request Gate holds
 
-    waiting: list[asyncio.Future[None]] = field(default_factory=list)
-    seen: list[bytes] = field(default_factory=list)
 
-    async def __call__(self, req: Request) -> Answer:
-        self.seen.append(req.body)
-        gate = asyncio.get_running_loop().create_future()
-        self.waiting.append(gate)
-        await gate
-        return 200, b'{"held":1}', b""
+class Gate:
+    """A handler that answers at once, except `?hold` requests, which wait for `release()`."""
 
-    async def release(self) -> None:
-        self.waiting.pop(0).set_result(None)
-        for _ in range(3):  # the handler's task resumes and writes
+    def __init__(self) -> None:
+        self.held: list[asyncio.Future[Answer]] = []
+
+    def __call__(self, req: Request) -> Answer | asyncio.Future[Answer]:
+        if b"hold" not in req.query:
+            return OK
+        held = asyncio.get_running_loop().create_future()
+        self.held.append(held)
+        return held
+
+    async def release(self, fail: bool = False) -> None:
+        held = self.held.pop(0)
+        if fail:
+            held.set_exception(RuntimeError("handler failed"))
+        else:
+            held.set_result(OK)
+        for _ in range(5):  # let the connection's task finish and write (loop turns, no time)
             await asyncio.sleep(0)
 
 
@@ -149,7 +158,7 @@ def sync_echo(req: Request) -> Answer:
 
 
 def served(
-    handler: Callable[[Request], object] = sync_echo,
+    handler: Callable[[Request], object] = sync_echo,  # (or a Gate)
     peer: str = "127.0.0.1",
     **options: object,
 ) -> tuple[HttpServer, HttpProtocol, FakeTransport, FakeClock]:

@@ -8,41 +8,14 @@ import asyncio
 
 from panelsrv.guard.limits import client_key
 from panelsrv.http.listener import HttpServer, api_routes
-from panelsrv.http.request import Answer, Limits, Request
+from panelsrv.http.request import Limits
 from tests.http.httpkit import Client, connect, post, start_server
-
-OK: Answer = (200, b"{}", b"")
-
-
-class Gate:
-    """A handler that answers at once, except `?hold` requests, which wait for `release()`."""
-
-    def __init__(self) -> None:
-        self.held: list[asyncio.Future[Answer]] = []
-
-    def __call__(self, req: Request) -> Answer | asyncio.Future[Answer]:
-        if b"hold" not in req.query:
-            return OK
-        held = asyncio.get_running_loop().create_future()
-        self.held.append(held)
-        return held
-
-    async def release(self, fail: bool = False) -> None:
-        held = self.held.pop(0)
-        if fail:
-            held.set_exception(RuntimeError("handler failed"))
-        else:
-            held.set_result(OK)
-        for _ in range(5):  # let the connection's task finish and write
-            await asyncio.sleep(0)
+from tests.http.sansio import HOLD, Gate
 
 
 def gated(**options: object) -> tuple[HttpServer, Gate]:
     gate = Gate()
     return HttpServer(api_routes(gate), **options), gate  # type: ignore[arg-type]
-
-
-HOLD = post(target=b"/api/v2?hold")
 
 
 async def test_connections_per_address_are_capped_and_each_end_is_counted_once() -> None:
