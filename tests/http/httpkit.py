@@ -1,7 +1,10 @@
-"""Test helpers: an echo handler, a server on port 0, raw-socket clients, a response reader.
+"""Test helpers: an echo handler, a server on port 0, raw-socket clients, a response reader,
+a bounded poll (`until`) for what a real socket makes happen in its own time.
 
 The echo handler answers with what the protocol handed it, as JSON, and obeys a few query
-switches: `sleep=<s>` (answer late), `raise=1` (fail), `big=<n>` (pad the answer to n bytes).
+switches: `hold=1` (answer once the test calls `calls.release()`), `sleep=<s>` (answer late:
+only for the process tests, whose workers no test can reach a gate in), `raise=1` (fail),
+`big=<n>` (pad the answer to n bytes).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
@@ -21,6 +26,16 @@ from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.request import Limits, Request
 
 SHORT = 2.0  # seconds any single read in a test may take before it is a failure
+POLL = 0.005  # seconds between two looks of `until`
+
+
+async def until(condition: Callable[[], object], timeout: float = SHORT) -> None:
+    """Return once `condition()` holds (looked at every POLL s); fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition}")
+        await asyncio.sleep(POLL)
 
 
 def free_port() -> int:
@@ -31,11 +46,17 @@ def free_port() -> int:
 
 
 class Calls:
-    """What the echo handler saw (tests assert the handler did or did not run)."""
+    """What the echo handler saw (tests assert the handler did or did not run), and the gate
+    its `hold` requests wait at."""
 
     def __init__(self) -> None:
         self.count = 0
         self.active = 0
+        self.gate = asyncio.Event()
+
+    def release(self) -> None:
+        """Let every held request (and any later one) answer."""
+        self.gate.set()
 
 
 async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, bytes]:
@@ -44,6 +65,9 @@ async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, by
         calls.active += 1
     try:
         q = parse_qs(req.query.decode())
+        if "hold" in q:
+            assert calls is not None, "hold needs a Calls to be released through"
+            await calls.gate.wait()
         if "sleep" in q:
             await asyncio.sleep(float(q["sleep"][0]))
         if "raise" in q:

@@ -4,12 +4,10 @@ deferred 100 Continue belongs to."""
 
 from __future__ import annotations
 
-import asyncio
-
 from panelsrv.guard.limits import client_key
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.request import Limits
-from tests.http.httpkit import Client, connect, post, start_server
+from tests.http.httpkit import Client, connect, post, start_server, until
 from tests.http.sansio import HOLD, Gate
 
 
@@ -91,11 +89,7 @@ async def test_the_cap_over_real_sockets_and_stop_releases_every_count() -> None
             response = await client.final()
             assert response is not None and response.status == 200
         await first.close()
-        for _ in range(200):  # the server sees the close in a loop turn or two
-            if server.addresses == {"127.0.0.1": 1}:
-                break
-            await asyncio.sleep(0.005)
-        assert server.addresses == {"127.0.0.1": 1}
+        await until(lambda: server.addresses == {"127.0.0.1": 1})  # the server saw the close
         fourth = await Client.connect(server.port)
         await fourth.send(post())
         response = await fourth.final()

@@ -110,11 +110,17 @@ def test_two_workers_answer_and_systemd_hears_ready_then_stopping(tmp_path: Path
         # one scrape on either worker covers both (shared through the run directory)
         for _ in range(len(pids)):
             request(port)
-        time.sleep(0.3)
-        status, _, text = request(ops, "/metrics")
-        assert status == 200
-        line = next(x for x in text.splitlines() if x.startswith("panelsrv_http_requests_total"))
-        assert int(line.split()[-1]) >= len(pids) + 2
+
+        def total() -> int:
+            status, _, text = request(ops, "/metrics")
+            assert status == 200
+            prefix = "panelsrv_http_requests_total"
+            return int(next(x for x in text.splitlines() if x.startswith(prefix)).split()[-1])
+
+        deadline = time.monotonic() + 5.0  # each worker writes its share every 0.1 s
+        while total() < len(pids) + 2:
+            assert time.monotonic() < deadline, total()
+            time.sleep(0.05)
         assert request(ops, "/readyz")[0] == 200
         proc.send_signal(signal.SIGTERM)
         assert notes.wait() == b"STOPPING=1"
