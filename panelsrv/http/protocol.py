@@ -22,7 +22,7 @@ The connection's state is `_state`, written only by `_to(event)` through `TRANSI
     LINGER_BLOCKED  resume   LINGER
     READY           last     LINGER          the last response is out: half-close, drain (9.6)
     BLOCKED         last     LINGER_BLOCKED
-    any             lost     GONE            the transport is gone
+    any             lost     GONE            the transport is gone (any state but NEW, GONE)
 
 READY is "nothing owed": a complete request is answered at once (a request answered from memory
 leaves it READY; only one whose handler awaits makes it BUSY). Two facts beside the state:
@@ -92,7 +92,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (READY, "last"): LINGER,
     (BLOCKED, "last"): LINGER_BLOCKED,
     **{(state, "lost"): GONE for state in (
-        NEW, READY, BUSY, BLOCKED, BUSY_BLOCKED, LINGER, LINGER_BLOCKED, GONE
+        READY, BUSY, BLOCKED, BUSY_BLOCKED, LINGER, LINGER_BLOCKED
     )},
 }
 # fmt: on
@@ -103,6 +103,8 @@ _RUNNING = (BUSY, BUSY_BLOCKED)
 
 
 class Timer(Protocol):
+    """What `Clock.call_at` returns (an asyncio.TimerHandle)."""
+
     def cancel(self) -> None: ...
 
 
