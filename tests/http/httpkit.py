@@ -2,8 +2,8 @@
 a bounded poll (`until`) for what a real socket makes happen in its own time.
 
 The echo handler answers with what the protocol handed it, as JSON, and obeys a few query
-switches: `hold=1` (answer once the test calls `calls.release()`), `sleep=<s>` (answer late:
-only for the process tests, whose workers no test can reach a gate in), `raise=1` (fail),
+switches: `hold=1` (answer once the test calls `calls.release()`), `gate=<dir>` (the same
+across processes: leave `entered-<pid>` in dir, answer once `open` is there), `raise=1` (fail),
 `big=<n>` (pad the answer to n bytes).
 """
 
@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import httptools
@@ -68,8 +69,10 @@ async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, by
         if "hold" in q:
             assert calls is not None, "hold needs a Calls to be released through"
             await calls.gate.wait()
-        if "sleep" in q:
-            await asyncio.sleep(float(q["sleep"][0]))
+        if "gate" in q:
+            gate = Path(q["gate"][0])
+            (gate / f"entered-{os.getpid()}").touch()
+            await until((gate / "open").exists, timeout=30.0)
         if "raise" in q:
             raise RuntimeError("secret-key-material-must-not-be-logged")
         body = {
