@@ -7,6 +7,8 @@
 - the simulated provider (`sim/`) and the process supervisor (`procs.py`) are self-contained:
   nothing from the package but themselves (and the worker never imports the simulator).
 - SQL is written only under `store/`: no string constant elsewhere is a statement.
+- inside `http`, a connection's modules import only downwards: the listener owns the protocol,
+  the protocol owns the Reader, and the Reader knows neither (it writes to a Sink).
 """
 
 from __future__ import annotations
@@ -97,3 +99,17 @@ def test_sql_is_written_only_under_store() -> None:
         and _STATEMENT.match(node.value)
     ]
     assert not found, found
+HTTP_INWARD = {
+    "http/reader.py": ("panelsrv.http.listener", "panelsrv.http.protocol"),
+    "http/protocol.py": ("panelsrv.http.listener",),
+}
+
+
+@pytest.mark.parametrize("module", sorted(HTTP_INWARD))
+def test_the_connection_modules_import_no_circle(module: str) -> None:
+    bad = {
+        name
+        for name in imports(PACKAGE / module)
+        if any(name == f or name.startswith(f + ".") for f in HTTP_INWARD[module])
+    }
+    assert not bad, f"{module} imports {sorted(bad)}"

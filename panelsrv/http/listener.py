@@ -1,9 +1,13 @@
 """HttpServer: one listening socket, the state its connections share, and its graceful stop.
 
-Transport layer: imports asyncio and panelsrv.http.{protocol, wire, clientip}, panelsrv.metrics.
-It is the protocol factory (`loop.create_server(server, ...)` calls it per connection) and keeps
-the per-process connections (for the caps, the gauge and draining) and the once-a-second Date
-ticker. What it serves comes in as `routes`; who is refused early comes in as `precheck`
+Transport layer: imports asyncio and panelsrv.http.{protocol, reader, request, wire, clientip},
+panelsrv.metrics; nothing imports it back within http (a connection sees it as
+`protocol.Conns`). It is the protocol factory (`loop.create_server(server, ...)` calls it per
+connection) and keeps the per-process connections (for the caps, the gauge and draining) and
+the once-a-second Date ticker. What every connection's Reader reads by is built once
+(`rules`: limits, routes, precheck, trusted proxies, the request numbering); time comes from
+`clock` (the loop, unless a test hands a fake one). What it serves comes in as `routes`; who is
+refused early comes in as `precheck`
 (per request, before the path is looked up and the body read) and `connect_check` (per
 connection, for peers that are not trusted proxies); both answer 0 to admit, else a 429's
 Retry-After seconds: positive lets the connection stay (the body is skipped), negative closes it.
@@ -16,13 +20,15 @@ ends; a refused connection is never counted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 
 from panelsrv.http import wire
 from panelsrv.http.clientip import TrustedProxies
-from panelsrv.http.protocol import HttpProtocol
+from panelsrv.http.protocol import Clock, HttpProtocol
+from panelsrv.http.reader import Rules
 from panelsrv.http.request import Handler, Limits, Route
 from panelsrv.metrics import Registry, ServerMetrics
 
@@ -44,28 +50,35 @@ class HttpServer:
         address_key: Callable[[str], str] = str,
         registry: Registry | None = None,
         access_log: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         """`address_key` maps a peer address to what the per-address connection cap counts
-        it under (the server passes the guard's: an IPv6 address by its /64)."""
-        self.routes = dict(routes)
+        it under (the server passes the guard's: an IPv6 address by its /64); `clock` is the
+        connections' time (default: the loop `start` runs on)."""
+        self.routes = dict(routes)  # (the same dict as `rules.routes`: updated in place)
         self.limits = limits
-        self.precheck = precheck
         self.connect_check = connect_check
         self.trusted = TrustedProxies(trusted_proxies, client_ip_header == "x-real-ip")
+        self.rules = Rules(limits, self.routes, precheck, self.trusted, itertools.count(1).__next__)
         self.address_key = address_key
         self.metrics = ServerMetrics(registry if registry is not None else Registry())
         self.metrics.connections.fn = lambda: len(self.conns)
         self.access_log = access_log
         self.conns: dict[HttpProtocol, str] = {}  # each open connection -> its address key
         self.addresses: dict[str, int] = {}  # address key -> open connections (never 0)
-        self.next_id = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(); no connection exists before
+        self._clock = clock
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
 
     def __call__(self) -> HttpProtocol:
         return HttpProtocol(self)
+
+    @property
+    def clock(self) -> Clock:
+        """The connections' time: the fake one given, else the loop's."""
+        return self._clock if self._clock is not None else self.loop
 
     async def start(
         self,

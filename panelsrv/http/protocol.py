@@ -1,21 +1,51 @@
 """HttpProtocol: one TCP connection; its Reader parses, it answers.
 
-Transport layer: imports asyncio and panelsrv.http.{reader, request, wire, clientip}; never
-panelsrv.api, panelsrv.store or asyncpg: handlers arrive as plain callables on the routes.
+Transport layer: imports asyncio and panelsrv.http.{reader, request, wire, clientip}, never the
+listener (what it needs of it is `Conns`), panelsrv.api, panelsrv.store or asyncpg: handlers
+arrive as plain callables on the routes. Time comes from a `Clock` (the event loop, or a fake
+one in tests); the Reader is its Sink (`complete`, `rejected`, `refuse`, `continue_100`,
+`deadline`), so every byte of request input reaches the protocol as one of those events.
+
+The connection's state is `_state`, written only by `_to(event)` through `TRANSITIONS`:
+
+    state           event    next            what it is (RFC 9112)
+    NEW             open     READY           admitted (refused: 503 over a cap, 429 blocked)
+    READY           run      BUSY            a handler awaits I/O; one request in flight (9.3.2)
+    BUSY            done     READY           its response is written; queued ones next, in order
+    BUSY_BLOCKED    done     BLOCKED
+    GONE            done     GONE            the client left while the handler ran: answer dropped
+    READY           pause    BLOCKED         the client is not reading our writes (flow control)
+    BUSY            pause    BUSY_BLOCKED
+    LINGER          pause    LINGER_BLOCKED
+    BLOCKED         resume   READY
+    BUSY_BLOCKED    resume   BUSY
+    LINGER_BLOCKED  resume   LINGER
+    READY           last     LINGER          the last response is out: half-close, drain (9.6)
+    BLOCKED         last     LINGER_BLOCKED
+    any             lost     GONE            the transport is gone (any state but NEW, GONE)
+
+READY is "nothing owed": a complete request is answered at once (a request answered from memory
+leaves it READY; only one whose handler awaits makes it BUSY). Two facts beside the state:
+`_closing` (keep-alive withdrawn by the client's EOF, 9.6, or by stop(): what is owed is
+answered with `Connection: close`, then `last`) and `_eof` (the client half-closed: nothing to
+drain). Whether a response keeps the connection is the request's
+(9.3: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with keep-alive), withdrawn by
+`_closing`. The one timer's deadline by state: READY follows the Reader's phase (between
+requests `keepalive_timeout`, in a head `header_timeout`, in a body `body_timeout`, each set
+when the phase begins: 9.5); BUSY none (a handler's time is not bounded here, it may be moving
+money); the *_BLOCKED states `write_timeout`, then abort; LINGER `LINGER_SECONDS`, then abort.
 
 Invariants:
-- One request in flight per connection; responses leave in request order, each as ONE write
-  call (a large body as the second buffer of the same writev, so it is never copied).
-  Requests a client pipelined into the same read are parsed ahead and queued (at most
-  `max_pipelined`, then the connection ends after answering them); reading stays paused while
-  a handler runs and while the client is not reading our writes (pause_writing).
-- A refusal (`refuse`) is answered after the responses already owed, then the connection closes;
-  the parser is never fed again. A parser error is such a refusal, with 400.
-- Closing after a response half-closes first and drains the client's leftovers for a while, so
-  the kernel does not reset the connection under a response the client has yet to read.
-- One lazy TimerHandle per connection: each phase moves `_deadline`; the timer is re-armed only
-  when a deadline moves earlier than it, or when it fires early. A handler's time is not
-  bounded here (it may be moving money); the client's reading and writing are.
+- A request is answered at once only in READY; otherwise it waits in the queue (at most
+  `max_pipelined`, then the Reader is closed and the connection ends after answering them).
+  Responses leave in request order, each as ONE write call (a large body as the second buffer
+  of the same writev, so it is never copied). Reading is paused outside READY and LINGER.
+- A refusal (`refuse`) is answered after the responses already owed, then `last`; the Reader
+  has closed itself. A parser error is such a refusal, with 400.
+- Closing after a response half-closes first (LINGER) and drains the client's leftovers for a
+  while, so the kernel does not reset the connection under a response the client has yet to read.
+- One lazy timer per connection: each state or phase moves `_deadline`; the timer is re-armed
+  only when a deadline moves earlier than it, or when it fires early.
 """
 
 from __future__ import annotations
@@ -24,18 +54,16 @@ import asyncio
 import logging
 import traceback
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from panelsrv.errors import ERROR_BODIES, Code
 from panelsrv.http import wire
-from panelsrv.http.clientip import normalize
-from panelsrv.http.reader import CLOSING, HEAD, IDLE, Reader, early_answer
-from panelsrv.http.request import Answer, Request
-
-if TYPE_CHECKING:
-    from panelsrv.http.listener import HttpServer
+from panelsrv.http.clientip import TrustedProxies, normalize
+from panelsrv.http.reader import BODY, CLOSED, HEAD, IDLE, Reader, Rules, early_answer
+from panelsrv.http.request import Answer, Limits, Request
+from panelsrv.metrics import ServerMetrics
 
 log = logging.getLogger("panelsrv.http")
 access_log = logging.getLogger("panelsrv.access")
@@ -43,6 +71,70 @@ access_log = logging.getLogger("panelsrv.access")
 INF = float("inf")
 LINGER_SECONDS = 5.0  # after a closing response, how long the client's leftovers are drained
 LARGE_BODY = 4096  # a body this long is written after its head (writev), not copied into it
+
+# The connection's states (the table above); the Reader's phases (IDLE, HEAD, BODY, CLOSED)
+# are its own.
+NEW, READY, BUSY, BLOCKED = "new", "ready", "busy", "blocked"
+BUSY_BLOCKED, LINGER, LINGER_BLOCKED, GONE = "busy+blocked", "linger", "linger+blocked", "gone"
+# fmt: off
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (NEW, "open"): READY,
+    (READY, "run"): BUSY,
+    (BUSY, "done"): READY,
+    (BUSY_BLOCKED, "done"): BLOCKED,
+    (GONE, "done"): GONE,
+    (READY, "pause"): BLOCKED,
+    (BUSY, "pause"): BUSY_BLOCKED,
+    (LINGER, "pause"): LINGER_BLOCKED,
+    (BLOCKED, "resume"): READY,
+    (BUSY_BLOCKED, "resume"): BUSY,
+    (LINGER_BLOCKED, "resume"): LINGER,
+    (READY, "last"): LINGER,
+    (BLOCKED, "last"): LINGER_BLOCKED,
+    **{(state, "lost"): GONE for state in (
+        READY, BUSY, BLOCKED, BUSY_BLOCKED, LINGER, LINGER_BLOCKED
+    )},
+}
+# fmt: on
+BLOCKED_STATES = (BLOCKED, BUSY_BLOCKED, LINGER_BLOCKED)
+_LINGERING = (LINGER, LINGER_BLOCKED)
+_READING = (READY, LINGER)  # where reading is not paused
+_RUNNING = (BUSY, BUSY_BLOCKED)
+
+
+class Timer(Protocol):
+    """What `Clock.call_at` returns (an asyncio.TimerHandle)."""
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the connection's time comes from: the event loop, or a fake clock in tests."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> Timer: ...
+
+
+class Conns(Protocol):
+    """What a connection needs of its listener (HttpServer): the shared settings, the counts it
+    is admitted to and released from, and the metrics it reports to."""
+
+    limits: Limits
+    rules: Rules
+    loop: asyncio.AbstractEventLoop
+    metrics: ServerMetrics
+    access_log: bool
+    trusted: TrustedProxies
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def admit(self, conn: HttpProtocol, ip: str, trusted: bool) -> bytes | None: ...
+
+    def release(self, conn: HttpProtocol) -> None: ...
+
+    def settle(self) -> None: ...
 
 
 def _log_failure(rid: int, exc: BaseException) -> None:
@@ -54,41 +146,53 @@ def _log_failure(rid: int, exc: BaseException) -> None:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
-        "_busy",
+        "_clock",
         "_closing",
         "_deadline",
         "_eof",
         "_final",
         "_lim",
-        "_loop",
         "_queue",
         "_read_paused",
         "_reader",
         "_srv",
+        "_state",
         "_task",
         "_timer",
         "_timer_at",
         "_transport",
-        "_write_paused",
     )
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: Conns) -> None:
         self._srv = server
         self._lim = server.limits
-        self._loop = server.loop
-        self._reader = Reader(self, server)
+        self._clock = server.clock
+        self._state = NEW
+        self._reader: Reader  # from connection_made, once admitted
         self._transport: asyncio.Transport | None = None
-        self._busy: Request | None = None  # the request whose handler runs
         self._queue: deque[Request] | None = None  # parsed ahead, waiting their turn
         self._final: bytes | None = None  # the last word, after everything queued
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = INF
         self._deadline = INF
-        self._closing = False  # answer what is owed, then close (stop() or the client's EOF)
+        self._closing = False
         self._eof = False
         self._read_paused = False
-        self._write_paused = False
+
+    @property
+    def state(self) -> str:
+        """The connection's state (`TRANSITIONS`)."""
+        return self._state
+
+    def _to(self, event: str) -> str:
+        """The one way `_state` changes; an event the table has no row for is a bug."""
+        state = self._state = TRANSITIONS[self._state, event]
+        return state
+
+    def _owed(self) -> bool:
+        """Something is still to be answered: a handler runs, requests wait, a last word."""
+        return self._state in _RUNNING or bool(self._queue) or self._final is not None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -103,27 +207,26 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         self._transport = transport
-        reader = self._reader
-        reader.peer = ip
-        reader.trusted_peer = trusted
-        reader.dead = False
-        self.set_deadline(self._loop.time() + self._lim.header_timeout)
+        self._reader = Reader(self, srv.rules, ip, trusted)
+        self._to("open")
+        self.deadline(self._lim.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self._busy is not None or self._queue or self._final is not None:
+        if self._owed():
             self._closing = True  # the client half-closed after its requests: answer, then close
             return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is None:
+        if self._state == NEW:
             return  # refused in connection_made
+        self._to("lost")
         self._transport = None
-        self._reader.dead = True
+        self._reader.close()
         self._queue = None
         if self._timer is not None:
             self._timer.cancel()
@@ -133,25 +236,25 @@ class HttpProtocol(asyncio.Protocol):
         # else: the handler runs to completion (it may be moving money); _finish releases us
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._to("pause")
         self._pause_reading()
-        self.set_deadline(self._loop.time() + self._lim.write_timeout)
+        self.deadline(self._lim.write_timeout)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._busy is not None:
+        state = self._to("resume")
+        if state == BUSY:
             self._deadline = INF
-        elif self.lingering:  # the last response is flushing
-            self.set_deadline(self._loop.time() + LINGER_SECONDS)
+        elif state == LINGER:  # the last response is flushing
+            self.deadline(LINGER_SECONDS)
         else:
             self._next()
 
-    # -- from the Reader ---------------------------------------------------------------------
+    # -- the Reader's events (reader.Sink) ---------------------------------------------------
 
     def complete(self, req: Request) -> None:
         """A whole request: answer it now, or queue it behind the ones ahead."""
-        if self._busy is None and not self._queue and not self._write_paused:
-            if self._start(req) and self._busy is None:
+        if self._state == READY:
+            if self._start(req) and self._state == READY:
                 self._next()
             return
         queue = self._queue
@@ -160,34 +263,37 @@ class HttpProtocol(asyncio.Protocol):
         if len(queue) >= self._lim.max_pipelined:
             # Answer what is queued, then close; the client resends the rest (RFC 9112 9.3.2).
             self._srv.metrics.reject("pipelined")
-            self._reader.dead = True
-            self._reader.phase = CLOSING
+            self._reader.close()
             return
         queue.append(req)
 
-    def refuse(self, response: bytes, reason: str | None) -> None:
-        """End the connection with `response`, after the answers already owed; read no more."""
-        reader = self._reader
-        if reader.dead:
-            return
-        if reason is not None:
-            self._srv.metrics.reject(reason)
-            log.debug("request %d refused: %s", reader.req.id, reason)
-        reader.dead = True
-        reader.phase = CLOSING
+    def rejected(self, reason: str) -> None:
+        """A request refused before its handler, answered in its turn: counted now."""
+        self._srv.metrics.reject(reason)
+
+    def refuse(self, response: bytes, reason: str) -> None:
+        """End the connection with `response`, after the answers already owed."""
+        self._srv.metrics.reject(reason)
+        log.debug("request %d refused: %s", self._reader.req.id, reason)
         self._final = response
         self._pause_reading()
-        if self._busy is None and not self._queue and not self._write_paused:
+        if self._state == READY:
             self._next()
 
     def continue_100(self, req: Request) -> None:
         """`req`'s headers passed every check: invite its body (RFC 9110 10.1.1) now, or once
         the requests ahead are answered, if `req` is then still waiting for its body."""
-        transport = self._transport
-        if transport and self._busy is None and not self._queue and not self._write_paused:
-            transport.write(wire.CONTINUE_100)
+        if self._state == READY and self._transport is not None:
+            self._transport.write(wire.CONTINUE_100)
         else:
             req._continue = True
+
+    def deadline(self, seconds: float) -> None:
+        """The client's next step is due within `seconds` from now (the one timer, re-armed
+        only when this is earlier than where it is set)."""
+        when = self._deadline = self._clock.time() + seconds
+        if when < self._timer_at:
+            self._arm(when)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -199,16 +305,16 @@ class HttpProtocol(asyncio.Protocol):
             return self._finish(req, status, early_answer(req, keep), keep)
         route = req._route
         assert route is not None
-        self._busy = req
         try:
             answer = route.handler(req)
         except Exception as exc:
             return self._respond(req, None, exc)
         if type(answer) is tuple:  # answered from memory: no task, no pause
             return self._respond(req, answer, None)
+        self._to("run")
         self._pause_reading()
         self._deadline = INF  # the handler's time is not the client's; the timer idles
-        self._task = self._loop.create_task(self._run(req, answer))  # type: ignore[arg-type]
+        self._task = self._srv.loop.create_task(self._run(req, answer))  # type: ignore[arg-type]
         return True
 
     async def _run(self, req: Request, pending: Awaitable[Answer]) -> None:
@@ -216,10 +322,12 @@ class HttpProtocol(asyncio.Protocol):
             answer = await pending
         except Exception as exc:
             self._task = None
+            self._to("done")
             if self._respond(req, None, exc):
                 self._next()
             return
         self._task = None
+        self._to("done")
         if self._respond(req, answer, None):
             self._next()
 
@@ -263,9 +371,8 @@ class HttpProtocol(asyncio.Protocol):
                 req.action or "-",
             )
         req._pending = False
-        self._busy = None
         transport = self._transport
-        if transport is None:
+        if transport is None:  # CLOSED: the client is gone
             srv.release(self)
             return False
         if body:
@@ -281,12 +388,11 @@ class HttpProtocol(asyncio.Protocol):
         """Nothing is in flight: answer what is queued, then the final word, or go back to
         reading with the deadline of whatever the parser is in the middle of."""
         queue = self._queue
-        while queue and not self._write_paused:
-            if not self._start(queue.popleft()) or self._busy is not None:
-                return
+        while queue and self._state == READY:
+            self._start(queue.popleft())
         transport = self._transport
-        if self._write_paused or self._busy is not None or transport is None:
-            return  # resume_writing or the handler's completion calls us again
+        if self._state != READY or transport is None:
+            return  # resume_writing or the handler's completion calls us again (or it ended)
         final = self._final
         if final is not None:
             self._final = None
@@ -295,36 +401,35 @@ class HttpProtocol(asyncio.Protocol):
             self._linger()
             return
         reader = self._reader
-        if reader.dead or self._closing:
+        phase = reader.phase
+        if phase == CLOSED or self._closing:
             self._linger()
             return
-        now = self._loop.time()
-        if reader.phase == IDLE:
-            self.set_deadline(now + self._lim.keepalive_timeout)
-        elif reader.phase == HEAD:
-            self.set_deadline(now + self._lim.header_timeout)
-        else:  # the 100 is owed only to the request whose body is being read, if it asked
-            if reader.req._continue:
-                reader.req._continue = False
-                transport.write(wire.CONTINUE_100)
-            self.set_deadline(now + self._lim.body_timeout)
+        # the 100 is owed only to the request whose body is being read, if it asked
+        if phase == BODY and reader.req._continue:
+            reader.req._continue = False
+            transport.write(wire.CONTINUE_100)
+        lim = self._lim
+        if phase == IDLE:
+            self.deadline(lim.keepalive_timeout)
+        else:
+            self.deadline(lim.header_timeout if phase == HEAD else lim.body_timeout)
         self._resume_reading()
 
     def _linger(self) -> None:
         """Half-close after the last response and drain the client's leftovers for a while."""
-        transport = self._transport
-        self._reader.dead = True
-        self._reader.phase = CLOSING
+        self._reader.close()
         self._queue = None
         self._final = None
-        if transport is None:
-            return
+        self._to("last")
+        transport = self._transport
+        assert transport is not None  # (from READY or BLOCKED, never GONE)
         if self._eof or not transport.can_write_eof():
             transport.close()  # nothing more can arrive to be reset by
             return
         transport.write_eof()
         self._resume_reading()
-        self.set_deadline(self._loop.time() + LINGER_SECONDS)
+        self.deadline(LINGER_SECONDS)
         self._srv.settle()
 
     # -- flow control and the one timer -------------------------------------------------------
@@ -335,17 +440,15 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and self._transport is not None and not self._write_paused:
+        if self._read_paused and self._state in _READING and self._transport is not None:
             self._read_paused = False
             self._transport.resume_reading()
 
-    def set_deadline(self, when: float) -> None:
-        self._deadline = when
-        if when < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(when, self._on_timer)
-            self._timer_at = when
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._clock.call_at(when, self._on_timer)
+        self._timer_at = when
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -354,24 +457,25 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         deadline = self._deadline
-        if self._loop.time() < deadline:
+        if self._clock.time() < deadline:
             if deadline != INF:
-                self.set_deadline(deadline)  # fired early: the deadline moved on
+                self._arm(deadline)  # fired early: the deadline moved on
             return
-        reader = self._reader
-        if self._write_paused:
+        state = self._state
+        if state in BLOCKED_STATES:
             self._srv.metrics.reject("write_timeout")
             transport.abort()
-        elif self.lingering:
+        elif state in _LINGERING:
             transport.abort()
-        elif self._busy is not None or self._queue or self._final is not None:
-            return  # a deadline of a request parsed ahead; _next() sets a fresh one
+        elif state != READY:
+            return  # BUSY: a deadline of a request parsed ahead; _next() sets a fresh one
         else:
+            reader = self._reader
             if reader.phase != IDLE:
                 reason = "header_timeout" if reader.phase == HEAD else "body_timeout"
                 self._srv.metrics.reject(reason)
                 log.debug("request %d closed: %s", reader.req.id, reason)
-            reader.dead = True
+            reader.close()
             transport.close()
 
     # -- listener control --------------------------------------------------------------------
@@ -379,20 +483,14 @@ class HttpProtocol(asyncio.Protocol):
     @property
     def lingering(self) -> bool:
         """Nothing more to answer: only the client's leftovers are being drained."""
-        return (
-            self._reader.phase == CLOSING
-            and self._busy is None
-            and not self._queue
-            and self._final is None
-            and self._task is None
-        )
+        return self._state in _LINGERING
 
     def shutdown(self) -> None:
         """Stop after the request in progress (if any); close now when idle."""
         self._closing = True
         transport = self._transport
-        if transport and self._busy is None and not self._queue and self._reader.phase == IDLE:
-            self._reader.dead = True
+        if transport and not self._owed() and self._reader.phase == IDLE:
+            self._reader.close()
             transport.close()
 
     def abort(self) -> None:

@@ -1,10 +1,21 @@
-"""Reading requests off one connection: the httptools parser's callback target.
+"""Reading requests off one connection, sans I/O: bytes in, events out.
 
-Transport layer: imports httptools and panelsrv.http.{clientip, request, syntax, wire}. The
-Reader never writes to the socket; it builds each Request from parser events, applies the
-pre-body checks in `on_headers_complete` (cheapest first: framing and transfer coding, target
-and Host, the per-IP precheck, path and method, the declared size) and hands the connection
-either a complete request (`conn.complete`) or a refusal (`conn.refuse`). Only the callbacks
+Transport layer: imports httptools and panelsrv.http.{clientip, request, syntax, wire}; never the
+protocol or the listener. A Reader is given, once, what it reads by (`Rules`: limits, routes,
+the per-request precheck, the trusted proxies, the request numbering) and where its events go
+(a `Sink`); `feed(bytes)` is its one input and `close()` stops it. It reads no clock and writes
+to no socket: each event says what happened and the connection decides what that means.
+
+Events (the Sink's methods):
+- `complete(req)`: a whole request (`req._reject` set: answered without its handler, 404, 405
+  or 429 with its body read and dropped);
+- `rejected(reason)`: such a request was refused, counted now, answered in its turn;
+- `refuse(response, reason)`: the last word; the Reader has closed itself (reads no more);
+- `continue_100(req)`: the request's headers passed, its body may be invited (RFC 9110 10.1.1);
+- `deadline(seconds)`: the next part (a head, a body) must arrive within `seconds` from now.
+
+Pre-body checks run in `on_headers_complete` (cheapest first: framing and transfer coding,
+target and Host, the per-IP precheck, path and method, the declared size). Only the callbacks
 defined here are wired by httptools.
 
 llhttp skips any CR/LF run before a request line and any run of spaces inside it, which a
@@ -13,29 +24,27 @@ its parts (else 400, close). httptools gives no offsets, so each read is fed in 
 at a message boundary (a message begun earlier is fed up to its end first), and where a message
 ends inside a piece is worked out (`syntax`) only when something follows it.
 
-Invariants: a callback never raises (that would leave the parser broken); once `dead`, nothing
-is fed to the parser again and late callbacks of the same read are ignored; header bytes, header
-count, body bytes and what httptools may buffer in an unfinished header are all bounded; no
-request is served whose first bytes were not checked (when a read defeats the bookkeeping, the
-connection closes after the request it was in).
+State: `phase` (IDLE between messages, HEAD, BODY, CLOSED), written only here. Invariants: a
+callback never raises (that would leave the parser broken); once CLOSED, nothing is fed to the
+parser again and late callbacks of the same read are ignored; header bytes, header count, body
+bytes and what httptools may buffer in an unfinished header are all bounded; no request is
+served whose first bytes were not checked (when a read defeats the bookkeeping, the Reader
+closes after the request it was in).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import NamedTuple, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from panelsrv.http import syntax, wire
-from panelsrv.http.clientip import client_ip
-from panelsrv.http.request import Request
+from panelsrv.http.clientip import TrustedProxies, client_ip
+from panelsrv.http.request import Limits, Request, Route
 
-if TYPE_CHECKING:
-    from panelsrv.http.listener import HttpServer
-    from panelsrv.http.protocol import HttpProtocol
-
-IDLE, HEAD, BODY, CLOSING = range(4)  # where the parser is; the connection's timer follows it
+IDLE, HEAD, BODY, CLOSED = range(4)  # the Reader's phase: between messages, in one, no more
 
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONTENT_TYPE, _EXPECT = range(1, 6)
 _IDEMPOTENCY_KEY, _FORWARDED_FOR, _REAL_IP = range(6, 9)
@@ -60,6 +69,32 @@ MAX_CHUNK_STEPS = 64  # CRLF CRLFs inside a chunked body fed one by one per read
 SKIP_BODY_MAX = 16 * 1024
 
 
+class Rules(NamedTuple):
+    """What every Reader of a listener reads by, built once: `precheck(client_ip)` answers 0
+    to admit, else a 429's Retry-After seconds (negative: and close); `next_id()` numbers
+    requests across the listener's connections."""
+
+    limits: Limits
+    routes: Mapping[bytes, Route]
+    precheck: Callable[[str], int] | None
+    trusted: TrustedProxies
+    next_id: Callable[[], int]
+
+
+class Sink(Protocol):
+    """Where a Reader's events go (the connection)."""
+
+    def complete(self, req: Request) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def refuse(self, response: bytes, reason: str) -> None: ...
+
+    def continue_100(self, req: Request) -> None: ...
+
+    def deadline(self, seconds: float) -> None: ...
+
+
 def early_answer(req: Request, keep_alive: bool) -> bytes:
     """The response to a request refused before its handler (`req._reject`: 404, 405, 429)."""
     status = req._reject
@@ -77,7 +112,6 @@ class Reader:
         "_body_buf",
         "_body_len",
         "_cl",
-        "_conn",
         "_expect",
         "_forwarded_for",
         "_head",
@@ -94,30 +128,31 @@ class Reader:
         "_piece_seq",
         "_raw",
         "_real_ip",
+        "_rules",
         "_seq",
+        "_sink",
         "_skip_max",
-        "_srv",
         "_tail",
         "_te",
         "_url",
-        "dead",
         "peer",
         "phase",
         "req",
         "trusted_peer",
     )
 
-    def __init__(self, conn: HttpProtocol, server: HttpServer) -> None:
-        self._conn = conn
-        self._srv = server
-        self._lim = server.limits
-        self._skip_max = min(SKIP_BODY_MAX, server.limits.max_body_bytes)
+    def __init__(self, sink: Sink, rules: Rules, peer: str, trusted_peer: bool) -> None:
+        """A Reader for one connection from `peer` (its forwarding headers count only when
+        `trusted_peer`)."""
+        self._sink = sink
+        self._rules = rules
+        self._lim = lim = rules.limits
+        self._skip_max = min(SKIP_BODY_MAX, lim.max_body_bytes)
         self._parser = HttpRequestParser(self)
         self.req = Request()  # the one being parsed
-        self.dead = True  # until the connection is accepted
         self.phase = IDLE
-        self.peer = ""
-        self.trusted_peer = False
+        self.peer = peer
+        self.trusted_peer = trusted_peer
         self._seq = 0
         self._host_cache: bytes | None = None
         self._host_value = ""
@@ -148,12 +183,18 @@ class Reader:
         self._body_buf: bytearray | None = None
         self._raw = 0
 
+    def close(self) -> None:
+        """Read no more: whatever arrives from now on is dropped, no event follows."""
+        self.phase = CLOSED
+
     def feed(self, data: bytes) -> None:
-        if self.dead:
-            return  # lingering, or refused: the parser is never fed again
-        if self.phase != IDLE:
+        """Bytes the client sent, in order; events go to the sink while they are parsed."""
+        phase = self.phase
+        if phase != IDLE:
+            if phase == CLOSED:
+                return  # lingering, or refused: the parser is never fed again
             data = self._feed_on(data)
-            if not data or self.dead:
+            if not data or self.phase == CLOSED:
                 return
         self._piece = data
         self._piece_seq = self._seq
@@ -171,7 +212,7 @@ class Reader:
         phase = self.phase
         if phase == IDLE:  # after the last message, only CR/LF llhttp skipped: an empty line?
             self._lead_in(data[self._after() if self._seq != self._piece_seq else 0 :])
-        elif phase != CLOSING:  # a message goes on in the next read (it began here)
+        elif phase != CLOSED:  # a message goes on in the next read (it began here)
             if phase == HEAD and self._at >= 0:  # its request line, checked while it is here
                 self._start_ok(data, self._at)
                 self._at = -1
@@ -181,7 +222,7 @@ class Reader:
         """Feed the rest of a message begun in an earlier read, up to its end; return what
         follows it, which starts at a message boundary (b"" if nothing does)."""
         steps = 0
-        while self.phase != IDLE and not self.dead:
+        while self.phase != IDLE and self.phase != CLOSED:
             self._piece_seq = self._seq  # the pieces below end where the message may end
             if self.phase == HEAD:
                 if self._line_end is not None and not self._line_on(data):
@@ -213,14 +254,14 @@ class Reader:
         now = self.phase
         # A piece that began and ended inside one message's head (or body) is wholly that part:
         # this bounds what httptools buffers in a header it has not finished.
-        if phase == now and seq == self._seq and not self.dead:
+        if phase == now and seq == self._seq and now != CLOSED:
             self._raw += len(piece)
             lim = self._lim
             if phase == HEAD and self._raw > lim.max_header_bytes:
-                self._conn.refuse(wire.REJECT_CLOSE[431], "headers_too_large")
+                self._refuse(wire.REJECT_CLOSE[431], "headers_too_large")
             # chunk framing and trailers ride on top of a body: allow generous overhead
             elif phase == BODY and self._raw > 4 * lim.max_body_bytes + lim.max_header_bytes:
-                self._conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
+                self._refuse(wire.REJECT_CLOSE[413], "body_too_large")
         if now == HEAD or (now == BODY and self._te is not None):
             self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
 
@@ -255,26 +296,30 @@ class Reader:
         return ok
 
     def _bad_request(self) -> None:
-        self._conn.refuse(wire.REJECT_CLOSE[400], "bad_request")
+        self._refuse(wire.REJECT_CLOSE[400], "bad_request")
+
+    def _refuse(self, response: bytes, reason: str) -> None:
+        """The last word: close, then say so (once; a refusal of a late callback is dropped)."""
+        if self.phase != CLOSED:
+            self.phase = CLOSED
+            self._sink.refuse(response, reason)
 
     # -- parser callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.dead:
+        if self.phase == CLOSED:
             return
         req = self.req
         if req._pending:  # parsed ahead while the previous request is in flight (rare)
             req = self.req = Request()
-        srv = self._srv
-        srv.next_id += 1
-        req._reset(srv.next_id, self.peer)
+        req._reset(self._rules.next_id(), self.peer)
         # where this message starts: at the piece's start, or after the previous one (whose
         # scratch is still here)
         at = 0 if self._seq == self._piece_seq else self._after()
         self._begin()
         self._seq += 1
         self.phase = HEAD
-        self._conn.set_deadline(srv.loop.time() + self._lim.header_timeout)
+        self._sink.deadline(self._lim.header_timeout)
         self._at = at  # checked with the request line, once llhttp has parsed it
 
     def on_url(self, url: bytes) -> None:
@@ -287,7 +332,7 @@ class Reader:
             u += url
         self._head += len(url)
         if self._head > self._lim.max_header_bytes:
-            self._conn.refuse(wire.REJECT_CLOSE[431], "headers_too_large")
+            self._refuse(wire.REJECT_CLOSE[431], "headers_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase != HEAD:
@@ -295,7 +340,7 @@ class Reader:
         self._head += len(name) + len(value) + 4
         self._nheaders += 1
         if self._head > self._lim.max_header_bytes or self._nheaders > self._lim.max_headers:
-            self._conn.refuse(wire.REJECT_CLOSE[431], "headers_too_large")
+            self._refuse(wire.REJECT_CLOSE[431], "headers_too_large")
             return
         key = _WANTED.get(name.lower())
         if key is None:
@@ -327,12 +372,12 @@ class Reader:
                 self._real_ip = value
 
     def on_headers_complete(self) -> None:
-        if self.dead:
+        if self.phase == CLOSED:
             return
-        req, parser, lim, conn = self.req, self._parser, self._lim, self._conn
+        req, parser, lim, rules = self.req, self._parser, self._lim, self._rules
         self.phase = BODY
         self._raw = 0
-        conn.set_deadline(self._srv.loop.time() + lim.body_timeout)
+        self._sink.deadline(lim.body_timeout)
         version = parser.get_http_version()
         te = self._te
         # Only HTTP/1.1 and 1.0; a 1.0 request with Transfer-Encoding has faulty framing
@@ -343,7 +388,7 @@ class Reader:
         if te is not None and te != b"chunked":
             status = syntax.transfer_coding(te)
             if status:  # and the body is not read as plain chunked
-                conn.refuse(wire.REJECT_CLOSE[status], _CODING_REASONS[status])
+                self._refuse(wire.REJECT_CLOSE[status], _CODING_REASONS[status])
                 return
         method, url, at = parser.get_method(), self._url, self._at
         if at >= 0:  # the message began in this piece: check its start here
@@ -370,16 +415,15 @@ class Reader:
             self._bad_request()
             return
         if self.trusted_peer:
-            srv = self._srv
-            req.client_ip = client_ip(self.peer, self._forwarded_for, self._real_ip, srv.trusted)
-        precheck = self._srv.precheck
+            req.client_ip = client_ip(self.peer, self._forwarded_for, self._real_ip, rules.trusted)
+        precheck = rules.precheck
         if precheck is not None:  # every request on the listener, found or not
             wait = precheck(req.client_ip)
             if wait:
                 req._retry_after = abs(wait)
                 self._reject(req, 429, "precheck", close=wait < 0)
                 return
-        route = self._srv.routes.get(path)
+        route = rules.routes.get(path)
         if route is None:
             self._reject(req, 404, "not_found")
             return
@@ -389,20 +433,20 @@ class Reader:
             return
         req.method = method
         if self._cl > lim.max_body_bytes:
-            conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
+            self._refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
         if self._expect and (self._cl > 0 or te is not None) and not req._http10:
-            conn.continue_100(req)
+            self._sink.continue_100(req)
 
     def on_body(self, body: bytes) -> None:
-        if self.dead:
+        if self.phase == CLOSED:
             return
         n = self._body_len = self._body_len + len(body)  # counted: the body's end is known
         req = self.req
         if req._reject:  # a refused request's body is read and dropped
             return
         if n > self._lim.max_body_bytes:  # chunked: only the running length tells
-            self._conn.refuse(wire.REJECT_CLOSE[413], "body_too_large")
+            self._refuse(wire.REJECT_CLOSE[413], "body_too_large")
             return
         if not req.body:
             req.body = body  # the common case: one chunk, kept as is
@@ -413,20 +457,19 @@ class Reader:
             self._body_buf += body
 
     def on_message_complete(self) -> None:
-        if self.dead:
+        if self.phase == CLOSED:
             return
         req = self.req
         self.phase = IDLE
         req._keep_alive = self._parser.should_keep_alive()
         if self._piece_seq == _LOST:  # nothing after it could be checked: the last one read
             req._keep_alive = False
-            self.dead = True
-            self.phase = CLOSING
+            self.phase = CLOSED
         if self._body_buf is not None:
             req.body = bytes(self._body_buf)
         req._pending = True
         req._t0 = perf_counter()
-        self._conn.complete(req)
+        self._sink.complete(req)
 
     # -- pre-body checks ---------------------------------------------------------------------
 
@@ -438,9 +481,9 @@ class Reader:
         cl = self._cl
         te = self._te is not None
         if not close and not te and (cl == 0 or (cl <= self._skip_max and not self._expect)):
-            self._srv.metrics.reject(reason)  # answered once the body is in (protocol._start)
+            self._sink.rejected(reason)  # answered once the body is in, in its turn
             return
-        self._conn.refuse(early_answer(req, False), reason)
+        self._refuse(early_answer(req, False), reason)
 
     def _resolve_host(self, req: Request, authority: bytes | None) -> bool:
         """Host must be valid when sent, and sent in HTTP/1.1 (RFC 9112 3.2); an absolute-form

@@ -1,7 +1,10 @@
-"""Test helpers: an echo handler, a server on port 0, raw-socket clients, a response reader.
+"""Test helpers: an echo handler, a server on port 0, raw-socket clients, a response reader,
+a bounded poll (`until`) for what a real socket makes happen in its own time.
 
 The echo handler answers with what the protocol handed it, as JSON, and obeys a few query
-switches: `sleep=<s>` (answer late), `raise=1` (fail), `big=<n>` (pad the answer to n bytes).
+switches: `hold=1` (answer once the test calls `calls.release()`), `gate=<dir>` (the same
+across processes: leave `entered-<pid>` in dir, answer once `open` is there), `raise=1` (fail),
+`big=<n>` (pad the answer to n bytes).
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import httptools
@@ -21,6 +27,16 @@ from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.request import Limits, Request
 
 SHORT = 2.0  # seconds any single read in a test may take before it is a failure
+POLL = 0.005  # seconds between two looks of `until`
+
+
+async def until(condition: Callable[[], object], timeout: float = SHORT) -> None:
+    """Return once `condition()` holds (looked at every POLL s); fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition}")
+        await asyncio.sleep(POLL)
 
 
 def free_port() -> int:
@@ -31,11 +47,17 @@ def free_port() -> int:
 
 
 class Calls:
-    """What the echo handler saw (tests assert the handler did or did not run)."""
+    """What the echo handler saw (tests assert the handler did or did not run), and the gate
+    its `hold` requests wait at."""
 
     def __init__(self) -> None:
         self.count = 0
         self.active = 0
+        self.gate = asyncio.Event()
+
+    def release(self) -> None:
+        """Let every held request (and any later one) answer."""
+        self.gate.set()
 
 
 async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, bytes]:
@@ -44,8 +66,13 @@ async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, by
         calls.active += 1
     try:
         q = parse_qs(req.query.decode())
-        if "sleep" in q:
-            await asyncio.sleep(float(q["sleep"][0]))
+        if "hold" in q:
+            assert calls is not None, "hold needs a Calls to be released through"
+            await calls.gate.wait()
+        if "gate" in q:
+            gate = Path(q["gate"][0])
+            (gate / f"entered-{os.getpid()}").touch()
+            await until((gate / "open").exists, timeout=30.0)
         if "raise" in q:
             raise RuntimeError("secret-key-material-must-not-be-logged")
         body = {
@@ -207,7 +234,9 @@ class FakeTransport:
         self.protocol: HttpProtocol | None = None
         self.writes: list[bytes] = []
         self.closed = False
+        self.aborted = False
         self.eof_written = False
+        self.reading = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return (self.peer, 40000) if name == "peername" else default
@@ -218,9 +247,11 @@ class FakeTransport:
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         self.writes.append(b"".join(parts))
 
-    def pause_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        self.reading = False
 
-    def resume_reading(self) -> None: ...
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def can_write_eof(self) -> bool:
         return True
@@ -235,6 +266,7 @@ class FakeTransport:
         self.lose()
 
     def abort(self) -> None:
+        self.aborted = True
         self.lose()
 
     def lose(self) -> None:

@@ -4,45 +4,16 @@ deferred 100 Continue belongs to."""
 
 from __future__ import annotations
 
-import asyncio
-
 from panelsrv.guard.limits import client_key
 from panelsrv.http.listener import HttpServer, api_routes
-from panelsrv.http.request import Answer, Limits, Request
-from tests.http.httpkit import Client, connect, post, start_server
-
-OK: Answer = (200, b"{}", b"")
-
-
-class Gate:
-    """A handler that answers at once, except `?hold` requests, which wait for `release()`."""
-
-    def __init__(self) -> None:
-        self.held: list[asyncio.Future[Answer]] = []
-
-    def __call__(self, req: Request) -> Answer | asyncio.Future[Answer]:
-        if b"hold" not in req.query:
-            return OK
-        held = asyncio.get_running_loop().create_future()
-        self.held.append(held)
-        return held
-
-    async def release(self, fail: bool = False) -> None:
-        held = self.held.pop(0)
-        if fail:
-            held.set_exception(RuntimeError("handler failed"))
-        else:
-            held.set_result(OK)
-        for _ in range(5):  # let the connection's task finish and write
-            await asyncio.sleep(0)
+from panelsrv.http.request import Limits
+from tests.http.httpkit import Client, connect, post, start_server, until
+from tests.http.sansio import HOLD, Gate
 
 
 def gated(**options: object) -> tuple[HttpServer, Gate]:
     gate = Gate()
     return HttpServer(api_routes(gate), **options), gate  # type: ignore[arg-type]
-
-
-HOLD = post(target=b"/api/v2?hold")
 
 
 async def test_connections_per_address_are_capped_and_each_end_is_counted_once() -> None:
@@ -118,11 +89,7 @@ async def test_the_cap_over_real_sockets_and_stop_releases_every_count() -> None
             response = await client.final()
             assert response is not None and response.status == 200
         await first.close()
-        for _ in range(200):  # the server sees the close in a loop turn or two
-            if server.addresses == {"127.0.0.1": 1}:
-                break
-            await asyncio.sleep(0.005)
-        assert server.addresses == {"127.0.0.1": 1}
+        await until(lambda: server.addresses == {"127.0.0.1": 1})  # the server saw the close
         fourth = await Client.connect(server.port)
         await fourth.send(post())
         response = await fourth.final()

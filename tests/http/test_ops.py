@@ -8,7 +8,7 @@ from pathlib import Path
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer
 from panelsrv.http.ops import MetricsShare, ops_routes
-from tests.http.httpkit import Client
+from tests.http.httpkit import Client, until
 
 
 async def _get(port: int, path: bytes, method: bytes = b"GET") -> tuple[int, dict[str, str], bytes]:
@@ -27,7 +27,7 @@ async def test_health_readiness_and_metrics_endpoints() -> None:
 
     async def ready() -> bool:
         if state["ready"] is None:
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # hangs: the readiness timeout answers
         if state["ready"] == "boom":
             raise ConnectionRefusedError("db down")
         return bool(state["ready"])
@@ -70,9 +70,9 @@ async def test_workers_share_one_scrape_and_survive_restarts(tmp_path: Path) -> 
     m1.request_done("add", 200, 0.01)
     m1.request_done("add", 200, 0.01)
     m1.connections.value = 4
-    await asyncio.sleep(0.12)  # slot 1 has written its file since
+    total = 'panelsrv_http_requests_total{action="add",status="200"} 3'
+    await until(lambda: total in share0.collect().decode())  # slot 1 has written its file
     text = share0.collect().decode()
-    assert 'panelsrv_http_requests_total{action="add",status="200"} 3' in text
     assert "panelsrv_http_open_connections 4" in text
 
     # slot 1 crashes and a new process takes its place: counters carry on, gauges do not

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -80,16 +80,24 @@ def serve(tmp_path: Path, *extra: str, notify_address: str | None = None) -> Ite
             notes.sock.close()
 
 
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Return once `condition()` holds (looked at every 20 ms); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {condition}"
+        time.sleep(0.02)
+
+
+def answering(port: int) -> bool:
+    try:
+        request(port)
+    except OSError:
+        return False
+    return True
+
+
 def wait_until_answering(port: int, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            request(port)
-            return
-        except OSError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.05)
+    wait_for(lambda: answering(port), deadline)
 
 
 def pids_answering(port: int, want: int, attempts: int = 300) -> set[int]:
@@ -110,11 +118,14 @@ def test_two_workers_answer_and_systemd_hears_ready_then_stopping(tmp_path: Path
         # one scrape on either worker covers both (shared through the run directory)
         for _ in range(len(pids)):
             request(port)
-        time.sleep(0.3)
-        status, _, text = request(ops, "/metrics")
-        assert status == 200
-        line = next(x for x in text.splitlines() if x.startswith("panelsrv_http_requests_total"))
-        assert int(line.split()[-1]) >= len(pids) + 2
+
+        def total() -> int:
+            status, _, text = request(ops, "/metrics")
+            assert status == 200
+            prefix = "panelsrv_http_requests_total"
+            return int(next(x for x in text.splitlines() if x.startswith(prefix)).split()[-1])
+
+        wait_for(lambda: total() >= len(pids) + 2)  # each worker writes its share every 0.1 s
         assert request(ops, "/readyz")[0] == 200
         proc.send_signal(signal.SIGTERM)
         assert notes.wait() == b"STOPPING=1"
@@ -122,17 +133,28 @@ def test_two_workers_answer_and_systemd_hears_ready_then_stopping(tmp_path: Path
 
 
 def test_sigterm_lets_a_slow_request_finish_then_exits_0(tmp_path: Path) -> None:
-    with serve(tmp_path, "--workers", "2", "--grace", "5") as (proc, port, _, _notes):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    with serve(tmp_path, "--workers", "2", "--grace", "5", "--gate", str(gate)) as (
+        proc,
+        port,
+        _,
+        _notes,
+    ):
         wait_until_answering(port)
         result: list[tuple] = []  # type: ignore[type-arg]
-        slow = threading.Thread(target=lambda: result.append(request(port, "/api/v2?sleep=1")))
+        slow = threading.Thread(target=lambda: result.append(request(port, f"/api/v2?gate={gate}")))
         slow.start()
-        time.sleep(0.3)
+        wait_for(lambda: any(gate.glob("entered-*")))  # the request is in its handler
+        (entered,) = gate.glob("entered-*")
+        pid = int(entered.name.split("-")[1])
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        wait_for((gate / f"stopping-{pid}").exists)  # its worker is stopping, the handler held
+        (gate / "open").touch()
         slow.join(10)
         status, body, connection = result[0]
-        assert status == 200 and body["pid"] != proc.pid and connection == "close"
+        assert status == 200 and body["pid"] == pid and connection == "close"
         assert proc.wait(15) == 0
         assert time.monotonic() - started < 5  # well inside the grace: nobody was killed
         with pytest.raises(OSError):
@@ -145,15 +167,14 @@ def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
         before = pids_answering(port, 2)
         victim = next(iter(before))
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 10
         after: set[int] = set()
-        while time.monotonic() < deadline:
+
+        def replaced() -> bool:
             with contextlib.suppress(OSError):
                 after.add(request(port, timeout=2.0)[1]["pid"])
-            if after - before:
-                break
-            time.sleep(0.02)
-        assert after - before, "no replacement worker answered"
+            return bool(after - before)
+
+        wait_for(replaced)  # a replacement worker answered
         assert victim not in pids_answering(port, 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -180,10 +201,7 @@ def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
         pids = pids_answering(port, 2)
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_gone(pid) for pid in pids)
+        wait_for(lambda: all(_gone(pid) for pid in pids))
 
 
 def test_notify_writes_a_datagram_to_a_path_socket(tmp_path: Path) -> None:

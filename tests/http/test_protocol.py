@@ -1,5 +1,7 @@
 """Protocol behaviour over real sockets: routes, keep-alive, Expect, the Request handed to the
-handler, handler failures, client IP through trusted proxies only."""
+handler, handler failures, client IP through trusted proxies only, stop. Which request a
+deferred 100 Continue belongs to is checked on a fake transport (test_connections,
+test_lifecycle)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 
 from panelsrv.http.request import Limits
 from panelsrv.metrics import Registry
-from tests.http.httpkit import Calls, Client, post, start_server
+from tests.http.httpkit import Calls, Client, post, start_server, until
 
 
 async def test_request_fields_reach_the_handler() -> None:
@@ -219,50 +221,6 @@ async def test_expect_continue_is_not_sent_for_a_refused_request() -> None:
         await server.stop(1.0)
 
 
-async def test_expect_continue_waits_for_the_request_ahead() -> None:
-    server = await start_server()
-    try:
-        client = await Client.connect(server.port)
-        await client.send(post(target=b"/api/v2?sleep=0.2") + H_EXPECT % 3)
-        first = await client.next()
-        assert first is not None and first.status == 200  # not the 100 of the second
-        interim = await client.next()
-        assert interim is not None and interim.status == 100
-        await client.send(b"abc")
-        response = await client.final()
-        assert response is not None and response.json()["body"] == "abc"
-        await client.close()
-    finally:
-        await server.stop(1.0)
-
-
-async def test_a_100_continue_is_never_sent_to_a_later_request() -> None:
-    """Issue 12, point 19, live: B asks for 100 while A is in flight but sends its body at
-    once; D (HTTP/1.0) then waits in its body behind C. The 100 was B's; nobody gets it."""
-    server = await start_server()
-    try:
-        client = await Client.connect(server.port)
-        slow = post(target=b"/api/v2?sleep=0.2")
-        await client.send(slow + H_EXPECT % 3 + b"abc")
-        assert [await _status(client) for _ in range(2)] == [200, 200]
-        http10 = b"POST /api/v2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n"
-        await client.send(slow + http10)
-        first = await _status(client)
-        await client.send(b"xyz")
-        assert [first, await _status(client)] == [200, 200]
-        await client.send(post(b"a=1"))
-        assert await _status(client) == 200
-        await client.close()
-    finally:
-        await server.stop(1.0)
-
-
-async def _status(client: Client) -> int:
-    response = await client.next()  # interim responses included
-    assert response is not None
-    return response.status
-
-
 async def test_handler_failure_is_500_logged_once_without_its_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -353,15 +311,17 @@ async def test_metrics_count_responses_and_rejects() -> None:
 
 
 async def test_stop_lets_a_slow_request_finish_and_closes_idle_connections() -> None:
-    server = await start_server()
+    calls = Calls()
+    server = await start_server(calls)
     idle = await Client.connect(server.port)
     await idle.send(post())
     assert (await idle.final()) is not None
     busy = await Client.connect(server.port)
-    await busy.send(post(target=b"/api/v2?sleep=0.3"))
-    await asyncio.sleep(0.05)
+    await busy.send(post(target=b"/api/v2?hold=1"))
+    await until(lambda: calls.active == 1)
     stopping = asyncio.ensure_future(server.stop(5.0))
     assert await idle.closed()
+    calls.release()
     response = await busy.final()
     assert response is not None and response.status == 200
     assert response.headers["connection"] == "close"

@@ -197,6 +197,12 @@ def served_by_each(run_dir: str, action: str) -> list[float]:
     return counts
 
 
+async def all_grew(run_dir: str, action: str, before: list[float], processes: int) -> bool:
+    """Every one of `processes` workers has published more `action` answers than `before`."""
+    after = served_by_each(run_dir, action)
+    return len(after) == processes and all(a > b for a, b in zip(after, before, strict=False))
+
+
 async def until(predicate, timeout: float, step: float = 0.02) -> float:  # type: ignore[no-untyped-def]
     """Seconds until the async `predicate` held; fails the test after `timeout`."""
     started = time.monotonic()
