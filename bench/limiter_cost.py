@@ -9,7 +9,7 @@ Two servers run side by side on the same core, against the same database:
   trusted proxy) spread over 40,000 addresses and, for `balance`, over 1,000 users' keys, so no
   limit refuses: every request pays the checks and the per-IP table holds thousands of
   addresses, as behind nginx. The bucket code runs; it just never says no.
-- `off`: the same program with `run_serve(cfg, limits=False)`: no guard object at all (no
+- `off`: the same program with `run_serve(cfg, guarded=False)`: no guard object at all (no
   pre-body check, no per-user cap, no strike counting, no background sweep). Raising the limits
   instead would still run every check, so it could not show what they cost.
 
@@ -388,7 +388,7 @@ def serve_unlimited(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = cli.load_config(cli.build_parser().parse_args(["serve", *argv]))
     logging.getLogger("panelsrv").setLevel(cfg.log_level.upper())
-    sys.exit(server.run_serve(cfg, limits=False))
+    sys.exit(server.run_serve(cfg, guarded=False))
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from panelsrv.guard.shared import RedisBackend
 from panelsrv.guard.sync import MEANWHILE as LIMITS_MEANWHILE
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
-from panelsrv.http.request import Limits
+from panelsrv.http.request import Bounds
 from panelsrv.outages import Outage
 from panelsrv.panelconf import Tier, rate_text
 from panelsrv.procs import Group, Slot, run_service, supervise
@@ -68,8 +68,8 @@ def guard_settings(cfg: Config) -> GuardSettings:
     )  # fmt: skip
 
 
-def http_limits(cfg: Config) -> Limits:
-    return Limits(
+def http_bounds(cfg: Config) -> Bounds:
+    return Bounds(
         max_header_bytes=cfg.max_header_bytes, max_body_bytes=cfg.max_body_bytes,
         header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
         keepalive_timeout=cfg.keepalive_timeout, max_connections=cfg.max_connections,
@@ -82,7 +82,7 @@ def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
 
 
 def _no_strike(ip: str) -> None:
-    """`limits=False`: failed authentications are not counted."""
+    """`guarded=False`: failed authentications are not counted."""
 
 
 def user_refused(cfg: Config) -> bytes:
@@ -93,7 +93,7 @@ def user_refused(cfg: Config) -> bytes:
 
 
 def _no_wait(user_id: int, tier: Tier | None) -> float:
-    """`limits=False`: no per-user cap."""
+    """`guarded=False`: no per-user cap."""
     return 0.0
 
 
@@ -105,12 +105,12 @@ class App:
     """One API process: pool, catalog, key cache, notifications, limits, API and ops listeners."""
 
     def __init__(
-        self, cfg: Config, url: str, slot: Slot, *, limits: bool = True, hub: str | None = None
+        self, cfg: Config, url: str, slot: Slot, *, guarded: bool = True, hub: str | None = None
     ) -> None:
         self.cfg = cfg
         self.url = url
         self.slot = slot
-        self.limits = limits
+        self.guarded = guarded
         self.hub = hub  # the limits hub's socket, when this host's processes share through one
         self.catalog: catalog.LiveCatalog | None = None
         self.pool: Pool | None = None
@@ -132,7 +132,7 @@ class App:
         registry = metrics.Registry()
         outage = counted_outage(registry)
         self._db_outage = outage("database", DB_MEANWHILE)
-        guard = self._start_guard(registry, outage) if self.limits else None
+        guard = self._start_guard(registry, outage) if self.guarded else None
         registry.gauge(
             "panelsrv_db_pool_size",
             "Connections in this process's pool",
@@ -145,7 +145,7 @@ class App:
         )
         self.http = HttpServer(
             api_routes(unavailable),
-            limits=http_limits(cfg),
+            bounds=http_bounds(cfg),
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
             trusted_proxies=cfg.trusted_proxies,
@@ -294,10 +294,10 @@ class HubService:
         await self._hub.close()
 
 
-def run_serve(cfg: Config, *, limits: bool = True) -> int:
+def run_serve(cfg: Config, *, guarded: bool = True) -> int:
     """`panelsrv serve`: N API processes on one port; the parent supervises (procs.supervise).
 
-    `limits=False` builds no guard at all (no per-IP, per-user or block checks, no hub): only
+    `guarded=False` builds no guard at all (no per-IP, per-user or block checks, no hub): only
     for measuring what the limits cost (bench/limiter_cost.py); no setting reaches it."""
     url = db.resolve_url(cfg.database_url, cfg.data_dir)  # each process migrates (open_pool)
     own_dir = not os.environ.get("RUNTIME_DIRECTORY")
@@ -305,12 +305,12 @@ def run_serve(cfg: Config, *, limits: bool = True) -> int:
     workers = worker_count(cfg)
     # Without Redis, one host's API processes share their limits through a hub: one more
     # supervised process (the last slot), so it is restarted like any worker if it dies.
-    hub = hub_path(run_dir) if limits and not cfg.redis_url and workers > 1 else None
+    hub = hub_path(run_dir) if guarded and not cfg.redis_url and workers > 1 else None
 
     def process(slot: Slot) -> HubService | App:
         if hub is not None and slot.index == workers:
             return HubService(hub)
-        return App(cfg, url, slot, limits=limits, hub=hub)
+        return App(cfg, url, slot, guarded=guarded, hub=hub)
 
     try:
         return supervise(

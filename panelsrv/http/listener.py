@@ -5,7 +5,7 @@ panelsrv.metrics; nothing imports it back within http (a connection sees it as
 `protocol.Conns`). It is the protocol factory (`loop.create_server(server, ...)` calls it per
 connection) and keeps the per-process connections (for the caps, the gauge and draining) and
 the once-a-second Date ticker. What every connection's Reader reads by is built once
-(`rules`: limits, routes, precheck, trusted proxies, the request numbering); time comes from
+(`rules`: bounds, routes, precheck, trusted proxies, the request numbering); time comes from
 `clock` (the loop, unless a test hands a fake one). What it serves comes in as `routes`; who is
 refused early comes in as `precheck`
 (per request, before the path is looked up and the body read) and `connect_check` (per
@@ -29,11 +29,11 @@ from panelsrv.http import wire
 from panelsrv.http.clientip import TrustedProxies
 from panelsrv.http.protocol import Clock, HttpProtocol
 from panelsrv.http.reader import Rules
-from panelsrv.http.request import Handler, Limits, Route
+from panelsrv.http.request import Bounds, Handler, Route
 from panelsrv.metrics import Registry, ServerMetrics
 
 Check = Callable[[str], int]
-DEFAULT_LIMITS = Limits()
+DEFAULT_BOUNDS = Bounds()
 UNCOUNTED = ""  # the address key of a trusted proxy's connection: not capped per address
 
 
@@ -42,7 +42,7 @@ class HttpServer:
         self,
         routes: Mapping[bytes, Route],
         *,
-        limits: Limits = DEFAULT_LIMITS,
+        bounds: Bounds = DEFAULT_BOUNDS,
         precheck: Check | None = None,
         connect_check: Check | None = None,
         trusted_proxies: Iterable[str] = (),
@@ -56,10 +56,10 @@ class HttpServer:
         it under (the server passes the guard's: an IPv6 address by its /64); `clock` is the
         connections' time (default: the loop `start` runs on)."""
         self.routes = dict(routes)  # (the same dict as `rules.routes`: updated in place)
-        self.limits = limits
+        self.bounds = bounds
         self.connect_check = connect_check
         self.trusted = TrustedProxies(trusted_proxies, client_ip_header == "x-real-ip")
-        self.rules = Rules(limits, self.routes, precheck, self.trusted, itertools.count(1).__next__)
+        self.rules = Rules(bounds, self.routes, precheck, self.trusted, itertools.count(1).__next__)
         self.address_key = address_key
         self.metrics = ServerMetrics(registry if registry is not None else Registry())
         self.metrics.connections.fn = lambda: len(self.conns)
@@ -113,7 +113,7 @@ class HttpServer:
     def admit(self, conn: HttpProtocol, ip: str, trusted: bool) -> bytes | None:
         """A new connection from `ip`: counted, or the response that refuses it (the caps:
         503, as nginx's limit_conn; a blocked address: 429)."""
-        lim = self.limits
+        lim = self.bounds
         if len(self.conns) >= lim.max_connections:
             self.metrics.reject("connections")
             return wire.REJECT_CLOSE[503]

@@ -61,8 +61,8 @@ from typing import Protocol
 from panelsrv.errors import ERROR_BODIES, Code
 from panelsrv.http import wire
 from panelsrv.http.clientip import TrustedProxies, normalize
-from panelsrv.http.reader import BODY, CLOSED, HEAD, IDLE, Reader, Rules, early_answer
-from panelsrv.http.request import Answer, Limits, Request
+from panelsrv.http.reader import BODY, CLOSED, HEAD, IDLE, Reader, Rules
+from panelsrv.http.request import Answer, Bounds, Request
 from panelsrv.metrics import ServerMetrics
 
 log = logging.getLogger("panelsrv.http")
@@ -120,7 +120,7 @@ class Conns(Protocol):
     """What a connection needs of its listener (HttpServer): the shared settings, the counts it
     is admitted to and released from, and the metrics it reports to."""
 
-    limits: Limits
+    bounds: Bounds
     rules: Rules
     loop: asyncio.AbstractEventLoop
     metrics: ServerMetrics
@@ -165,7 +165,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def __init__(self, server: Conns) -> None:
         self._srv = server
-        self._lim = server.limits
+        self._lim = server.bounds
         self._clock = server.clock
         self._state = NEW
         self._reader: Reader  # from connection_made, once admitted
@@ -222,8 +222,8 @@ class HttpProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._state == NEW:
-            return  # refused in connection_made
+        if self._state == NEW or self._state == GONE:
+            return  # refused in connection_made, or its end reported already
         self._to("lost")
         self._transport = None
         self._reader.close()
@@ -302,7 +302,7 @@ class HttpProtocol(asyncio.Protocol):
         status = req._reject
         if status:
             keep = req._keep_alive and not self._closing and not req._http10
-            return self._finish(req, status, early_answer(req, keep), keep)
+            return self._finish(req, status, wire.early_answer(req.early_status(), keep), keep)
         route = req._route
         assert route is not None
         try:

@@ -1,7 +1,7 @@
 """Reading requests off one connection, sans I/O: bytes in, events out.
 
 Transport layer: imports httptools and panelsrv.http.{clientip, request, syntax, wire}; never the
-protocol or the listener. A Reader is given, once, what it reads by (`Rules`: limits, routes,
+protocol or the listener. A Reader is given, once, what it reads by (`Rules`: bounds, routes,
 the per-request precheck, the trusted proxies, the request numbering) and where its events go
 (a `Sink`); `feed(bytes)` is its one input and `close()` stops it. It reads no clock and writes
 to no socket: each event says what happened and the connection decides what that means.
@@ -42,7 +42,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from panelsrv.http import syntax, wire
 from panelsrv.http.clientip import TrustedProxies, client_ip
-from panelsrv.http.request import Limits, Request, Route
+from panelsrv.http.request import Bounds, Request, Route
 
 IDLE, HEAD, BODY, CLOSED = range(4)  # the Reader's phase: between messages, in one, no more
 
@@ -74,7 +74,7 @@ class Rules(NamedTuple):
     to admit, else a 429's Retry-After seconds (negative: and close); `next_id()` numbers
     requests across the listener's connections."""
 
-    limits: Limits
+    bounds: Bounds
     routes: Mapping[bytes, Route]
     precheck: Callable[[str], int] | None
     trusted: TrustedProxies
@@ -93,17 +93,6 @@ class Sink(Protocol):
     def continue_100(self, req: Request) -> None: ...
 
     def deadline(self, seconds: float) -> None: ...
-
-
-def early_answer(req: Request, keep_alive: bool) -> bytes:
-    """The response to a request refused before its handler (`req._reject`: 404, 405, 429)."""
-    status = req._reject
-    if status == 404:
-        return wire.REJECT_KEEP[404] if keep_alive else wire.REJECT_CLOSE[404]
-    if status == 429:
-        return wire.too_many(req._retry_after, keep_alive)
-    assert status == 405 and req._route is not None
-    return wire.render_405(req._route.method, keep_alive)
 
 
 class Reader:
@@ -146,7 +135,7 @@ class Reader:
         `trusted_peer`)."""
         self._sink = sink
         self._rules = rules
-        self._lim = lim = rules.limits
+        self._lim = lim = rules.bounds
         self._skip_max = min(SKIP_BODY_MAX, lim.max_body_bytes)
         self._parser = HttpRequestParser(self)
         self.req = Request()  # the one being parsed
@@ -483,7 +472,7 @@ class Reader:
         if not close and not te and (cl == 0 or (cl <= self._skip_max and not self._expect)):
             self._sink.rejected(reason)  # answered once the body is in, in its turn
             return
-        self._refuse(early_answer(req, False), reason)
+        self._refuse(wire.early_answer(req.early_status(), False), reason)
 
     def _resolve_host(self, req: Request, authority: bytes | None) -> bool:
         """Host must be valid when sent, and sent in HTTP/1.1 (RFC 9112 3.2); an absolute-form

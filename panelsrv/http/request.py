@@ -31,7 +31,10 @@ class Route(NamedTuple):
     takes_get: bool = False
 
 
-class Limits(NamedTuple):
+class Bounds(NamedTuple):
+    """What one connection may send and how long it may take: sizes, deadlines, counts (the
+    transport's own bounds; the API's rate limits live in `guard`)."""
+
     max_header_bytes: int = 16 * 1024  # request line + headers (431)
     max_body_bytes: int = 256 * 1024  # declared or running (413)
     header_timeout: float = 10.0  # absolute, from the request's first byte
@@ -85,6 +88,10 @@ class Request:
     def request_id(self) -> str:
         """`id` as text, for log lines."""
         return str(self.id)
+
+    def early_status(self) -> tuple[int, bytes, int]:
+        """What `wire.early_answer` renders for a request refused before its handler."""
+        return self._reject, self._route.method if self._route else b"", self._retry_after
 
     def _reset(self, rid: int, ip: str) -> None:
         self.id = rid

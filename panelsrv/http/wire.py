@@ -119,3 +119,15 @@ def set_date(epoch: float) -> None:
 
 
 set_date(0.0)  # well-formed until the first listener starts its ticker
+
+
+def early_answer(refusal: tuple[int, bytes, int], keep_alive: bool) -> bytes:
+    """The response to a request refused before its handler: `refusal` is (404 | 405 | 429,
+    the route's method for a 405's Allow line, a 429's Retry-After seconds)."""
+    status, allow, retry_after = refusal
+    if status == 404:
+        return REJECT_KEEP[404] if keep_alive else REJECT_CLOSE[404]
+    if status == 429:
+        return too_many(retry_after, keep_alive)
+    assert status == 405 and allow
+    return render_405(allow, keep_alive)

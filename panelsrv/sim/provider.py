@@ -37,7 +37,7 @@ log = logging.getLogger("panelsrv.sim.provider")
 FaultKind = Literal["timeout", "5xx", "html", "html502", "garbage", "shape", "funds", "drop"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 MAX_BODY = 1 << 20
-Answer = tuple[int, str, bytes] | None  # None: close the connection without answering
+SimResponse = tuple[int, str, bytes] | None  # None: close the connection without answering
 
 
 def _json(status: int, obj: Any) -> tuple[int, str, bytes]:
@@ -164,7 +164,7 @@ class Simulator:
     async def _answer(
         self, method: str, target: str, headers: dict[str, str], body: bytes, peer: Any,
         reader: asyncio.StreamReader,
-    ) -> Answer:  # fmt: skip
+    ) -> SimResponse:  # fmt: skip
         path, _, query = target.partition("?")
         if path.startswith("/_sim/"):
             return self._control(method, path, body, peer)
@@ -190,7 +190,7 @@ class Simulator:
         finally:
             self.in_flight -= 1
 
-    async def _api(self, fields: dict[str, str], reader: asyncio.StreamReader) -> Answer:
+    async def _api(self, fields: dict[str, str], reader: asyncio.StreamReader) -> SimResponse:
         faults = self.faults
         if faults.latency_ms > 0:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -210,7 +210,7 @@ class Simulator:
             return None
         return None if fault == "drop" else FAULT_ANSWERS[fault]
 
-    def _control(self, method: str, path: str, body: bytes, peer: Any) -> Answer:
+    def _control(self, method: str, path: str, body: bytes, peer: Any) -> SimResponse:
         if not peer or not ipaddress.ip_address(peer[0]).is_loopback:
             return _json(404, {"error": "Not found"})
         if path == "/_sim/stats":

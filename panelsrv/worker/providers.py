@@ -1,6 +1,6 @@
 """The API v2 client: one `Provider` per upstream; the only module that sends orders over HTTP.
 
-Imports aiohttp, `worker.upstream` (what answers mean) and `worker.limits` (both pure). Per
+Imports aiohttp, `worker.upstream` (what answers mean) and `worker.pacing` (both pure). Per
 provider: one keep-alive connection pool, a semaphore capping concurrent calls, a reserving token
 bucket capping the call rate, a circuit breaker, and a deadline on every call. Requests are
 form-encoded POSTs exactly as reseller SDKs send them. Invariant: a call returns a typed result
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from panelsrv import metrics
-from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
+from panelsrv.worker.pacing import BreakerState, CircuitBreaker, TokenBucket
 from panelsrv.worker.upstream import (
     MAX_RATE,
     Balance,

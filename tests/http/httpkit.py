@@ -24,7 +24,7 @@ import orjson
 
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.protocol import HttpProtocol
-from panelsrv.http.request import Limits, Request
+from panelsrv.http.request import Bounds, Request
 
 SHORT = 2.0  # seconds any single read in a test may take before it is a failure
 POLL = 0.005  # seconds between two looks of `until`
@@ -97,12 +97,12 @@ async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, by
 
 
 async def start_server(calls: Calls | None = None, **options: object) -> HttpServer:
-    limits = options.pop("limits", Limits())
+    bounds = options.pop("bounds", Bounds())
 
     async def handler(req: Request) -> tuple[int, bytes, bytes]:
         return await echo(req, calls)
 
-    server = HttpServer(api_routes(handler), limits=limits, **options)  # type: ignore[arg-type]
+    server = HttpServer(api_routes(handler), bounds=bounds, **options)  # type: ignore[arg-type]
     await server.start("127.0.0.1", 0)
     return server
 

@@ -19,11 +19,11 @@ from panelsrv.http.clientip import TrustedProxies
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.reader import Reader, Rules
-from panelsrv.http.request import Answer, Limits, Request
+from panelsrv.http.request import Answer, Bounds, Request
 from tests.http.httpkit import FakeTransport, connect, post
 
 Event = tuple[object, ...]
-DEFAULT_LIMITS = Limits()
+DEFAULT_BOUNDS = Bounds()
 
 
 class Events:
@@ -53,7 +53,7 @@ class Events:
 
 
 def reader(
-    limits: Limits = DEFAULT_LIMITS,
+    bounds: Bounds = DEFAULT_BOUNDS,
     precheck: Callable[[str], int] | None = None,
     peer: str = "127.0.0.1",
     trusted: tuple[str, ...] = (),
@@ -62,7 +62,7 @@ def reader(
     sink = Events()
     proxies = TrustedProxies(trusted)
     routes = api_routes(lambda req: (200, b"", b""))
-    rules = Rules(limits, routes, precheck, proxies, itertools.count(1).__next__)
+    rules = Rules(bounds, routes, precheck, proxies, itertools.count(1).__next__)
     return Reader(sink, rules, peer, peer in proxies), sink
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from panelsrv.guard.limits import client_key
 from panelsrv.http.listener import HttpServer, api_routes
-from panelsrv.http.request import Limits
+from panelsrv.http.request import Bounds
 from tests.http.httpkit import Client, connect, post, start_server, until
 from tests.http.sansio import HOLD, Gate
 
@@ -17,7 +17,7 @@ def gated(**options: object) -> tuple[HttpServer, Gate]:
 
 
 async def test_connections_per_address_are_capped_and_each_end_is_counted_once() -> None:
-    server, gate = gated(limits=Limits(max_connections_per_ip=3))
+    server, gate = gated(bounds=Bounds(max_connections_per_ip=3))
     # the ways a connection ends: the peer leaves while idle; we close after a response that
     # says so (and linger); the peer leaves while a handler runs (counted until it returns)
     idle, idle_t = connect(server, "10.0.0.1")
@@ -45,7 +45,7 @@ async def test_connections_per_address_are_capped_and_each_end_is_counted_once()
 
 
 async def test_a_handler_that_fails_after_its_peer_left_releases_the_count_once() -> None:
-    server, gate = gated(limits=Limits(max_connections_per_ip=1))
+    server, gate = gated(bounds=Bounds(max_connections_per_ip=1))
     proto, transport = connect(server, "10.0.0.1")
     proto.data_received(post(target=b"/api/v2?hold&raise"))
     transport.lose()
@@ -57,7 +57,7 @@ async def test_a_handler_that_fails_after_its_peer_left_releases_the_count_once(
 
 
 async def test_ipv6_addresses_are_counted_by_their_64_as_the_server_wires_it() -> None:
-    server, _ = gated(limits=Limits(max_connections_per_ip=1), address_key=client_key)
+    server, _ = gated(bounds=Bounds(max_connections_per_ip=1), address_key=client_key)
     _, first_t = connect(server, "2001:db8:1:2::1")
     _, second_t = connect(server, "2001:db8:1:2:ffff::2")  # same /64
     _, third_t = connect(server, "2001:db8:1:3::1")  # another /64
@@ -68,7 +68,7 @@ async def test_ipv6_addresses_are_counted_by_their_64_as_the_server_wires_it() -
 
 
 async def test_trusted_proxies_are_not_capped() -> None:
-    server, _ = gated(limits=Limits(max_connections_per_ip=1), trusted_proxies=["127.0.0.1"])
+    server, _ = gated(bounds=Bounds(max_connections_per_ip=1), trusted_proxies=["127.0.0.1"])
     ends = [connect(server, "127.0.0.1")[1] for _ in range(3)]
     assert not any(t.closed for t in ends) and server.addresses == {}
     for t in ends:
@@ -77,7 +77,7 @@ async def test_trusted_proxies_are_not_capped() -> None:
 
 
 async def test_the_cap_over_real_sockets_and_stop_releases_every_count() -> None:
-    server = await start_server(limits=Limits(max_connections_per_ip=2))
+    server = await start_server(bounds=Bounds(max_connections_per_ip=2))
     try:
         first, second = await Client.connect(server.port), await Client.connect(server.port)
         third = await Client.connect(server.port)

@@ -21,7 +21,7 @@ from panelsrv.http.protocol import (
     READY,
     TRANSITIONS,
 )
-from panelsrv.http.request import Limits
+from panelsrv.http.request import Bounds
 from tests.http.httpkit import post
 from tests.http.sansio import HOLD, Gate, served
 
@@ -56,7 +56,7 @@ async def test_a_request_answered_from_memory_leaves_it_ready_one_that_awaits_is
 
 
 async def test_the_head_deadline_is_absolute_however_slowly_it_trickles() -> None:
-    server, proto, transport, clock = served(limits=Limits(header_timeout=0.5))
+    server, proto, transport, clock = served(bounds=Bounds(header_timeout=0.5))
     proto.data_received(b"POST /api/v2 HTTP/1.1\r\n")
     for _ in range(7):  # a byte every 1/16 s would reset an inactivity timer forever
         clock.advance(0.0625)
@@ -68,7 +68,7 @@ async def test_the_head_deadline_is_absolute_however_slowly_it_trickles() -> Non
 
 
 async def test_the_body_deadline_is_absolute_from_the_end_of_the_head() -> None:
-    server, proto, transport, clock = served(limits=Limits(body_timeout=0.5, header_timeout=5))
+    server, proto, transport, clock = served(bounds=Bounds(body_timeout=0.5, header_timeout=5))
     clock.advance(1.0)
     proto.data_received(H + b"Content-Length: 100\r\n\r\n")
     for _ in range(7):
@@ -82,7 +82,7 @@ async def test_the_body_deadline_is_absolute_from_the_end_of_the_head() -> None:
 
 async def test_an_idle_keep_alive_connection_closes_at_its_timeout_a_new_head_has_its_own() -> None:
     server, proto, transport, clock = served(
-        limits=Limits(keepalive_timeout=0.25, header_timeout=5.0)
+        bounds=Bounds(keepalive_timeout=0.25, header_timeout=5.0)
     )
     proto.data_received(post())
     clock.advance(0.25 - EPS)
@@ -99,7 +99,7 @@ async def test_an_idle_keep_alive_connection_closes_at_its_timeout_a_new_head_ha
 
 
 async def test_a_connection_that_never_sends_closes_at_the_header_timeout() -> None:
-    _, _, transport, clock = served(limits=Limits(header_timeout=0.25))
+    _, _, transport, clock = served(bounds=Bounds(header_timeout=0.25))
     clock.advance(0.25 - EPS)
     assert not transport.closed
     clock.advance(EPS)
@@ -108,7 +108,7 @@ async def test_a_connection_that_never_sends_closes_at_the_header_timeout() -> N
 
 async def test_a_handler_has_no_deadline_and_the_client_gets_a_fresh_one_after() -> None:
     gate = Gate()
-    _, proto, transport, clock = served(gate, limits=Limits(keepalive_timeout=1.0))
+    _, proto, transport, clock = served(gate, bounds=Bounds(keepalive_timeout=1.0))
     proto.data_received(HOLD)
     clock.advance(3600)  # the handler may be moving money: its time is not the client's
     assert not transport.closed
@@ -138,7 +138,7 @@ async def test_keep_alive_requests_do_not_schedule_a_timer_each() -> None:
 
 async def test_pipelining_beyond_the_depth_answers_what_was_queued_then_closes() -> None:
     gate = Gate()
-    server, proto, transport, _ = served(gate, limits=Limits(max_pipelined=4))
+    server, proto, transport, _ = served(gate, bounds=Bounds(max_pipelined=4))
     proto.data_received(HOLD * 11)
     assert proto.state == BUSY and rejects(server, "pipelined") == 1
     for answered in range(1, 6):  # the one in flight and the four queued behind it
@@ -155,7 +155,7 @@ async def test_a_refusal_waits_for_the_answers_owed_and_its_deadlines_do_not_cut
         return -1 if len(checks) == 2 else 0
 
     gate = Gate()
-    _, proto, transport, clock = served(gate, precheck=precheck, limits=Limits(body_timeout=0.1))
+    _, proto, transport, clock = served(gate, precheck=precheck, bounds=Bounds(body_timeout=0.1))
     proto.data_received(HOLD + H + b"Content-Length: 50\r\n\r\n")
     clock.advance(10)
     assert transport.writes == [] and not transport.closed
@@ -166,7 +166,7 @@ async def test_a_refusal_waits_for_the_answers_owed_and_its_deadlines_do_not_cut
 
 
 async def test_a_client_that_stops_reading_pauses_us_and_is_cut_at_the_write_timeout() -> None:
-    server, proto, transport, clock = served(limits=Limits(write_timeout=0.5))
+    server, proto, transport, clock = served(bounds=Bounds(write_timeout=0.5))
     proto.pause_writing()
     assert proto.state == BLOCKED and not transport.reading
     proto.data_received(post() * 2)  # already buffered: queued, not answered

@@ -1,4 +1,4 @@
-"""Limits where the socket is the subject: the connection caps, the refusal at connect, the real
+"""Bounds where the socket is the subject: the connection caps, the refusal at connect, the real
 timer closing a silent connection, and a client that never reads (the kernel's buffers fill and
 the transport pauses us). Sizes, deadlines to the edge, early refusals and pipelining depth are
 checked without sockets (test_reader, test_lifecycle)."""
@@ -9,7 +9,7 @@ import asyncio
 import socket
 
 from panelsrv.http.protocol import BLOCKED_STATES
-from panelsrv.http.request import Limits
+from panelsrv.http.request import Bounds
 from tests.http.httpkit import Calls, Client, post, start_server, until
 
 
@@ -21,7 +21,7 @@ async def _refused(client: Client, status: int) -> None:
 
 
 async def test_a_connection_that_never_sends_is_closed() -> None:
-    server = await start_server(limits=Limits(header_timeout=0.2))
+    server = await start_server(bounds=Bounds(header_timeout=0.2))
     try:
         client = await Client.connect(server.port)
         assert await client.closed(timeout=2.0)
@@ -41,7 +41,7 @@ async def test_connect_check_refuses_at_once() -> None:
 
 
 async def test_connection_cap_refuses_with_503() -> None:
-    server = await start_server(limits=Limits(max_connections=2))
+    server = await start_server(bounds=Bounds(max_connections=2))
     try:
         first, second = await Client.connect(server.port), await Client.connect(server.port)
         third = await Client.connect(server.port)
@@ -61,7 +61,7 @@ async def test_connection_cap_refuses_with_503() -> None:
 
 async def test_a_client_that_never_reads_cannot_make_the_server_buffer() -> None:
     calls = Calls()
-    server = await start_server(calls, limits=Limits(write_timeout=0.5))
+    server = await start_server(calls, bounds=Bounds(write_timeout=0.5))
     try:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

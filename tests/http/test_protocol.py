@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from panelsrv.http.request import Limits
+from panelsrv.http.request import Bounds
 from panelsrv.metrics import Registry
 from tests.http.httpkit import Calls, Client, post, start_server, until
 
@@ -209,7 +209,7 @@ H_EXPECT = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent
 
 
 async def test_expect_continue_is_not_sent_for_a_refused_request() -> None:
-    server = await start_server(limits=Limits(max_body_bytes=1024))
+    server = await start_server(bounds=Bounds(max_body_bytes=1024))
     try:
         client = await Client.connect(server.port)
         await client.send(H_EXPECT % 5000)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from panelsrv.http.reader import SKIP_BODY_MAX
-from panelsrv.http.request import Limits
+from panelsrv.http.request import Bounds
 from tests.http.httpkit import post
 from tests.http.sansio import Event, events, every_split
 from tests.http.test_framing import BAD, GOOD, NOT_IMPLEMENTED
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\n"
-HEAD_T, BODY_T = Limits().header_timeout, Limits().body_timeout
+HEAD_T, BODY_T = Bounds().header_timeout, Bounds().body_timeout
 
 
 def completes(seen: list[Event]) -> list[Event]:
@@ -61,22 +61,22 @@ def test_a_good_request_before_a_bad_one_is_complete_then_the_bad_one_refused() 
 
 
 def test_a_declared_body_over_the_limit_is_413_before_it_is_read() -> None:
-    lim = Limits(max_body_bytes=1024)
-    assert every_split(H + b"Content-Length: 1025\r\n\r\n", limits=lim)[-1] == (
+    lim = Bounds(max_body_bytes=1024)
+    assert every_split(H + b"Content-Length: 1025\r\n\r\n", bounds=lim)[-1] == (
         "refuse",
         413,
         "body_too_large",
     )
-    assert completes(every_split(post(b"x" * 1024), limits=lim))  # exactly the limit is fine
+    assert completes(every_split(post(b"x" * 1024), bounds=lim))  # exactly the limit is fine
 
 
 def test_a_chunked_body_over_the_limit_is_413_on_the_running_length() -> None:
     chunk = b"200\r\n" + b"x" * 512 + b"\r\n"
     head = H + b"Transfer-Encoding: chunked\r\n\r\n"
-    lim = Limits(max_body_bytes=1024)
-    seen = events([head + chunk * 2, chunk], limits=lim)
+    lim = Bounds(max_body_bytes=1024)
+    seen = events([head + chunk * 2, chunk], bounds=lim)
     assert refusal(seen) == ("refuse", 413, "body_too_large")
-    assert refusal(events([head + chunk * 2 + b"0\r\n\r\n"], limits=lim)) is None
+    assert refusal(events([head + chunk * 2 + b"0\r\n\r\n"], bounds=lim)) is None
 
 
 @pytest.mark.parametrize(
@@ -88,16 +88,16 @@ def test_a_chunked_body_over_the_limit_is_413_on_the_running_length() -> None:
     ],
 )
 def test_headers_over_the_limit_are_431(data: bytes) -> None:
-    lim = Limits(max_header_bytes=2048, max_headers=20)
-    assert refusal(events(data, limits=lim)) == ("refuse", 431, "headers_too_large")
+    lim = Bounds(max_header_bytes=2048, max_headers=20)
+    assert refusal(events(data, bounds=lim)) == ("refuse", 431, "headers_too_large")
 
 
 def test_an_endless_header_trickled_in_is_cut_at_the_limit() -> None:
-    lim = Limits(max_header_bytes=2048)
+    lim = Bounds(max_header_bytes=2048)
     reads = [H + b"X-Endless: "] + [b"a" * 500] * 10  # each inside the same unfinished header
-    seen = events(reads, limits=lim)
+    seen = events(reads, bounds=lim)
     assert refusal(seen) == ("refuse", 431, "headers_too_large")
-    assert events(reads[:4], limits=lim) == [("deadline", HEAD_T)]  # under the limit: waiting
+    assert events(reads[:4], bounds=lim) == [("deadline", HEAD_T)]  # under the limit: waiting
 
 
 def test_a_precheck_refusal_of_a_large_body_closes_without_reading_it() -> None:
@@ -155,7 +155,7 @@ def test_the_precheck_runs_before_the_size() -> None:
     got = events(
         H + b"Content-Length: 5000\r\n\r\n",
         precheck=lambda ip: 1,
-        limits=Limits(max_body_bytes=1024),
+        bounds=Bounds(max_body_bytes=1024),
     )
     assert refusal(got) == ("refuse", 429, "precheck")
 

@@ -10,7 +10,7 @@ import pytest
 
 from panelsrv import money
 from panelsrv.worker.importer import marked_up
-from panelsrv.worker.limits import BreakerState, CircuitBreaker, TokenBucket
+from panelsrv.worker.pacing import BreakerState, CircuitBreaker, TokenBucket
 from panelsrv.worker.upstream import (
     MAX_BATCH,
     MAX_MARKUP_PERCENT,

@@ -1,4 +1,4 @@
-"""The limits a client keeps per provider: a reserving token bucket and a circuit breaker.
+"""How fast, and whether, a provider is called: a reserving token bucket and a circuit breaker.
 
 Pure: imports nothing from panelsrv, does no I/O and never reads a clock (times are passed in),
 so both are tested by feeding times. `providers.py` holds one of each per provider.
