@@ -76,26 +76,16 @@ LARGE_BODY = 4096  # a body this long is written after its head (writev), not co
 # are its own.
 NEW, READY, BUSY, BLOCKED = "new", "ready", "busy", "blocked"
 BUSY_BLOCKED, LINGER, LINGER_BLOCKED, GONE = "busy+blocked", "linger", "linger+blocked", "gone"
-# fmt: off
-TRANSITIONS: dict[tuple[str, str], str] = {
-    (NEW, "open"): READY,
-    (READY, "run"): BUSY,
-    (BUSY, "done"): READY,
-    (BUSY_BLOCKED, "done"): BLOCKED,
-    (GONE, "done"): GONE,
-    (READY, "pause"): BLOCKED,
-    (BUSY, "pause"): BUSY_BLOCKED,
-    (LINGER, "pause"): LINGER_BLOCKED,
-    (BLOCKED, "resume"): READY,
-    (BUSY_BLOCKED, "resume"): BUSY,
-    (LINGER_BLOCKED, "resume"): LINGER,
-    (READY, "last"): LINGER,
-    (BLOCKED, "last"): LINGER_BLOCKED,
-    **{(state, "lost"): GONE for state in (
-        READY, BUSY, BLOCKED, BUSY_BLOCKED, LINGER, LINGER_BLOCKED
-    )},
+# By event, then state: two plain lookups on the hot path (no key tuple to build and hash).
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "open": {NEW: READY},
+    "run": {READY: BUSY},
+    "done": {BUSY: READY, BUSY_BLOCKED: BLOCKED, GONE: GONE},
+    "pause": {READY: BLOCKED, BUSY: BUSY_BLOCKED, LINGER: LINGER_BLOCKED},
+    "resume": {BLOCKED: READY, BUSY_BLOCKED: BUSY, LINGER_BLOCKED: LINGER},
+    "last": {READY: LINGER, BLOCKED: LINGER_BLOCKED},
+    "lost": dict.fromkeys((READY, BUSY, BLOCKED, BUSY_BLOCKED, LINGER, LINGER_BLOCKED), GONE),
 }
-# fmt: on
 BLOCKED_STATES = (BLOCKED, BUSY_BLOCKED, LINGER_BLOCKED)
 _LINGERING = (LINGER, LINGER_BLOCKED)
 _READING = (READY, LINGER)  # where reading is not paused
@@ -187,7 +177,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _to(self, event: str) -> str:
         """The one way `_state` changes; an event the table has no row for is a bug."""
-        state = self._state = TRANSITIONS[self._state, event]
+        state = self._state = TRANSITIONS[event][self._state]
         return state
 
     def _owed(self) -> bool:
@@ -223,7 +213,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == NEW or self._state == GONE:
-            return  # refused in connection_made, or its end reported already
+            return  # refused in connection_made, or a second report of the same end
         self._to("lost")
         self._transport = None
         self._reader.close()

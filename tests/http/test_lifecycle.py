@@ -37,10 +37,10 @@ def test_the_docstring_table_is_the_transition_table() -> None:
     doc = protocol.__doc__ or ""
     rows = re.findall(r"^    ([A-Z_]+|any)\s+(\w+)\s+([A-Z_]+)", doc, re.M)
     states = {name: getattr(protocol, name) for name in {r[0] for r in rows} - {"any"}}
-    table: dict[tuple[str, str], str] = {}
+    table: dict[str, dict[str, str]] = {}
     for state, event, to in rows:
         for name in [state] if state != "any" else sorted(set(states) - {"NEW", "GONE"}):
-            table[getattr(protocol, name), event] = getattr(protocol, to)
+            table.setdefault(event, {})[getattr(protocol, name)] = getattr(protocol, to)
     assert table == TRANSITIONS
 
 
