@@ -23,10 +23,11 @@ import pytest
 
 from bench.pgcluster import Cluster, until_answering
 from panelsrv.store import db
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import World, call, visible
 from tests.e2e.test_unavailable import readyz
 from tests.guard.guardnet import Proxy
 from tests.http.httpkit import Client, free_port
+from tests.kit.stack import Served
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from bench.procs import listening_children
-from tests.e2e.kit import served
 from tests.e2e.served import World, call, visible
+from tests.kit.stack import served
 
 pytestmark = pytest.mark.slow
 

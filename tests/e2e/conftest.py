@@ -7,9 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.kit import served
-from tests.e2e.served import Served
 from tests.e2e.shop import Shop
+from tests.kit.stack import Served, served
 
 
 @pytest.fixture(scope="module")

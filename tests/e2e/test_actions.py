@@ -12,9 +12,10 @@ import pytest
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
 from tests.e2e.kit import assert_audit_clean, sql, sql_value, wallet_and_orders
-from tests.e2e.served import Served, World, call, offered, visible
+from tests.e2e.served import World, call, offered, visible
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
+from tests.kit.stack import Served
 
 ENCODINGS = ["form", "json"]
 SERVICE_FIELDS = [

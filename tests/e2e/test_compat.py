@@ -21,8 +21,9 @@ import requests
 
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.served import Served, call
+from tests.e2e.served import call
 from tests.e2e.shop import MAIN, Shop
+from tests.kit.stack import Served
 
 LINK = "https://instagram.com/p/compat"
 

@@ -17,8 +17,9 @@ import pytest
 from panelsrv.store import admin, db
 from panelsrv.worker import importer
 from panelsrv.worker.upstream import UpstreamService
-from tests.e2e.kit import served, sql
-from tests.e2e.served import Served, World, call, offered, visible
+from tests.e2e.kit import sql
+from tests.e2e.served import World, call, offered, visible
+from tests.kit.stack import Served, served
 from tests.store.helpers import migrate_before
 
 # The ISO 4217 code reserved for testing: no other test's panel is priced in it, so the shared

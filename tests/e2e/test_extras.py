@@ -11,8 +11,9 @@ import time
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
-from tests.e2e.kit import served, sql_value, wallet_and_orders
+from tests.e2e.kit import sql_value, wallet_and_orders
 from tests.e2e.served import World, call, offered
+from tests.kit.stack import served
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running
 

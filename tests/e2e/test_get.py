@@ -18,10 +18,11 @@ import pytest
 
 from panelsrv.store import keys
 from tests.conftest import run_async
-from tests.e2e.kit import QUIET, cli, sql, sql_value
-from tests.e2e.served import Served, World, visible
+from tests.e2e.kit import cli, sql, sql_value
+from tests.e2e.served import World, visible
 from tests.e2e.shop import MAIN, Shop
 from tests.http.httpkit import Client, Response
+from tests.kit.stack import QUIET, Served
 
 LOGGED = {"access_log": "true", "log_level": "debug"}
 LINK = "https://x.com/p?a=1"  # as published clients send it: not percent-encoded

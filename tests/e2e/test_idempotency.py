@@ -14,9 +14,10 @@ import pytest
 
 from panelsrv.store import ledger
 from tests.e2e.kit import sql, sql_value
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
+from tests.kit.stack import Served
 
 LINK = "https://instagram.com/p/idem"
 MISMATCH = {"error": "idempotency_key: reused with different parameters"}

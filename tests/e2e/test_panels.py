@@ -14,10 +14,11 @@ import pytest
 
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import Pool, served, sql
-from tests.e2e.served import Served, World, call, offered, visible
+from tests.e2e.kit import Pool, sql
+from tests.e2e.served import World, call, offered, visible
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
+from tests.kit.stack import Served, served
 
 LINK = "https://instagram.com/p/tenant"
 NOWHERE = 10**15

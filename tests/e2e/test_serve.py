@@ -12,7 +12,8 @@ import time
 
 import psutil
 
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import World, call, visible
+from tests.kit.stack import Served
 
 
 async def test_notify_ready_two_workers_and_clean_stop(database_url: str) -> None:

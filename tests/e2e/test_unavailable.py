@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import World, call, visible
 from tests.guard.guardnet import Proxy
 from tests.http.httpkit import Client
+from tests.kit.stack import Served
 
 
 async def readyz(port: int) -> int:

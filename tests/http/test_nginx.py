@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.httpkit import Client, free_port, post, start_server
+from tests.http.httpkit import Client, free_port, start_server
+from tests.kit.wire import post
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "config" / "nginx" / "panelsrv.conf"

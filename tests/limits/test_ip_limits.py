@@ -15,18 +15,16 @@ import time
 
 from panelsrv.guard.coord import excess_bound
 from tests.e2e.served import World, visible
+from tests.kit.waiting import until
+from tests.kit.wire import connect, exchange, post
 from tests.limits.conftest import BLOCK_SECONDS, SYNC_INTERVAL, HubServer
 from tests.limits.limitkit import (
     all_grew,
-    ask,
-    connect,
     flood,
-    post,
     refusal_problems,
     refused_on_connect,
     served_by_each,
     shared,
-    until,
 )
 
 RATE = BURST = 100
@@ -44,7 +42,7 @@ async def test_1000_requests_in_one_second_admit_rate_plus_burst_within_the_tole
     before = served_by_each(hub_server.run_dir, "balance")
     tally = await flood(
         [hub_server.port],
-        post(domain, {"key": key, "action": "balance"}),
+        post({"key": key, "action": "balance"}, host=domain),
         1000,
         1.0,
         lanes=8,
@@ -68,7 +66,7 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
     _, key = await world.user(domain)
     await visible(hub_server.port, domain, key)
     source = "127.0.0.3"
-    bad = post(domain, {"key": "not-a-key", "action": "balance"})
+    bad = post({"key": "not-a-key", "action": "balance"}, host=domain)
     client = await connect(hub_server.port, source)
     try:
         for _ in range(10):  # one connection: one process counts every strike
@@ -77,7 +75,7 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
             assert response is not None and response.status == 401
         # The good key's request promises 10,000 body bytes and sends 10: the refusal must not
         # wait for the rest (body_timeout is 30 s; the read below allows 2).
-        good = post(domain, {"key": key, "action": "balance"})
+        good = post({"key": key, "action": "balance"}, host=domain)
         head = good.split(b"Content-Length:")[0]
         await client.send(head + b"Content-Length: 10000\r\n\r\nkey=" + key[:6].encode())
         started = time.monotonic()
@@ -102,7 +100,7 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
     deadline = time.monotonic() + 2 * SYNC_INTERVAL + LOADED_SLACK
     streak = 0
     while streak < 6:
-        r = await ask(hub_server.port, good, source)
+        r = await exchange(hub_server.port, good, source=source)
         assert r.status in (200, 429) and time.monotonic() < deadline, r
         streak = streak + 1 if r.status == 200 else 0
 
@@ -116,13 +114,15 @@ async def test_strikes_on_both_processes_add_up_to_a_block(
     await visible(hub_server.port, domain, key)
     source = "127.0.0.4"
     for _ in range(10):  # a fresh connection each: the strikes land on both processes
-        r = await ask(hub_server.port, post(domain, {"key": "nope", "action": "balance"}), source)
+        r = await exchange(
+            hub_server.port, post({"key": "nope", "action": "balance"}, host=domain), source=source
+        )
         assert r.status in (401, 429), r  # 429 once the 10th strike's process blocked it
     struck = time.monotonic()
-    good = post(domain, {"key": key, "action": "balance"})
+    good = post({"key": key, "action": "balance"}, host=domain)
     streak = 0
     while streak < 6:
-        r = await ask(hub_server.port, good, source)
+        r = await exchange(hub_server.port, good, source=source)
         streak = streak + 1 if r.status == 429 else 0
         assert time.monotonic() - struck < 2 * SYNC_INTERVAL + LOADED_SLACK, "block not shared"
 
@@ -138,12 +138,14 @@ async def test_an_allow_listed_address_is_never_blocked(
     client = await connect(hub_server.port, source)
     try:
         for _ in range(25):
-            await client.send(post(domain, {"key": "nope", "action": "balance"}))
+            await client.send(post({"key": "nope", "action": "balance"}, host=domain))
             response = await client.final()
             assert response is not None and response.status == 401
     finally:
         await client.close()
     await asyncio.sleep(3 * SYNC_INTERVAL)  # had the strikes been shared, the block would be
     for _ in range(6):
-        r = await ask(hub_server.port, post(domain, {"key": key, "action": "balance"}), source)
+        r = await exchange(
+            hub_server.port, post({"key": key, "action": "balance"}, host=domain), source=source
+        )
         assert r.status == 200, r

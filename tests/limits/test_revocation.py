@@ -13,8 +13,9 @@ import time
 from panelsrv.store import db, keys
 from tests.e2e.kit import sql
 from tests.e2e.served import World, visible
+from tests.kit.waiting import until
+from tests.kit.wire import exchange, post
 from tests.limits.conftest import HubServer
-from tests.limits.limitkit import ask, post, until
 
 LISTENERS = """
 SELECT pid FROM pg_stat_activity
@@ -30,8 +31,8 @@ PACE = 0.15  # seconds between checks: SPREAD requests per PACE stays under 100 
 
 
 async def statuses(port: int, domain: str, key: str) -> set[int]:
-    request = post(domain, {"key": key, "action": "balance"})
-    return {(await ask(port, request, SOURCE)).status for _ in range(SPREAD)}
+    request = post({"key": key, "action": "balance"}, host=domain)
+    return {(await exchange(port, request, source=SOURCE)).status for _ in range(SPREAD)}
 
 
 async def refused_everywhere(port: int, domain: str, key: str, within: float) -> None:

@@ -14,7 +14,8 @@ from aiohttp import web
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
+from tests.kit.stack import Served
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final
 
