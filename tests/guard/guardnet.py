@@ -11,16 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from panelsrv.guard import Guard
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
-    """Seconds it took for `condition` to hold; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
+from tests.kit.waiting import until
 
 
 async def paced_flood(
@@ -125,7 +116,7 @@ def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int
         guard = Guard(GuardSettings(), pid=pid)
         guard.start(HubBackend(path))
         try:
-            await wait_until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
+            await until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
             await asyncio.sleep(max(0.0, start_at - time.time()))
             started = time.time()
             admitted, _ = await paced_flood([guard], "203.0.113.50", per_second, 1.0)

@@ -13,7 +13,8 @@ import pytest
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.hub import HubBackend, HubServer
-from tests.guard.guardnet import hub_worker, paced_flood, wait_until
+from tests.guard.guardnet import hub_worker, paced_flood
+from tests.kit.waiting import until
 
 INTERVAL = 0.1
 
@@ -26,11 +27,11 @@ async def test_two_engines_over_the_hub_socket_do_not_multiply_the_limit(tmp_pat
     try:
         for guard in guards:
             guard.start(HubBackend(str(tmp_path / "guard.sock")))
-        await wait_until(lambda: all(g.shared and g.coord.ip.procs == 2 for g in guards), 3.0)
+        await until(lambda: all(g.shared and g.coord.ip.procs == 2 for g in guards), 3.0)
         admitted, elapsed = await paced_flood(guards, "203.0.113.1", 1000, 1.0)
         for _ in range(settings.strike_limit):
             guards[0].strike("203.0.113.66")
-        await wait_until(lambda: guards[1].check_block("203.0.113.66") > 0, 1.0)
+        await until(lambda: guards[1].check_block("203.0.113.66") > 0, 1.0)
     finally:
         for guard in guards:
             await guard.close()
@@ -48,13 +49,13 @@ async def test_a_dead_hub_means_local_limits_and_a_restarted_hub_is_rejoined(
     guard = Guard(GuardSettings(sync_interval=INTERVAL, sync_timeout=0.2))
     guard.start(HubBackend(path))
     try:
-        await wait_until(lambda: guard.shared, 2.0)
+        await until(lambda: guard.shared, 2.0)
         await hub.close()
-        await wait_until(lambda: not guard.shared, 2.0)
+        await until(lambda: not guard.shared, 2.0)
         assert sum(guard.check_ip("192.0.2.1") == 0 for _ in range(150)) == 100
         hub = HubServer(path)
         await hub.start()
-        await wait_until(lambda: guard.shared, 3.0)
+        await until(lambda: guard.shared, 3.0)
     finally:
         await guard.close()
         await hub.close()

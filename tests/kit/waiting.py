@@ -19,37 +19,45 @@ SHORT = 2.0  # seconds: what a single step inside one process may take
 INTERVAL = 0.01  # seconds between two looks
 
 
+class _Window:
+    """The time a wait may take: how long it has taken, and the failure once it is over."""
+
+    def __init__(self, timeout: float, what: object) -> None:
+        self.started = time.monotonic()
+        self.timeout = timeout
+        self.what = what
+
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+    def check(self) -> None:
+        if self.waited() > self.timeout:
+            raise AssertionError(f"not within {self.timeout} s: {self.what}")
+
+
 async def until(
-    condition: Callable[[], object],
-    timeout: float = SHORT,
-    *,
-    interval: float = INTERVAL,
+    condition: Callable[[], object], timeout: float = SHORT, *, interval: float = INTERVAL,
     what: object = None,
-) -> float:
+) -> float:  # fmt: skip
     """Seconds it took until `condition()` (awaited when it returns an awaitable) held."""
-    started = time.monotonic()
+    window = _Window(timeout, what or condition)
     while True:
         met = condition()
         if inspect.isawaitable(met):
             met = await met
         if met:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
+            return window.waited()
+        window.check()
         await asyncio.sleep(interval)
 
 
 def until_sync(
-    condition: Callable[[], object],
-    timeout: float = SHORT,
-    *,
-    interval: float = INTERVAL,
+    condition: Callable[[], object], timeout: float = SHORT, *, interval: float = INTERVAL,
     what: object = None,
-) -> float:
+) -> float:  # fmt: skip
     """`until` for code that has no running loop (a plain test, a fixture, a thread)."""
-    started = time.monotonic()
+    window = _Window(timeout, what or condition)
     while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
+        window.check()
         time.sleep(interval)
-    return time.monotonic() - started
+    return window.waited()
