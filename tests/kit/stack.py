@@ -34,7 +34,7 @@ GENEROUS = {
 QUIET = {"never_block": "127.0.0.1,::1"}
 
 
-def panelsrv(*args: str) -> list[str]:
+def panelsrv_argv(*args: str) -> list[str]:
     """The argv of `panelsrv <args>` (through this interpreter, so PYTHONPATH holds)."""
     return [sys.executable, "-m", "panelsrv", *args]
 
@@ -94,7 +94,7 @@ class Served:
     def start(self, timeout: float = 30.0, until: str = "/readyz") -> Served:
         """Start, and wait until the ops listener answers 200 at `until` (`/healthz`: the
         processes listen, whether or not the database answers)."""
-        args = panelsrv(
+        args = panelsrv_argv(
             "serve", "--database-url", self.database_url, "--port", str(self.port),
             "--workers", str(self.workers), "--set", f"ops_port={self.ops_port}",
         )  # fmt: skip
