@@ -105,8 +105,9 @@ class Proxy:
         self._writers.discard(dst)
 
 
-def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int, out: Any) -> None:
-    """A worker process: wait for `procs` peers on the hub, flood from `start_at` (wall clock)."""
+def hub_worker(path: str, pid: str, procs: int, go: Any, per_second: int, out: Any) -> None:
+    """A worker process: wait for `procs` peers on the hub, say so on `out` ("ready"), flood
+    once the `go` event is set, and put (admitted, started, ended) on `out`."""
     import uvloop
 
     from panelsrv.guard import GuardSettings
@@ -117,7 +118,8 @@ def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int
         guard.start(HubBackend(path))
         try:
             await until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
-            await asyncio.sleep(max(0.0, start_at - time.time()))
+            out.put("ready")
+            assert await asyncio.to_thread(go.wait, 20.0), "never told to go"
             started = time.time()
             admitted, _ = await paced_flood([guard], "203.0.113.50", per_second, 1.0)
             out.put((admitted, started, time.time()))

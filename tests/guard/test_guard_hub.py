@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import multiprocessing
 import queue
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,22 +67,26 @@ async def test_two_worker_processes_share_one_limit_through_the_hub(tmp_path: Pa
     hub = HubServer(path)
     await hub.start()
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    start_at = time.time() + 2.5  # after both children imported, registered and saw P = 2
+    out, go = ctx.Queue(), ctx.Event()
     workers = [
-        ctx.Process(target=hub_worker, args=(path, f"worker{i}", 2, start_at, 500, out))
-        for i in range(2)
+        ctx.Process(target=hub_worker, args=(path, f"worker{i}", 2, go, 500, out)) for i in range(2)
     ]
     for worker in workers:
         worker.start()
-    results: list[tuple[int, float, float]] = []
+    said: list[Any] = []
+
+    def heard(count: int) -> bool:  # polled: the hub runs in this loop meanwhile
+        with contextlib.suppress(queue.Empty):
+            said.append(out.get_nowait())
+        return len(said) >= count
+
     try:
-        deadline = time.monotonic() + 20
-        while len(results) < 2 and time.monotonic() < deadline:
-            try:
-                results.append(out.get_nowait())
-            except queue.Empty:
-                await asyncio.sleep(0.05)  # the hub runs in this loop meanwhile
+        # both children imported, registered and saw P = 2: then they flood together
+        await until(lambda: heard(2), 20, interval=0.02, what="both workers ready")
+        assert said == ["ready", "ready"]
+        go.set()
+        await until(lambda: heard(4), 20, interval=0.02, what="both workers reported")
+        results: list[tuple[int, float, float]] = said[2:]
     finally:
         for worker in workers:
             worker.join(5)

@@ -62,6 +62,12 @@ async def worker_running(hooks: Hooks, config: WorkerSettings) -> AsyncIterator[
         await task
 
 
+def loops_running() -> bool:
+    """The worker has started all its loops (after its registry's first refresh)."""
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    return {"worker-dispatch", "worker-sync", "worker-webhooks"} <= names
+
+
 @pytest.mark.skipif(not peak_rss_measurable(), reason="needs Linux /proc/self/clear_refs")
 async def test_a_gzip_bomb_answer_is_never_inflated_and_the_delivery_backs_off(
     own_database_url: str,
@@ -69,7 +75,7 @@ async def test_a_gzip_bomb_answer_is_never_inflated_and_the_delivery_backs_off(
     async with world(own_database_url) as (hooks, receivers):
         user, (bomb,) = await hooks.user(receivers.url("bomb", "u", "500"))
         async with worker_running(hooks, settings()):
-            await asyncio.sleep(0.2)  # the worker's own start-up allocations are done
+            await until(loops_running)  # the worker's own start-up allocations are done
             before = reset_peak_rss()
             await hooks.emit(user)
 
