@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from bench.procs import listening_children
-from tests.e2e.served import World, call, visible
+from tests.e2e.served import call, customer
 from tests.kit.stack import served
 
 pytestmark = pytest.mark.slow
@@ -30,10 +30,7 @@ PROBE_EVERY = 0.1
 
 async def test_sigkills_every_3_s_leave_the_api_listening(database_url: str) -> None:
     with served(database_url, workers=2) as server:
-        world = World(database_url)
-        domain = await world.panel()
-        _, key = await world.user(domain)
-        await visible(server.port, domain, key)
+        domain, key = await customer(server.port, database_url)
         outcomes: list[int | str] = []
         done = asyncio.Event()
 

@@ -78,6 +78,16 @@ class World:
             await conn.close()
 
 
+async def customer(port: int, database_url: str) -> tuple[str, str]:
+    """A new panel and a user on it with the default balance, (domain, raw key), known to
+    every process of the server at `port`."""
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(port, domain, key)
+    return domain, key
+
+
 async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> None:
     """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload):
     ten requests in a row, each on a fresh connection (so over the worker processes), answer

@@ -14,7 +14,7 @@ import asyncio
 import time
 
 from panelsrv.guard.coord import excess_bound
-from tests.e2e.served import World, visible
+from tests.e2e.served import customer
 from tests.kit.waiting import until
 from tests.kit.wire import connect, exchange, post
 from tests.limits.conftest import BLOCK_SECONDS, SYNC_INTERVAL, HubServer
@@ -34,10 +34,7 @@ LOADED_SLACK = 0.3  # seconds a loaded 2-core test machine may add to a propagat
 async def test_1000_requests_in_one_second_admit_rate_plus_burst_within_the_tolerance(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     await until(lambda: shared(hub_server.ops_port, 2, 2), 3.0)
     before = served_by_each(hub_server.run_dir, "balance")
     tally = await flood(
@@ -61,10 +58,7 @@ async def test_1000_requests_in_one_second_admit_rate_plus_burst_within_the_tole
 async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_expires(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     source = "127.0.0.3"
     bad = post({"key": "not-a-key", "action": "balance"}, host=domain)
     client = await connect(hub_server.port, source)
@@ -112,10 +106,7 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
 async def test_strikes_on_both_processes_add_up_to_a_block(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     source = "127.0.0.4"
     for _ in range(10):  # a fresh connection each: the strikes land on both processes
         r = await exchange(
@@ -134,10 +125,7 @@ async def test_strikes_on_both_processes_add_up_to_a_block(
 async def test_an_allow_listed_address_is_never_blocked(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     source = "127.0.0.9"  # never_block
     client = await connect(hub_server.port, source)
     try:

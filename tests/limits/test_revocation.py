@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from panelsrv.store import db, keys
 from tests.e2e.kit import sql
-from tests.e2e.served import World, visible
+from tests.e2e.served import World, customer, visible
 from tests.kit.waiting import until
 from tests.kit.wire import exchange, post
 from tests.limits.conftest import HubServer
@@ -64,10 +64,7 @@ async def revoke(database_url: str, key: str, *, silently: bool = False) -> None
 async def test_a_revocation_reaches_every_process_at_once(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     assert await statuses(hub_server.port, domain, key) == {200}  # cached everywhere
     await revoke(database_url, key)
     await refused_everywhere(hub_server.port, domain, key, 0.5)
