@@ -20,7 +20,7 @@ def test_unretrieved_task_exception_fails_the_test() -> None:
             raise RuntimeError("nobody awaits me")
 
         task = asyncio.get_running_loop().create_task(boom())
-        await asyncio.sleep(0.01)
+        await asyncio.wait([task])  # done, its exception not retrieved
         del task
 
     with pytest.raises(pytest.fail.Exception, match="unhandled exception"):
@@ -29,8 +29,11 @@ def test_unretrieved_task_exception_fails_the_test() -> None:
 
 def test_failing_callback_fails_the_test() -> None:
     async def callback_raises() -> None:
-        asyncio.get_running_loop().call_soon(lambda: 1 / 0)
-        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        ran = loop.create_future()
+        loop.call_soon(lambda: 1 / 0)
+        loop.call_soon(ran.set_result, None)  # after the failing one
+        await ran
 
     with pytest.raises(pytest.fail.Exception, match="ZeroDivisionError"):
         run_async(callback_raises())

@@ -42,9 +42,11 @@ REFUND = "SELECT entry_id, balance_after FROM refund_order($1, $2, $3)"
 
 # retry_after is capped at the ceiling's 60 s window: place_order measures it from its
 # transaction's start, which a wait for the wallet's lock can leave older than every order
-# in the window (then it said 61).
+# in the window (then it said 61). Not least(): it ignores a NULL, and every outcome but
+# 'limit' (no retry time) would say 60.
 PLACE_ORDER = """
-SELECT outcome, order_id, balance, status, body, least(retry_after, 60)
+SELECT outcome, order_id, balance, status, body,
+       CASE WHEN retry_after > 60 THEN 60 ELSE retry_after END
   FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 

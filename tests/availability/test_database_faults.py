@@ -11,10 +11,8 @@ processes and a PostgreSQL server of the test's own (issue 13, points 2 and 3):
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +21,12 @@ import pytest
 
 from bench.pgcluster import Cluster, until_answering
 from panelsrv.store import db
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.served import World, call, visible
 from tests.e2e.test_unavailable import readyz
 from tests.guard.guardnet import Proxy
 from tests.http.httpkit import Client, free_port
+from tests.kit.stack import Served, panelsrv_argv, spawn
+from tests.kit.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +88,7 @@ async def test_a_restart_under_load_answers_503_while_down_and_nothing_but_200_a
                 await asyncio.sleep(1 / RATE)
 
         loader = asyncio.get_running_loop().create_task(load())
-        while len(answers) < 10:  # under load
-            await asyncio.sleep(0.02)
+        await until(lambda: len(answers) >= 10, 10)  # under load
         # Every backend killed, the server back within a fraction of a second: most pooled
         # connections see no request meanwhile, and are dead when the next one comes.
         await asyncio.to_thread(cluster.restart)
@@ -102,10 +101,11 @@ async def test_a_restart_under_load_answers_503_while_down_and_nothing_but_200_a
         log = capfd.readouterr().err
         began = log.count("database unavailable (")
         assert 1 <= began <= 2 and log.count("database available again after") == began, log
-        deadline = time.monotonic() + 5.0  # each process shares its metrics about once a second
-        while (await metric(served.ops_port, RECOVERIES)) < began:
-            assert time.monotonic() < deadline, "recoveries not counted"
-            await asyncio.sleep(0.1)
+
+        async def counted() -> bool:  # each process shares its metrics about once a second
+            return await metric(served.ops_port, RECOVERIES) >= began
+
+        await until(counted, 5.0, interval=0.05, what="recoveries counted")
         assert await metric(served.ops_port, OUTAGES) == began
         assert await metric(served.ops_port, RECOVERIES) == began
     assert all(status in (200, 503) for status, _ in answers), answers
@@ -121,33 +121,35 @@ async def test_serve_and_worker_started_while_the_database_is_down_serve_once_it
     cluster.stop()
     served = Served(url, workers=2).start(until="/healthz")
     worker_log = tmp_path / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
     worker_ops = free_port()
-    with open(worker_log, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "panelsrv", "worker", "--database-url", url,
-             "--set", f"worker_ops_port={worker_ops}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    worker = spawn(
+        panelsrv_argv("worker", "--database-url", url, "--set", f"worker_ops_port={worker_ops}"),
+        output=worker_log,
+    )
     try:
         assert await readyz(served.ops_port) == 503
         status, retry_after = await balance(served.port, "any.test", "psk_x")
         assert status == 503 and int(retry_after or 0) >= 1
-        deadline = time.monotonic() + 15.0
-        while (ready := await answering(worker_ops)) is None:  # the worker is starting
+
+        async def started() -> bool:  # the worker answers on its ops port
             assert worker.poll() is None, worker_log.read_text()
-            assert time.monotonic() < deadline, worker_log.read_text()
-            await asyncio.sleep(0.05)
-        assert ready == 503 and worker.poll() is None  # waiting for the database, not exited
+            return await answering(worker_ops) is not None
+
+        await until(started, 15.0, what=worker_log)
+        # waiting for the database, not exited
+        assert await answering(worker_ops) == 503 and worker.poll() is None
 
         await asyncio.to_thread(cluster.start)
         back = time.monotonic()
-        while await readyz(served.ops_port) != 200:
-            assert time.monotonic() - back < 2.0, "serve not ready 2 s after the database"
-            await asyncio.sleep(0.05)
-        while b"database available again after" not in worker_log.read_bytes():
-            assert time.monotonic() - back < 2.0, worker_log.read_text()
-            await asyncio.sleep(0.05)
+
+        async def ready() -> bool:
+            return await readyz(served.ops_port) == 200
+
+        await until(ready, 2.0, what="serve ready 2 s after the database")
+        await until(
+            lambda: b"database available again after" in worker_log.read_bytes(),
+            2.0 - (time.monotonic() - back), what=worker_log,
+        )  # fmt: skip
         assert await readyz(worker_ops) == 200
         assert await metric(worker_ops, OUTAGES) == 1
         assert await metric(worker_ops, RECOVERIES) == 1
@@ -166,17 +168,17 @@ async def test_a_worker_waiting_for_the_database_stops_on_sigterm(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     cluster.stop()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
     ops = free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "panelsrv", "worker", "--database-url", cluster.url(),
-         "--set", f"worker_ops_port={ops}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    worker = spawn(
+        panelsrv_argv("worker", "--database-url", cluster.url(), "--set", f"worker_ops_port={ops}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 15.0
-    while await answering(ops) != 503:  # started, and waiting for the database
-        assert worker.poll() is None and time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+
+    async def waiting() -> bool:  # started, and waiting for the database
+        assert worker.poll() is None
+        return await answering(ops) == 503
+
+    await until(waiting, 15.0)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
 
@@ -200,10 +202,11 @@ async def test_a_database_host_that_does_not_answer_does_not_keep_the_api_from_l
         status, retry_after = await balance(served.port, "any.test", "psk_x")
         assert status == 503 and int(retry_after or 0) >= 1
         proxy.frozen = False  # the partition heals: served from then on, without a restart
-        deadline = time.monotonic() + 3 * db.CONNECT_TIMEOUT
-        while await readyz(served.ops_port) != 200:
-            assert time.monotonic() < deadline, "not ready after the partition healed"
-            await asyncio.sleep(0.1)
+
+        async def ready() -> bool:
+            return await readyz(served.ops_port) == 200
+
+        await until(ready, 3 * db.CONNECT_TIMEOUT, interval=0.05, what="ready once healed")
     finally:
         assert await asyncio.to_thread(served.stop) == 0
         await proxy.cut()

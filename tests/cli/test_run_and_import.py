@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from decimal import Decimal
 from typing import Any
 
@@ -18,31 +16,19 @@ from panelsrv.worker.upstream import UpstreamService
 from tests.cli.test_admin_cli import ok_json, panelsrv
 from tests.e2e.served import call
 from tests.http.httpkit import free_port
+from tests.kit.stack import panelsrv_argv, spawn
 from tests.store.helpers import unique
 
 
 async def test_run_serves_the_demo_and_stops_cleanly(own_database_url: str) -> None:
     database_url = own_database_url
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "panelsrv",
-            "run",
-            "--database-url",
-            database_url,
-            "--port",
-            str(port),
-            "--set",
-            "ops_port=0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    proc = spawn(
+        panelsrv_argv(
+            "run", "--database-url", database_url, "--port", str(port), "--set", "ops_port=0"
+        ),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
     try:
         assert proc.stdout is not None
         key = ""

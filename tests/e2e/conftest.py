@@ -1,5 +1,6 @@
-"""Fixtures of the end-to-end modules: one `panelsrv serve` per module and its shop (panels,
-users, services of its own). A module that needs another server defines its own `server`."""
+"""Fixtures of the end-to-end modules: one `panelsrv serve` for the package (started once:
+each module scopes what it asserts to its own shop) and each module's shop (panels, users,
+services of its own). A module that needs another server defines its own `server`."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.kit import served
-from tests.e2e.served import Served
 from tests.e2e.shop import Shop
+from tests.kit.stack import Served, served
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def server(database_url: str) -> Iterator[Served]:
     with served(database_url) as s:
         yield s

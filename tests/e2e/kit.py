@@ -1,9 +1,6 @@
-"""Helpers the end-to-end tests share on top of `served.py`: a module's server, direct SQL,
-signed fields, the CLI as a subprocess, and a bounded keep-alive connection pool for load.
-
-Every server here exempts loopback from the invalid-key auto-block (`never_block`): the tests
-send bad keys on purpose, and `visible()` polls with keys a process does not know yet; a test
-about blocking starts its own server without it.
+"""Helpers the end-to-end tests share on top of `served.py`: direct SQL, signed fields, the
+CLI as a subprocess, what a refused request must leave as it was, and a bounded keep-alive
+connection pool for load. Their servers come from tests/kit/stack.py.
 """
 
 from __future__ import annotations
@@ -14,16 +11,14 @@ import hmac
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 
-from tests.e2e.served import Served, encode
 from tests.http.httpkit import Client, Response
+from tests.kit.wire import post
 
-QUIET = {"never_block": "127.0.0.1,::1"}
 LEAK_MARKERS = (
     "Traceback",
     "asyncpg",
@@ -37,12 +32,6 @@ LEAK_MARKERS = (
     "Exception",
     "psk_",
 )
-
-
-@contextmanager
-def served(database_url: str, workers: int = 1, **settings: str) -> Iterator[Served]:
-    with Served(database_url, workers=workers, settings={**QUIET, **settings}) as server:
-        yield server
 
 
 async def sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -139,14 +128,7 @@ class Pool:
         encoding: str = "form",
         headers: bytes = b"",
     ) -> Response:
-        ctype, body = encode(fields, encoding)
-        request = b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
-            host.encode(),
-            ctype,
-            headers,
-            len(body),
-            body,
-        )
+        request = post(fields, headers, host=host, encoding=encoding)
         client = await self._idle.get()
         try:
             await client.send(request)

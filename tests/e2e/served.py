@@ -1,143 +1,21 @@
-"""A real `panelsrv serve` (a subprocess, N worker processes) and a raw-socket API client.
+"""The API client of the end-to-end tests, and their fixtures in the database.
 
-`Served` starts the command line a production box runs, waits until the ops listener says
-ready, and stops it with SIGTERM. `World` makes panels/users/keys/services straight in the
-database. `call()` sends one request (form, JSON or multipart) over a fresh connection and
-returns the parsed response.
+`call()` sends one API request (form, JSON or multipart) over a fresh connection and returns
+the parsed response; `World` makes panels/users/keys/services straight in the database;
+`visible()` and `offered()` wait until every process of a served stack (tests/kit/stack.py)
+knows a new panel or service.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Mapping
-from pathlib import Path
-from urllib.parse import urlencode
-
-import orjson
 
 from panelsrv.store import admin, db, keys
-from tests.http.httpkit import Client, Response, free_port
-
-# Limits far above what a test sends, unless a test is about limits.
-GENEROUS = {
-    "ip_rate": "1000000",
-    "ip_burst": "1000000",
-    "user_rate": "1000000",
-    "user_burst": "1000000",
-}
-
-
-class Served:
-    def __init__(
-        self,
-        database_url: str,
-        *,
-        workers: int = 1,
-        settings: Mapping[str, str] | None = None,
-        env: Mapping[str, str] | None = None,
-        output: Path | None = None,
-    ) -> None:
-        """`output`: a file that gets the server's stdout and stderr (its log lines), for a
-        test that reads them; else they are the test run's."""
-        self.database_url = database_url
-        self.output = output
-        self.workers = workers
-        self.settings = {**GENEROUS, **(settings or {})}
-        self.env = env or {}
-        self.port = free_port()
-        self.ops_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0, until: str = "/readyz") -> Served:
-        """Start, and wait until the ops listener answers 200 at `until` (`/healthz`: the
-        processes listen, whether or not the database answers)."""
-        args = [
-            sys.executable,
-            "-m",
-            "panelsrv",
-            "serve",
-            "--database-url",
-            self.database_url,
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-            "--set",
-            f"ops_port={self.ops_port}",
-        ]
-        for name, value in self.settings.items():
-            args += ["--set", f"{name}={value}"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PANELSRV_")}
-        out = None if self.output is None else self.output.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                args,
-                env={**env, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=None if out is None else subprocess.STDOUT,
-            )
-        finally:
-            if out is not None:
-                out.close()  # the child has its own copy
-        deadline = time.monotonic() + timeout
-        while not self._ready(until):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"panelsrv serve exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("panelsrv serve did not become ready")
-            time.sleep(0.1)
-        return self
-
-    def _ready(self, path: str = "/readyz") -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.ops_port), 0.5) as s:
-                s.sendall(
-                    b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode()
-                )
-                return s.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-    def __enter__(self) -> Served:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def encode(fields: Mapping[str, object], encoding: str) -> tuple[bytes, bytes]:
-    """(content type header line, body) for form, json or multipart."""
-    if encoding == "json":
-        return b"Content-Type: application/json\r\n", orjson.dumps(fields)
-    if encoding == "multipart":
-        boundary = secrets.token_hex(8).encode()
-        parts = b"".join(
-            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
-            % (boundary, str(k).encode(), str(v).encode())
-            for k, v in fields.items()
-        )
-        body = parts + b"--%s--\r\n" % boundary
-        return b"Content-Type: multipart/form-data; boundary=%s\r\n" % boundary, body
-    return (
-        b"Content-Type: application/x-www-form-urlencoded\r\n",
-        urlencode({k: str(v) for k, v in fields.items()}).encode(),
-    )
+from tests.http.httpkit import Response
+from tests.kit.waiting import until
+from tests.kit.wire import exchange, post
 
 
 async def call(
@@ -148,18 +26,7 @@ async def call(
     encoding: str = "form",
     headers: bytes = b"",
 ) -> Response:
-    ctype, body = encode(fields, encoding)
-    client = await Client.connect(port)
-    try:
-        await client.send(
-            b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n"
-            b"\r\n%s" % (host.encode(), ctype, headers, len(body), body)
-        )
-        response = await client.final(timeout=30.0)
-        assert response is not None, "connection closed without an answer"
-        return response
-    finally:
-        await client.close()
+    return await exchange(port, post(fields, headers, host=host, encoding=encoding))
 
 
 class World:
@@ -211,19 +78,29 @@ class World:
             await conn.close()
 
 
-async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> None:
-    """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload).
+async def customer(port: int, database_url: str) -> tuple[str, str]:
+    """A new panel and a user on it with the default balance, (domain, raw key), known to
+    every process of the server at `port`."""
+    world = World(database_url)
+    domain = await world.panel()
+    _, key = await world.user(domain)
+    await visible(port, domain, key)
+    return domain, key
 
-    Polls every worker process: each answers on its own once its catalog has the panel."""
-    deadline = time.monotonic() + timeout
-    streak = 0
-    while streak < 10:
-        r = await call(port, {"key": key, "action": "balance"}, host=domain)
-        streak = streak + 1 if r.status == 200 else 0
-        if time.monotonic() > deadline:
-            raise AssertionError(f"panel {domain} not visible: {r.status} {r.body!r}")
-        if streak == 0:
-            await asyncio.sleep(0.05)
+
+async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> None:
+    """Wait until the server's processes have picked up a new panel/key (NOTIFY + reload):
+    ten requests in a row, each on a fresh connection (so over the worker processes), answer
+    200."""
+
+    async def known() -> bool:
+        for _ in range(10):
+            r = await call(port, {"key": key, "action": "balance"}, host=domain)
+            if r.status != 200:
+                return False
+        return True
+
+    await until(known, timeout, interval=0.05, what=f"panel {domain} visible")
 
 
 async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
@@ -234,28 +111,23 @@ async def offered(port: int, domain: str, key: str, *services: int, timeout: flo
     with that service's bounds. (The kernel spreads connections over the processes: ten rounds
     in a row all reached one of two processes about once in 500 waits.)"""
     await visible(port, domain, key, timeout)
-    deadline = time.monotonic() + timeout
-    streak = 0
-    last: list[bytes] = []
-    while streak < 30:
+
+    async def round_() -> list[bytes]:
         answers = []
         for service in services:
             # quantity 0 is below every minimum: a known service answers with its bounds.
-            r = await call(
-                port,
-                {
-                    "key": key,
-                    "action": "add",
-                    "service": service,
-                    "quantity": 0,
-                    "link": "https://example.com/",
-                },
-                host=domain,
-            )
-            answers.append(r.body)
-        known = all(json.loads(a) != {"error": "Incorrect service ID"} for a in answers)
-        streak = 0 if not known else streak + 1 if answers == last else 1
-        last = answers
-        assert time.monotonic() < deadline, f"services {services} not offered on {domain}"
-        if not known:
-            await asyncio.sleep(0.05)
+            fields = {"key": key, "action": "add", "service": service, "quantity": 0,
+                      "link": "https://example.com/"}  # fmt: skip
+            answers.append((await call(port, fields, host=domain)).body)
+        return answers
+
+    async def alike() -> bool:
+        first = await round_()
+        if any(json.loads(a) == {"error": "Incorrect service ID"} for a in first):
+            return False
+        for _ in range(29):
+            if await round_() != first:
+                return False
+        return True
+
+    await until(alike, timeout, interval=0.05, what=f"services {services} offered on {domain}")

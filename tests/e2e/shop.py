@@ -8,10 +8,8 @@ test database reaches, so modules sharing the database never see each other's se
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +18,7 @@ from panelsrv.store import admin, db
 from tests.conftest import run_async
 from tests.e2e.kit import sql
 from tests.e2e.served import World, call, offered, visible
+from tests.kit.waiting import until
 
 # Panel-local ids.
 MAIN = 1_000_001  # default, 0.45 per 1000, 100..100000, cancel + refill + dripfeed
@@ -152,16 +151,16 @@ class Shop:
         """Wait until the server lists this shop's catalog as built (the last changes - hidden,
         inactive, Carol's own rate - included), ten times in a row."""
         await visible(port, self.domain, self.carol.key)
-        deadline = time.monotonic() + 5
-        streak = 0
-        while streak < 10:
-            r = await call(port, {"key": self.carol.key, "action": "services"}, host=self.domain)
-            ours = self.listing(r.json())
-            done = len(ours) == len(SERVICE_TYPES) + 4 and ours["Main"]["rate"] == CAROL_MAIN_RATE
-            streak = streak + 1 if done else 0
-            assert time.monotonic() < deadline, ours
-            if not done:
-                await asyncio.sleep(0.05)
+        fields = {"key": self.carol.key, "action": "services"}
+
+        async def built() -> bool:
+            for _ in range(10):
+                ours = self.listing((await call(port, fields, host=self.domain)).json())
+                if len(ours) != len(SERVICE_TYPES) + 4 or ours["Main"]["rate"] != CAROL_MAIN_RATE:
+                    return False
+            return True
+
+        await until(built, 5, interval=0.05, what=f"{self.domain}'s catalog built")
 
 
 def in_days(days: int) -> str:

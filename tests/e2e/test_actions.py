@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -12,9 +11,11 @@ import pytest
 from panelsrv import money
 from panelsrv.servicetypes import SERVICE_TYPES
 from tests.e2e.kit import assert_audit_clean, sql, sql_value, wallet_and_orders
-from tests.e2e.served import Served, World, call, offered, visible
+from tests.e2e.served import World, call, offered, visible
 from tests.e2e.shop import MAIN, PLAIN, Account, Shop, in_days
 from tests.http.httpkit import Response
+from tests.kit.stack import Served
+from tests.kit.waiting import until
 
 ENCODINGS = ["form", "json"]
 SERVICE_FIELDS = [
@@ -540,10 +541,11 @@ async def test_a_local_id_never_turns_into_another_service(
         return [s["name"] for s in r.json() if s["service"] == number]
 
     # Each insert is its own catalog change: wait until the last one reached every process.
-    for _ in range(100):
-        if await listed(own) == [f"taker {domain}"]:
-            break
-        await asyncio.sleep(0.05)
+
+    async def taken() -> bool:
+        return await listed(own) == [f"taker {domain}"]
+
+    await until(taken, 5.0)
     assert await listed() == [f"local {domain}"]
     assert await listed(own) == [f"taker {domain}"]
     r = await call(
@@ -558,12 +560,14 @@ async def test_a_local_id_never_turns_into_another_service(
     await sql(database_url, "UPDATE services SET active = false WHERE id = $1", local)
     # quantity 0 places nothing; the local service answers with its own bounds until reloaded.
     probe = {"key": key, "action": "add", "service": shadowed, "link": LINK, "quantity": 0}
-    for _ in range(100):
-        r = await call(server.port, probe, host=domain)
-        if r.json() != {"error": "quantity: must be between 100 and 100000"}:
-            break
-        await asyncio.sleep(0.02)
-    expect(r, 400, {"error": "Incorrect service ID"})
+    answers = []
+
+    async def reloaded() -> bool:
+        answers.append(await call(server.port, probe, host=domain))
+        return answers[-1].json() != {"error": "quantity: must be between 100 and 100000"}
+
+    await until(reloaded, 5.0)
+    expect(answers[-1], 400, {"error": "Incorrect service ID"})
     assert await listed() == []
 
 
@@ -577,12 +581,12 @@ async def test_price_changes_reach_a_running_server(server: Served, database_url
     await offered(server.port, domain, key, 1)
 
     async def shown(rate: str) -> None:
-        for _ in range(100):
+
+        async def priced() -> bool:
             r = await call(server.port, {"key": key, "action": "services"}, host=domain)
-            if [s["rate"] for s in r.json() if s["service"] == 1] == [rate]:
-                break
-            await asyncio.sleep(0.02)
-        assert [s["rate"] for s in r.json() if s["service"] == 1] == [rate]
+            return [s["rate"] for s in r.json() if s["service"] == 1] == [rate]
+
+        await until(priced, 5.0, what=f"rate {rate} shown")
         r = await call(
             server.port,
             {"key": key, "action": "add", "service": 1, "link": LINK, "quantity": 1000},

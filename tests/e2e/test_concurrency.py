@@ -19,9 +19,10 @@ import pytest
 
 from panelsrv import money
 from panelsrv.store import admin, db, keys
-from tests.e2e.kit import Pool, cli, served, sql
-from tests.e2e.served import Served, World, offered
+from tests.e2e.kit import Pool, cli, sql
+from tests.e2e.served import World, offered
 from tests.http.httpkit import Response
+from tests.kit.stack import Served, served
 
 LINK = "https://instagram.com/p/rush"
 CHARGE = "0.45"  # 1000 units at 0.45 per 1000

@@ -6,9 +6,7 @@ the panels share."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -17,8 +15,10 @@ import pytest
 from panelsrv.store import admin, db
 from panelsrv.worker import importer
 from panelsrv.worker.upstream import UpstreamService
-from tests.e2e.kit import served, sql
-from tests.e2e.served import Served, World, call, offered, visible
+from tests.e2e.kit import sql
+from tests.e2e.served import World, call, offered, visible
+from tests.kit.stack import Served, served
+from tests.kit.waiting import until
 from tests.store.helpers import migrate_before
 
 # The ISO 4217 code reserved for testing: no other test's panel is priced in it, so the shared
@@ -77,10 +77,11 @@ async def test_a_shared_service_is_offered_in_another_currency_only_at_the_opera
     assert r.json() == {"balance": "9.49999", "currency": "EUR"}
 
     await fx(database_url, euro, TEST_CURRENCY, None)
-    deadline = time.monotonic() + 5.0
-    while service in await listed(server.port, euro, key):  # until the catalog is reloaded
-        assert time.monotonic() < deadline, "still offered after the exchange rate was removed"
-        await asyncio.sleep(0.05)
+
+    async def withdrawn() -> bool:  # once the catalog is reloaded
+        return service not in await listed(server.port, euro, key)
+
+    await until(withdrawn, 5.0, what="not offered once the exchange rate was removed")
 
 
 async def test_exchange_rates_are_checked(database_url: str) -> None:

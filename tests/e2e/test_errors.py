@@ -12,10 +12,11 @@ import pytest
 
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import keys
-from tests.e2e.kit import assert_no_leak, execute, served, signed, sql
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.kit import assert_no_leak, execute, signed, sql
+from tests.e2e.served import World, call, offered
 from tests.e2e.shop import HIDDEN, INACTIVE, MAIN, TYPE_BASE, Shop
 from tests.http.httpkit import Client, Response
+from tests.kit.stack import Served, served
 
 ENCODINGS = ["form", "json"]
 LINK = "https://instagram.com/p/err"

@@ -4,15 +4,15 @@ what it received. A name of this API, or one outside the rule, never gets there.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
-from tests.e2e.kit import served, sql_value, wallet_and_orders
+from tests.e2e.kit import sql_value, wallet_and_orders
 from tests.e2e.served import World, call, offered
+from tests.kit.stack import served
+from tests.kit.waiting import until
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running
 
@@ -82,10 +82,7 @@ async def test_targeting_fields_reach_the_provider_and_reserved_names_do_not(
             worker = Worker(pool, fast_settings())
             task = await running(worker)
             try:
-                deadline = time.monotonic() + 20
-                while sim.counters["orders_created"] < 2:
-                    assert time.monotonic() < deadline, sim.counters
-                    await asyncio.sleep(0.05)
+                await until(lambda: sim.counters["orders_created"] >= 2, 20, what=sim.counters)
             finally:
                 worker.stop()
                 await task

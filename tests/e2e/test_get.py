@@ -9,7 +9,6 @@ setting, no key sent in a query string appears in any line the server logged.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,14 @@ import pytest
 
 from panelsrv.store import keys
 from tests.conftest import run_async
-from tests.e2e.kit import QUIET, cli, sql, sql_value
-from tests.e2e.served import Served, World, visible
+from tests.e2e.kit import cli, sql, sql_value
+from tests.e2e.served import World, visible
 from tests.e2e.shop import MAIN, Shop
-from tests.http.httpkit import Client, Response
+from tests.http.httpkit import Response
+from tests.kit import wire
+from tests.kit.stack import QUIET, Served
+from tests.kit.waiting import until
+from tests.kit.wire import FORM, exchange, request
 
 LOGGED = {"access_log": "true", "log_level": "debug"}
 LINK = "https://x.com/p?a=1"  # as published clients send it: not percent-encoded
@@ -48,45 +51,29 @@ def on(server: Served, shop: Shop, database_url: str) -> Shop:
     done = cli(database_url, "panel", "set", "--domain", shop.domain, "accept_get", "true")
     assert done["settings"]["accept_get"] is True
     QUERIED.update(a.key for a in (shop.alice, shop.bob, shop.carol, shop.stranger))
-    deadline, streak = time.monotonic() + 5, 0
-    while streak < 10:
-        r = run_async(get(server.port, b"action=balance&key=" + shop.bob.key.encode(), shop.domain))
-        streak = streak + 1 if r.status == 200 else 0
-        assert time.monotonic() < deadline, (r.status, r.body)
+    query = b"action=balance&key=" + shop.bob.key.encode()
+
+    async def everywhere() -> bool:  # ten in a row: every process has the setting
+        for _ in range(10):
+            if (await get(server.port, query, shop.domain)).status != 200:
+                return False
+        return True
+
+    run_async(until(everywhere, 5.0, what="accept_get on"))
     return shop
-
-
-async def _exchange(port: int, request: bytes, local: str = "127.0.0.1") -> Response:
-    """One request on a fresh connection from the loopback address `local`."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
-    client = Client(reader, writer)
-    try:
-        await client.send(request)
-        response = await client.final(timeout=30.0)
-        assert response is not None, "connection closed without an answer"
-        return response
-    finally:
-        await client.close()
 
 
 async def get(
     port: int, query: bytes, host: str, *, body: bytes = b"", local: str = "127.0.0.1"
 ) -> Response:
     """`GET /api/v2?<query>`, the query sent as it is (no encoding added)."""
-    length = b"Content-Length: %d\r\n" % len(body) if body else b""
-    request = b"GET /api/v2?%s HTTP/1.1\r\nHost: %s\r\n%s\r\n%s" % (
-        query, host.encode(), length, body
-    )  # fmt: skip
-    return await _exchange(port, request, local)
+    data = request(b"GET", b"/api/v2?" + query, host=host, body=body or None)
+    return await exchange(port, data, source=local)
 
 
 async def post(port: int, body: bytes, host: str, *, local: str = "127.0.0.1") -> Response:
     """`POST /api/v2` with `body` as its form body, as it is."""
-    request = (
-        b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded"
-        b"\r\nContent-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body)
-    )
-    return await _exchange(port, request, local)
+    return await exchange(port, wire.post(body, FORM, host=host), source=local)
 
 
 def fields(key: str, **more: object) -> bytes:
@@ -181,7 +168,7 @@ async def test_without_accept_get_a_get_is_a_405_that_says_use_post(
         assert (r.status, r.json()) == (405, {"error": "Method not allowed: use POST"})
         assert r.headers["allow"] == "POST"
     # A method no panel takes, on the panel that takes GET: its 405 says the same.
-    r = await _exchange(
+    r = await exchange(
         server.port,
         b"PUT /api/v2?%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (stranger, on.domain.encode()),
     )
@@ -257,11 +244,11 @@ async def refused_with_a_debug_line(port: int, query: bytes, host: str) -> None:
     """Requests whose refusal is logged at debug level (with its reason): a malformed one
     (two Hosts), a 405 with a body too large to read and drop."""
     malformed = b"GET /api/v2?%s HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" % query
-    assert (await _exchange(port, malformed)).status == 400
+    assert (await exchange(port, malformed)).status == 400
     large = b"PUT /api/v2?%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 100000\r\n\r\n" % (
         query, host.encode()
     )  # fmt: skip
-    assert (await _exchange(port, large)).status == 405
+    assert (await exchange(port, large)).status == 405
 
 
 def assert_keys_not_logged(log: Path) -> None:

@@ -5,7 +5,6 @@ parameters, 409 while the first is in flight, nothing stored for a 400 or a 429;
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import Any
 
@@ -14,9 +13,11 @@ import pytest
 
 from panelsrv.store import ledger
 from tests.e2e.kit import sql, sql_value
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
 from tests.e2e.shop import MAIN, Account, Shop
 from tests.http.httpkit import Response
+from tests.kit.stack import Served
+from tests.kit.waiting import until
 
 LINK = "https://instagram.com/p/idem"
 MISMATCH = {"error": "idempotency_key: reused with different parameters"}
@@ -325,10 +326,10 @@ async def test_replay_survives_a_catalog_change(
     assert first.status == 200
     await sql(database_url, "UPDATE services SET min_qty = 500 WHERE id = $1", service)
     await sql(database_url, "UPDATE services SET active = false WHERE id = $1", service)
-    for _ in range(100):  # until the process has reloaded its catalog (quantity 0: no order)
+
+    async def reloaded() -> bool:  # the process has reloaded its catalog (quantity 0: no order)
         r = await call(server.port, {"key": raw, **fields, "quantity": 0}, host=domain)
-        if r.json() == {"error": "Incorrect service ID"}:
-            break
-        await asyncio.sleep(0.02)
-    assert r.json() == {"error": "Incorrect service ID"}
+        return r.json() == {"error": "Incorrect service ID"}
+
+    await until(reloaded, 5.0)
     same(first, await ask(server, domain, who, header=key, **fields))

@@ -11,7 +11,8 @@ from decimal import Decimal
 
 from panelsrv.store import db, jobs, webhooks
 from tests.e2e.kit import assert_audit_clean, sql
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
+from tests.kit.stack import Served
 
 LOCAL = 7_014
 RATE = "4.50"  # 100 units: 0.45

@@ -14,9 +14,10 @@ import pytest
 
 from panelsrv import money
 from tests.e2e.kit import sql, sql_value
-from tests.e2e.served import Served, World, call
+from tests.e2e.served import World, call
 from tests.e2e.shop import MAIN, PLAIN, UPSTREAM, Account, Shop
 from tests.http.httpkit import Response
+from tests.kit.stack import Served
 
 ENCODINGS = ["form", "json"]
 LINK = "https://instagram.com/p/abc"

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.kit import cli, served
-from tests.e2e.served import Served, World, call, visible
+from tests.e2e.kit import cli
+from tests.e2e.served import World, call, visible
+from tests.kit.stack import Served, served
 
 PROBES = 20
 

@@ -24,8 +24,9 @@ import pytest
 from panelsrv.api import sign
 from panelsrv.store import admin, db
 from tests.conftest import run_async
-from tests.e2e.kit import assert_audit_clean, served, signed, sql, sql_value, wallet_and_orders
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.kit import assert_audit_clean, signed, sql, sql_value, wallet_and_orders
+from tests.e2e.served import World, call, offered
+from tests.kit.stack import Served, served
 
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 DOMAIN = f"sign{secrets.token_hex(4)}.test"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
+from tests.kit.stack import Served
 
 
 @pytest.fixture(scope="module")

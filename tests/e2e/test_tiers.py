@@ -22,9 +22,10 @@ import pytest
 
 from panelsrv.guard.coord import excess_bound
 from panelsrv.store.notifications import MAX_STALENESS
-from tests.e2e.kit import cli, served
-from tests.e2e.served import Served, World, call, offered, visible
+from tests.e2e.kit import cli
+from tests.e2e.served import World, call, offered, visible
 from tests.http.httpkit import Response
+from tests.kit.stack import Served, served
 
 PROBES = 20
 ROUNDS = 3

@@ -11,16 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from panelsrv.guard import Guard
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
-    """Seconds it took for `condition` to hold; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
+from tests.kit.waiting import until
 
 
 async def paced_flood(
@@ -114,8 +105,9 @@ class Proxy:
         self._writers.discard(dst)
 
 
-def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int, out: Any) -> None:
-    """A worker process: wait for `procs` peers on the hub, flood from `start_at` (wall clock)."""
+def hub_worker(path: str, pid: str, procs: int, go: Any, per_second: int, out: Any) -> None:
+    """A worker process: wait for `procs` peers on the hub, say so on `out` ("ready"), flood
+    once the `go` event is set, and put (admitted, started, ended) on `out`."""
     import uvloop
 
     from panelsrv.guard import GuardSettings
@@ -125,8 +117,9 @@ def hub_worker(path: str, pid: str, procs: int, start_at: float, per_second: int
         guard = Guard(GuardSettings(), pid=pid)
         guard.start(HubBackend(path))
         try:
-            await wait_until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
-            await asyncio.sleep(max(0.0, start_at - time.time()))
+            await until(lambda: guard.shared and guard.coord.ip.procs == procs, 10.0)
+            out.put("ready")
+            assert await asyncio.to_thread(go.wait, 20.0), "never told to go"
             started = time.time()
             admitted, _ = await paced_flood([guard], "203.0.113.50", per_second, 1.0)
             out.put((admitted, started, time.time()))

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import multiprocessing
 import queue
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.hub import HubBackend, HubServer
-from tests.guard.guardnet import hub_worker, paced_flood, wait_until
+from tests.guard.guardnet import hub_worker, paced_flood
+from tests.kit.waiting import until
 
 INTERVAL = 0.1
 
@@ -26,11 +27,11 @@ async def test_two_engines_over_the_hub_socket_do_not_multiply_the_limit(tmp_pat
     try:
         for guard in guards:
             guard.start(HubBackend(str(tmp_path / "guard.sock")))
-        await wait_until(lambda: all(g.shared and g.coord.ip.procs == 2 for g in guards), 3.0)
+        await until(lambda: all(g.shared and g.coord.ip.procs == 2 for g in guards), 3.0)
         admitted, elapsed = await paced_flood(guards, "203.0.113.1", 1000, 1.0)
         for _ in range(settings.strike_limit):
             guards[0].strike("203.0.113.66")
-        await wait_until(lambda: guards[1].check_block("203.0.113.66") > 0, 1.0)
+        await until(lambda: guards[1].check_block("203.0.113.66") > 0, 1.0)
     finally:
         for guard in guards:
             await guard.close()
@@ -48,13 +49,13 @@ async def test_a_dead_hub_means_local_limits_and_a_restarted_hub_is_rejoined(
     guard = Guard(GuardSettings(sync_interval=INTERVAL, sync_timeout=0.2))
     guard.start(HubBackend(path))
     try:
-        await wait_until(lambda: guard.shared, 2.0)
+        await until(lambda: guard.shared, 2.0)
         await hub.close()
-        await wait_until(lambda: not guard.shared, 2.0)
+        await until(lambda: not guard.shared, 2.0)
         assert sum(guard.check_ip("192.0.2.1") == 0 for _ in range(150)) == 100
         hub = HubServer(path)
         await hub.start()
-        await wait_until(lambda: guard.shared, 3.0)
+        await until(lambda: guard.shared, 3.0)
     finally:
         await guard.close()
         await hub.close()
@@ -66,22 +67,26 @@ async def test_two_worker_processes_share_one_limit_through_the_hub(tmp_path: Pa
     hub = HubServer(path)
     await hub.start()
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    start_at = time.time() + 2.5  # after both children imported, registered and saw P = 2
+    out, go = ctx.Queue(), ctx.Event()
     workers = [
-        ctx.Process(target=hub_worker, args=(path, f"worker{i}", 2, start_at, 500, out))
-        for i in range(2)
+        ctx.Process(target=hub_worker, args=(path, f"worker{i}", 2, go, 500, out)) for i in range(2)
     ]
     for worker in workers:
         worker.start()
-    results: list[tuple[int, float, float]] = []
+    said: list[Any] = []
+
+    def heard(count: int) -> bool:  # polled: the hub runs in this loop meanwhile
+        with contextlib.suppress(queue.Empty):
+            said.append(out.get_nowait())
+        return len(said) >= count
+
     try:
-        deadline = time.monotonic() + 20
-        while len(results) < 2 and time.monotonic() < deadline:
-            try:
-                results.append(out.get_nowait())
-            except queue.Empty:
-                await asyncio.sleep(0.05)  # the hub runs in this loop meanwhile
+        # both children imported, registered and saw P = 2: then they flood together
+        await until(lambda: heard(2), 20, interval=0.02, what="both workers ready")
+        assert said == ["ready", "ready"]
+        go.set()
+        await until(lambda: heard(4), 20, interval=0.02, what="both workers reported")
+        results: list[tuple[int, float, float]] = said[2:]
     finally:
         for worker in workers:
             worker.join(5)

@@ -17,8 +17,9 @@ import redis.asyncio as aioredis
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.shared import RedisBackend
-from tests.guard.guardnet import Proxy, paced_flood, wait_until
+from tests.guard.guardnet import Proxy, paced_flood
 from tests.http.httpkit import free_port
+from tests.kit.waiting import until
 
 INTERVAL = 0.1
 
@@ -54,7 +55,7 @@ async def test_two_hosts_admit_one_ip_within_limit_plus_burst_plus_tolerance(
 ) -> None:
     settings = GuardSettings(sync_interval=INTERVAL)
     async with hosts([redis_url, redis_url], settings, redis_url) as (guards, ready):
-        await wait_until(ready, 3.0)
+        await until(ready, 3.0)
         admitted, elapsed = await paced_flood(guards, "203.0.113.9", 1000, 1.0)
     r, b = settings.ip_rate, settings.ip_burst
     assert admitted <= r * elapsed + b + excess_bound(2, r, b, INTERVAL)
@@ -64,12 +65,12 @@ async def test_two_hosts_admit_one_ip_within_limit_plus_burst_plus_tolerance(
 async def test_a_strike_storm_on_one_host_blocks_the_ip_on_the_other(redis_url: str) -> None:
     settings = GuardSettings(sync_interval=INTERVAL, block_seconds=30)
     async with hosts([redis_url, redis_url], settings, redis_url) as (guards, ready):
-        await wait_until(ready, 3.0)
+        await until(ready, 3.0)
         a, b = guards
         for _ in range(settings.strike_limit):
             a.strike("198.51.100.7")
         assert a.check_ip("198.51.100.7") < 0  # blocked locally at once
-        took = await wait_until(lambda: b.check_block("198.51.100.7") > 0, 2.0)
+        took = await until(lambda: b.check_block("198.51.100.7") > 0, 2.0)
         # Reported at A's next sync, heard at B's next: 2 intervals + 2 round trips, plus slack
         # for a loaded test machine.
         assert took <= 2 * INTERVAL + 0.3
@@ -79,11 +80,11 @@ async def test_a_strike_storm_on_one_host_blocks_the_ip_on_the_other(redis_url: 
 async def test_strikes_split_over_two_hosts_add_up(redis_url: str) -> None:
     settings = GuardSettings(sync_interval=INTERVAL)
     async with hosts([redis_url, redis_url], settings, redis_url) as (guards, ready):
-        await wait_until(ready, 3.0)
+        await until(ready, 3.0)
         for i in range(settings.strike_limit):
             guards[i % 2].strike("198.51.100.8")
         assert guards[0].check_block("198.51.100.8") == 0  # 5 each: no local block
-        await wait_until(lambda: all(g.check_block("198.51.100.8") for g in guards), 1.0)
+        await until(lambda: all(g.check_block("198.51.100.8") for g in guards), 1.0)
 
 
 async def test_redis_unreachable_means_local_limits_kept_blocks_and_recovery(
@@ -97,24 +98,24 @@ async def test_redis_unreachable_means_local_limits_kept_blocks_and_recovery(
     try:
         async with hosts([proxied, redis_url], settings, redis_url) as (guards, ready):
             a, b = guards
-            await wait_until(ready, 3.0)
+            await until(ready, 3.0)
             for _ in range(settings.strike_limit):
                 b.strike("192.0.2.66")
-            await wait_until(lambda: a.check_block("192.0.2.66") > 0, 1.0)
+            await until(lambda: a.check_block("192.0.2.66") > 0, 1.0)
 
             caplog.set_level(logging.WARNING, logger="panelsrv.guard")
             await proxy.cut()
-            await wait_until(lambda: not a.shared, 2.0)
+            await until(lambda: not a.shared, 2.0)
             assert a.metrics()["guard_shared_up"] == 0.0
             # Requests keep being answered on local state: this process alone gives the burst.
             assert sum(a.check_ip("192.0.2.10") == 0 for _ in range(80)) == 50
             assert a.check_ip("192.0.2.66") < 0  # the known block stays in force
-            await wait_until(lambda: a._syncer._failures >= 3, 3.0)  # several failed attempts
+            await until(lambda: a._syncer._failures >= 3, 3.0)  # several failed attempts
             down = [r for r in caplog.records if "unavailable" in r.getMessage()]
             assert len(down) == 1  # logged once, on the transition
 
             await proxy.start()  # Redis reachable again: recovery is automatic
-            await wait_until(lambda: a.shared and a.coord.ip.procs == 2, 3.0)
+            await until(lambda: a.shared and a.coord.ip.procs == 2, 3.0)
             assert any("available again after" in r.getMessage() for r in caplog.records)
             admitted, elapsed = await paced_flood(guards, "192.0.2.20", 400, 1.0)
             r, burst = settings.ip_rate, settings.ip_burst
@@ -129,7 +130,7 @@ async def test_an_unreachable_redis_at_start_keeps_the_server_answering() -> Non
     guard = Guard(settings)
     guard.start(RedisBackend(f"redis://127.0.0.1:{unused_port}/0", "x", timeout=0.2))
     try:
-        await wait_until(lambda: guard._syncer._failures >= 1, 2.0)
+        await until(lambda: guard._syncer._failures >= 1, 2.0)
         assert not guard.shared
         assert sum(guard.check_ip("192.0.2.1") == 0 for _ in range(150)) == 100
     finally:

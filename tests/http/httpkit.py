@@ -1,5 +1,5 @@
 """Test helpers: an echo handler, a server on port 0, raw-socket clients, a response reader,
-a bounded poll (`until`) for what a real socket makes happen in its own time.
+a fake transport. Requests are built by tests/kit/wire.py, waits go through tests/kit/waiting.py.
 
 The echo handler answers with what the protocol handed it, as JSON, and obeys a few query
 switches: `hold=1` (answer once the test calls `calls.release()`), `gate=<dir>` (the same
@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -25,18 +23,7 @@ import orjson
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.request import Bounds, Request
-
-SHORT = 2.0  # seconds any single read in a test may take before it is a failure
-POLL = 0.005  # seconds between two looks of `until`
-
-
-async def until(condition: Callable[[], object], timeout: float = SHORT) -> None:
-    """Return once `condition()` holds (looked at every POLL s); fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {condition}")
-        await asyncio.sleep(POLL)
+from tests.kit.waiting import SHORT, until
 
 
 def free_port() -> int:
@@ -214,15 +201,6 @@ class Client:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-
-
-def post(body: bytes = b"", headers: bytes = b"", target: bytes = b"/api/v2") -> bytes:
-    return b"POST %s HTTP/1.1\r\nHost: panel.test\r\n%sContent-Length: %d\r\n\r\n%s" % (
-        target,
-        headers,
-        len(body),
-        body,
-    )
 
 
 class FakeTransport:

@@ -20,7 +20,8 @@ from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.protocol import HttpProtocol
 from panelsrv.http.reader import Reader, Rules
 from panelsrv.http.request import Answer, Bounds, Request
-from tests.http.httpkit import FakeTransport, connect, post
+from tests.http.httpkit import FakeTransport, connect
+from tests.kit.wire import post
 
 Event = tuple[object, ...]
 DEFAULT_BOUNDS = Bounds()

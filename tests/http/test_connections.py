@@ -7,8 +7,10 @@ from __future__ import annotations
 from panelsrv.guard.limits import client_key
 from panelsrv.http.listener import HttpServer, api_routes
 from panelsrv.http.request import Bounds
-from tests.http.httpkit import Client, connect, post, start_server, until
+from tests.http.httpkit import Client, connect, start_server
 from tests.http.sansio import HOLD, Gate
+from tests.kit.waiting import until
+from tests.kit.wire import post
 
 
 def gated(**options: object) -> tuple[HttpServer, Gate]:

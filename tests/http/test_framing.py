@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from panelsrv.http.reader import BODY
-from tests.http.httpkit import Calls, Client, post, start_server
+from tests.http.httpkit import Calls, Client, start_server
+from tests.kit.wire import post
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: panel.test\r\n"
 CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"

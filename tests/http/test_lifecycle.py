@@ -22,8 +22,8 @@ from panelsrv.http.protocol import (
     TRANSITIONS,
 )
 from panelsrv.http.request import Bounds
-from tests.http.httpkit import post
 from tests.http.sansio import HOLD, Gate, served
+from tests.kit.wire import post
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\n"
 EPS = 2**-10  # times below are binary fractions: the fake clock adds them exactly

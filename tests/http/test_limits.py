@@ -10,7 +10,9 @@ import socket
 
 from panelsrv.http.protocol import BLOCKED_STATES
 from panelsrv.http.request import Bounds
-from tests.http.httpkit import Calls, Client, post, start_server, until
+from tests.http.httpkit import Calls, Client, start_server
+from tests.kit.waiting import until
+from tests.kit.wire import post
 
 
 async def _refused(client: Client, status: int) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.httpkit import Client, free_port, post, start_server
+from tests.http.httpkit import Client, free_port, start_server
+from tests.kit.waiting import until
+from tests.kit.wire import post
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "config" / "nginx" / "panelsrv.conf"
@@ -85,18 +87,23 @@ http {{
     proc = await asyncio.create_subprocess_exec(
         binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")
     )
-    for _ in range(200):
+
+    async def listening() -> bool:
+        assert proc.returncode is None, (prefix / "error.log").read_text()
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return proc, port
         except OSError:
-            if proc.returncode is not None:
-                break
-            await asyncio.sleep(0.025)
-    proc.kill()
-    await proc.wait()
-    raise AssertionError("nginx did not start: " + (prefix / "error.log").read_text())
+            return False
+        writer.close()
+        return True
+
+    try:
+        await until(listening, 5.0, interval=0.025, what="nginx listening")
+    except AssertionError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, port
 
 
 async def _via(port: int, data: bytes) -> Client:

@@ -8,7 +8,8 @@ from pathlib import Path
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer
 from panelsrv.http.ops import MetricsShare, ops_routes
-from tests.http.httpkit import Client, until
+from tests.http.httpkit import Client
+from tests.kit.waiting import until
 
 
 async def _get(port: int, path: bytes, method: bytes = b"GET") -> tuple[int, dict[str, str], bytes]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,6 +19,7 @@ import pytest
 
 from panelsrv.procs import Supervisor, _Child, notify
 from tests.http.httpkit import free_port
+from tests.kit.waiting import until_sync
 
 APP = str(Path(__file__).with_name("serve_app.py"))
 pytestmark = pytest.mark.slow
@@ -80,24 +81,12 @@ def serve(tmp_path: Path, *extra: str, notify_address: str | None = None) -> Ite
             notes.sock.close()
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Return once `condition()` holds (looked at every 20 ms); fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {condition}"
-        time.sleep(0.02)
-
-
 def answering(port: int) -> bool:
     try:
         request(port)
     except OSError:
         return False
     return True
-
-
-def wait_until_answering(port: int, deadline: float = 15.0) -> None:
-    wait_for(lambda: answering(port), deadline)
 
 
 def pids_answering(port: int, want: int, attempts: int = 300) -> set[int]:
@@ -125,7 +114,9 @@ def test_two_workers_answer_and_systemd_hears_ready_then_stopping(tmp_path: Path
             prefix = "panelsrv_http_requests_total"
             return int(next(x for x in text.splitlines() if x.startswith(prefix)).split()[-1])
 
-        wait_for(lambda: total() >= len(pids) + 2)  # each worker writes its share every 0.1 s
+        until_sync(
+            lambda: total() >= len(pids) + 2, 10.0
+        )  # each worker writes its share every 0.1 s
         assert request(ops, "/readyz")[0] == 200
         proc.send_signal(signal.SIGTERM)
         assert notes.wait() == b"STOPPING=1"
@@ -141,16 +132,18 @@ def test_sigterm_lets_a_slow_request_finish_then_exits_0(tmp_path: Path) -> None
         _,
         _notes,
     ):
-        wait_until_answering(port)
+        until_sync(lambda: answering(port), 15.0)
         result: list[tuple] = []  # type: ignore[type-arg]
         slow = threading.Thread(target=lambda: result.append(request(port, f"/api/v2?gate={gate}")))
         slow.start()
-        wait_for(lambda: any(gate.glob("entered-*")))  # the request is in its handler
+        until_sync(lambda: any(gate.glob("entered-*")), 10.0)  # the request is in its handler
         (entered,) = gate.glob("entered-*")
         pid = int(entered.name.split("-")[1])
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        wait_for((gate / f"stopping-{pid}").exists)  # its worker is stopping, the handler held
+        until_sync(
+            (gate / f"stopping-{pid}").exists, 10.0
+        )  # its worker is stopping, the handler held
         (gate / "open").touch()
         slow.join(10)
         status, body, connection = result[0]
@@ -163,7 +156,7 @@ def test_sigterm_lets_a_slow_request_finish_then_exits_0(tmp_path: Path) -> None
 
 def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
     with serve(tmp_path, "--workers", "2") as (proc, port, _, _notes):
-        wait_until_answering(port)
+        until_sync(lambda: answering(port), 15.0)
         before = pids_answering(port, 2)
         victim = next(iter(before))
         os.kill(victim, signal.SIGKILL)
@@ -174,7 +167,7 @@ def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
                 after.add(request(port, timeout=2.0)[1]["pid"])
             return bool(after - before)
 
-        wait_for(replaced)  # a replacement worker answered
+        until_sync(replaced, 10.0)  # a replacement worker answered
         assert victim not in pids_answering(port, 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -197,11 +190,11 @@ def _gone(pid: int) -> bool:
 
 def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
     with serve(tmp_path, "--workers", "2") as (proc, port, _, _notes):
-        wait_until_answering(port)
+        until_sync(lambda: answering(port), 15.0)
         pids = pids_answering(port, 2)
         proc.kill()
         proc.wait()
-        wait_for(lambda: all(_gone(pid) for pid in pids))
+        until_sync(lambda: all(_gone(pid) for pid in pids), 10.0)
 
 
 def test_notify_writes_a_datagram_to_a_path_socket(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import pytest
 
 from panelsrv.http.request import Bounds
 from panelsrv.metrics import Registry
-from tests.http.httpkit import Calls, Client, post, start_server, until
+from tests.http.httpkit import Calls, Client, start_server
+from tests.kit.waiting import until
+from tests.kit.wire import post
 
 
 async def test_request_fields_reach_the_handler() -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from panelsrv.http.reader import SKIP_BODY_MAX
 from panelsrv.http.request import Bounds
-from tests.http.httpkit import post
 from tests.http.sansio import Event, events, every_split
 from tests.http.test_framing import BAD, GOOD, NOT_IMPLEMENTED
+from tests.kit.wire import post
 
 H = b"POST /api/v2 HTTP/1.1\r\nHost: a\r\n"
 HEAD_T, BODY_T = Bounds().header_timeout, Bounds().body_timeout

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.served import Served
+from tests.kit.stack import Served
 
 BLOCK_SECONDS = 2
 SYNC_INTERVAL = 0.1

@@ -13,47 +13,14 @@ import contextlib
 import glob
 import os
 import secrets
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
-from tests.e2e.served import encode
 from tests.http.httpkit import Client, Response
+from tests.kit.wire import connect, exchange, post
 
 HARNESS_SOURCE = "127.0.0.1"  # the tests' own set-up traffic; kept on the allow-list
-
-
-def post(domain: str, fields: Mapping[str, object], headers: bytes = b"") -> bytes:
-    """A complete form POST to /api/v2."""
-    ctype, body = encode(fields, "form")
-    return b"POST /api/v2 HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
-        domain.encode(),
-        ctype,
-        headers,
-        len(body),
-        body,
-    )
-
-
-async def connect(port: int, source: str = HARNESS_SOURCE) -> Client:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    return Client(reader, writer)
-
-
-async def ask(
-    port: int, request: bytes, source: str = HARNESS_SOURCE, timeout: float = 5.0
-) -> Response:
-    """One request on a fresh connection (so successive calls spread over the workers)."""
-    client = await connect(port, source)
-    try:
-        await client.send(request)
-        response = await client.final(timeout)
-        assert response is not None, "connection closed without an answer"
-        return response
-    finally:
-        await client.close()
 
 
 async def refused_on_connect(port: int, source: str, wait: float = 0.2) -> bool:
@@ -71,7 +38,7 @@ async def refused_on_connect(port: int, source: str, wait: float = 0.2) -> bool:
 async def place(port: int, domain: str, key: str, service: int, source: str) -> tuple[int, object]:
     link = f"https://instagram.com/{secrets.token_hex(6)}"
     fields = {"key": key, "action": "add", "service": service, "link": link, "quantity": 100}
-    r = await ask(port, post(domain, fields), source)
+    r = await exchange(port, post(fields, host=domain), source=source)
     if r.status == 429:
         assert not refusal_problems(r, closes=False), r
         assert 1 <= int(r.headers["retry-after"]) <= 60
@@ -201,16 +168,6 @@ async def all_grew(run_dir: str, action: str, before: list[float], processes: in
     """Every one of `processes` workers has published more `action` answers than `before`."""
     after = served_by_each(run_dir, action)
     return len(after) == processes and all(a > b for a, b in zip(after, before, strict=False))
-
-
-async def until(predicate, timeout: float, step: float = 0.02) -> float:  # type: ignore[no-untyped-def]
-    """Seconds until the async `predicate` held; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not await predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
 
 
 async def shared(ops_port: int, local: int, total: int) -> bool:

@@ -14,19 +14,17 @@ import asyncio
 import time
 
 from panelsrv.guard.coord import excess_bound
-from tests.e2e.served import World, visible
+from tests.e2e.served import customer
+from tests.kit.waiting import until
+from tests.kit.wire import connect, exchange, post
 from tests.limits.conftest import BLOCK_SECONDS, SYNC_INTERVAL, HubServer
 from tests.limits.limitkit import (
     all_grew,
-    ask,
-    connect,
     flood,
-    post,
     refusal_problems,
     refused_on_connect,
     served_by_each,
     shared,
-    until,
 )
 
 RATE = BURST = 100
@@ -36,15 +34,12 @@ LOADED_SLACK = 0.3  # seconds a loaded 2-core test machine may add to a propagat
 async def test_1000_requests_in_one_second_admit_rate_plus_burst_within_the_tolerance(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     await until(lambda: shared(hub_server.ops_port, 2, 2), 3.0)
     before = served_by_each(hub_server.run_dir, "balance")
     tally = await flood(
         [hub_server.port],
-        post(domain, {"key": key, "action": "balance"}),
+        post({"key": key, "action": "balance"}, host=domain),
         1000,
         1.0,
         lanes=8,
@@ -63,12 +58,9 @@ async def test_1000_requests_in_one_second_admit_rate_plus_burst_within_the_tole
 async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_expires(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     source = "127.0.0.3"
-    bad = post(domain, {"key": "not-a-key", "action": "balance"})
+    bad = post({"key": "not-a-key", "action": "balance"}, host=domain)
     client = await connect(hub_server.port, source)
     try:
         for _ in range(10):  # one connection: one process counts every strike
@@ -77,7 +69,7 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
             assert response is not None and response.status == 401
         # The good key's request promises 10,000 body bytes and sends 10: the refusal must not
         # wait for the rest (body_timeout is 30 s; the read below allows 2).
-        good = post(domain, {"key": key, "action": "balance"})
+        good = post({"key": key, "action": "balance"}, host=domain)
         head = good.split(b"Content-Length:")[0]
         await client.send(head + b"Content-Length: 10000\r\n\r\nkey=" + key[:6].encode())
         started = time.monotonic()
@@ -92,37 +84,40 @@ async def test_ten_bad_keys_block_the_address_before_the_body_is_read_until_it_e
     blocked_at = time.monotonic()
 
     # Every process refuses the address as soon as it connects, before it sends a byte.
-    while not all([await refused_on_connect(hub_server.port, source) for _ in range(6)]):
-        assert time.monotonic() - blocked_at < 2 * SYNC_INTERVAL + LOADED_SLACK
-        await asyncio.sleep(0.02)
+    async def refused_everywhere() -> bool:
+        return all([await refused_on_connect(hub_server.port, source) for _ in range(6)])
 
-    await asyncio.sleep(max(0.0, blocked_at + BLOCK_SECONDS - time.monotonic()))
-    # The other process's copy of the block came through the hub: it may end up to a sync
-    # interval and a round trip later.
-    deadline = time.monotonic() + 2 * SYNC_INTERVAL + LOADED_SLACK
-    streak = 0
-    while streak < 6:
-        r = await ask(hub_server.port, good, source)
-        assert r.status in (200, 429) and time.monotonic() < deadline, r
-        streak = streak + 1 if r.status == 200 else 0
+    await until(refused_everywhere, 2 * SYNC_INTERVAL + LOADED_SLACK, what="refused everywhere")
+
+    # Until it expires, BLOCK_SECONDS after it began: the other process's copy of the block
+    # came through the hub, and may end up to a sync interval and a round trip later.
+    async def served_again() -> bool:  # six in a row, fresh connections: by both processes
+        for _ in range(6):
+            r = await exchange(hub_server.port, good, source=source)
+            assert r.status in (200, 429), r
+            if r.status != 200:
+                return False
+        return True
+
+    expiry = BLOCK_SECONDS + 2 * SYNC_INTERVAL + LOADED_SLACK - (time.monotonic() - blocked_at)
+    await until(served_again, expiry, interval=0.05, what="served once the block expired")
 
 
 async def test_strikes_on_both_processes_add_up_to_a_block(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     source = "127.0.0.4"
     for _ in range(10):  # a fresh connection each: the strikes land on both processes
-        r = await ask(hub_server.port, post(domain, {"key": "nope", "action": "balance"}), source)
+        r = await exchange(
+            hub_server.port, post({"key": "nope", "action": "balance"}, host=domain), source=source
+        )
         assert r.status in (401, 429), r  # 429 once the 10th strike's process blocked it
     struck = time.monotonic()
-    good = post(domain, {"key": key, "action": "balance"})
+    good = post({"key": key, "action": "balance"}, host=domain)
     streak = 0
     while streak < 6:
-        r = await ask(hub_server.port, good, source)
+        r = await exchange(hub_server.port, good, source=source)
         streak = streak + 1 if r.status == 429 else 0
         assert time.monotonic() - struck < 2 * SYNC_INTERVAL + LOADED_SLACK, "block not shared"
 
@@ -130,20 +125,19 @@ async def test_strikes_on_both_processes_add_up_to_a_block(
 async def test_an_allow_listed_address_is_never_blocked(
     hub_server: HubServer, database_url: str
 ) -> None:
-    world = World(database_url)
-    domain = await world.panel()
-    _, key = await world.user(domain)
-    await visible(hub_server.port, domain, key)
+    domain, key = await customer(hub_server.port, database_url)
     source = "127.0.0.9"  # never_block
     client = await connect(hub_server.port, source)
     try:
         for _ in range(25):
-            await client.send(post(domain, {"key": "nope", "action": "balance"}))
+            await client.send(post({"key": "nope", "action": "balance"}, host=domain))
             response = await client.final()
             assert response is not None and response.status == 401
     finally:
         await client.close()
     await asyncio.sleep(3 * SYNC_INTERVAL)  # had the strikes been shared, the block would be
     for _ in range(6):
-        r = await ask(hub_server.port, post(domain, {"key": key, "action": "balance"}), source)
+        r = await exchange(
+            hub_server.port, post({"key": key, "action": "balance"}, host=domain), source=source
+        )
         assert r.status == 200, r

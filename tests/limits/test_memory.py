@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.e2e.served import Served
-from tests.limits.limitkit import connect, post, scrape
+from tests.kit.stack import Served
+from tests.kit.wire import connect, post
+from tests.limits.limitkit import scrape
 
 CAP = 65_536  # limit_max_keys, the default
 ADDRESSES = 100_000
@@ -27,7 +28,7 @@ async def send_batches(port: int, lane: int, lanes: int) -> None:
     try:
         for start in range(lane * BATCH, ADDRESSES, lanes * BATCH):
             batch = range(start, min(start + BATCH, ADDRESSES))
-            await client.send(b"".join(post("m.test", NOPE, forwarded(n)) for n in batch))
+            await client.send(b"".join(post(NOPE, forwarded(n), host="m.test") for n in batch))
             for _ in batch:
                 response = await client.final(10.0)
                 assert response is not None and response.status == 400
@@ -44,7 +45,7 @@ async def test_100k_addresses_keep_the_ip_table_at_its_cap(database_url: str) ->
         # The cap forgives the addresses closest to a full bucket: the latest stay limited.
         client = await connect(server.port)
         try:
-            await client.send(post("m.test", NOPE, forwarded(ADDRESSES - 1)))
+            await client.send(post(NOPE, forwarded(ADDRESSES - 1), host="m.test"))
             response = await client.final(10.0)
             assert response is not None and response.status == 429
         finally:

@@ -17,9 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from panelsrv.guard.coord import excess_bound
-from tests.e2e.served import Served, World, offered
+from tests.e2e.served import World, offered
 from tests.guard.guardnet import Proxy
-from tests.limits.limitkit import flood, place, post, scrape, shared, until
+from tests.kit.stack import Served
+from tests.kit.waiting import until
+from tests.kit.wire import post
+from tests.limits.limitkit import flood, place, scrape, shared
 
 RATE = BURST = 100
 INTERVAL = 0.1
@@ -74,7 +77,7 @@ async def test_two_hosts_share_the_ip_limit_survive_a_redis_outage_and_recover(
                 return all([await shared(host.ops_port, 1, 2) for host in hosts])
 
             await until(pair_shared, 5.0)
-            balance = post(domain, {"key": key, "action": "balance"})
+            balance = post({"key": key, "action": "balance"}, host=domain)
             tally = await flood(ports, balance, 1000, 1.0, source="127.0.0.2")
             ok = tally.statuses[200]
             bound = RATE * tally.elapsed + BURST + excess_bound(2, RATE, BURST, INTERVAL)

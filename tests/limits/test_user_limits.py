@@ -14,18 +14,12 @@ import pytest
 from panelsrv.guard.coord import excess_bound
 from tests.conftest import run_async
 from tests.e2e.kit import sql
-from tests.e2e.served import Served, World, offered
+from tests.e2e.served import World, offered
+from tests.kit.stack import Served
+from tests.kit.waiting import until
+from tests.kit.wire import exchange, post
 from tests.limits.conftest import SYNC_INTERVAL, HubServer
-from tests.limits.limitkit import (
-    all_grew,
-    ask,
-    place,
-    post,
-    refusal_problems,
-    served_by_each,
-    shared,
-    until,
-)
+from tests.limits.limitkit import all_grew, place, refusal_problems, served_by_each, shared
 
 COUNT_ORDERS = "SELECT count(*) FROM orders WHERE user_id = $1"
 
@@ -105,7 +99,7 @@ async def test_the_per_user_soft_cap_answers_429_over_it(
     statuses = []
     for i in range(40):  # 40 requests paced over one second, spread over both processes
         await asyncio.sleep(max(0.0, started + i / 40 - loop.time()))
-        r = await ask(port, post(domain, {"key": key, "action": "balance"}))
+        r = await exchange(port, post({"key": key, "action": "balance"}, host=domain))
         if r.status == 429:
             assert not refusal_problems(r, closes=False), r
         statuses.append(r.status)
@@ -115,5 +109,5 @@ async def test_the_per_user_soft_cap_answers_429_over_it(
     assert set(statuses) <= {200, 429}
     assert USER_BURST <= ok <= bound, (ok, bound, statuses)
     for _ in range(USER_BURST // 2):  # another user of the same panel and address: its own cap
-        r = await ask(port, post(domain, {"key": other_key, "action": "balance"}))
+        r = await exchange(port, post({"key": other_key, "action": "balance"}, host=domain))
         assert r.status == 200, r

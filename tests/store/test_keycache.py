@@ -7,6 +7,7 @@ import asyncio
 
 from panelsrv.store import db, keys
 from panelsrv.store.keycache import KeyCache
+from tests.kit.waiting import until
 from tests.store.helpers import connect, new_panel, new_user
 
 
@@ -53,15 +54,14 @@ async def _blocked_lookup(database_url: str, invalidate: str) -> tuple[bool, obj
         async with locker.transaction():
             await locker.execute("LOCK TABLE user_rates IN ACCESS EXCLUSIVE MODE")
             task = asyncio.get_running_loop().create_task(cache.resolve(raw))
-            for _ in range(200):  # until the lookup waits for the lock
-                waiting = await locker.fetchval(
+
+            async def waiting() -> bool:  # the lookup waits for the lock
+                return bool(await locker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                     " AND datname = current_database() AND pid <> pg_backend_pid()"
-                )
-                if waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert waiting
+                ))  # fmt: skip
+
+            await until(waiting)
             if invalidate == "revoke":
                 cache.revoke(keys.digest(raw).hex())
             else:

@@ -6,6 +6,7 @@ import asyncio
 
 from panelsrv import money
 from panelsrv.store import db, ledger
+from tests.kit.waiting import until
 from tests.store.helpers import connect, new_panel, new_service, new_user, order_of
 
 
@@ -151,8 +152,13 @@ async def test_idempotency_claim_of_a_dead_transaction_does_not_linger(database_
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"idem:{user.id}:crash"
         )
         assert (await ledger.place_order(conn, order)).outcome == "busy"
-        await conn.execute("SELECT pg_terminate_backend($1)", holder.get_server_pid())
-        await asyncio.sleep(0.2)
+        pid = holder.get_server_pid()
+        await conn.execute("SELECT pg_terminate_backend($1)", pid)
+
+        async def gone() -> bool:  # and its lock with it
+            return not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1", pid)
+
+        await until(gone)
         assert (await ledger.place_order(conn, order)).outcome == "ok"
     finally:
         holder.terminate()

@@ -9,7 +9,8 @@ import time
 from panelsrv.store import db, keys
 from panelsrv.store.keycache import KeyCache
 from panelsrv.store.notifications import MAX_STALENESS, PING_INTERVAL, Notifications
-from tests.guard.guardnet import Proxy, wait_until
+from tests.guard.guardnet import Proxy
+from tests.kit.waiting import until
 from tests.store.helpers import connect, new_panel, new_user
 
 
@@ -70,12 +71,12 @@ async def test_a_silently_dead_listener_stops_vouching_within_a_second(database_
     )
     listener.start()
     try:
-        await wait_until(lambda: len(vouched) >= 3, 5.0)  # connected, and pings answered
+        await until(lambda: len(vouched) >= 3, 5.0)  # connected, and pings answered
         assert vouched[-1] - time.monotonic() <= MAX_STALENESS
         proxy.frozen = True  # a partition: no error anywhere, just silence
         frozen_at = time.monotonic()
         last = vouched[-1]
-        await wait_until(lambda: time.monotonic() > vouched[-1], MAX_STALENESS + 1.0)
+        await until(lambda: time.monotonic() > vouched[-1], MAX_STALENESS + 1.0)
         # The cache stops answering at the last instant vouched for: at most MAX_STALENESS
         # (plus the one ping that was in flight) after the partition began.
         assert vouched[-1] - frozen_at <= MAX_STALENESS + PING_INTERVAL
@@ -107,7 +108,7 @@ async def test_a_failure_while_setting_up_is_a_lost_connection_not_a_dead_listen
     )
     listener.start()
     try:
-        await wait_until(lambda: len(vouched) >= 1, 10.0)
+        await until(lambda: len(vouched) >= 1, 10.0)
         assert resets[:3] == [True, False, True]
     finally:
         await listener.stop()

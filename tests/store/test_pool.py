@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from panelsrv.store import db
+from tests.kit.waiting import until
 
 
 async def test_many_more_requests_than_connections(database_url: str) -> None:
@@ -32,7 +33,18 @@ async def test_server_errors_keep_the_connection_other_failures_replace_it(
         assert await pool.fetchval("SELECT pg_backend_pid()") == pid  # a clean error: reused
         # Cancelled mid-statement: that connection is never handed out again.
         task = asyncio.get_running_loop().create_task(pool.execute("SELECT pg_sleep(5)"))
-        await asyncio.sleep(0.2)
+        watcher = await db.connect(database_url)
+        try:
+
+            async def sleeping() -> bool:
+                return bool(await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                    pid,
+                ))  # fmt: skip
+
+            await until(sleeping, what="the statement running")
+        finally:
+            await watcher.close()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -48,11 +60,7 @@ async def test_server_errors_keep_the_connection_other_failures_replace_it(
             await killer.execute("SELECT pg_terminate_backend($1)", new_pid)
         finally:
             await killer.close()
-        for _ in range(200):
-            if conn.is_closed():
-                break
-            await asyncio.sleep(0.01)
-        assert conn.is_closed()
+        await until(conn.is_closed)
         assert await pool.fetchval("SELECT pg_backend_pid()") not in (pid, new_pid)
         assert pool.get_size() == 1
     finally:
@@ -73,7 +81,7 @@ async def test_waiters_are_served_in_order_and_a_cancelled_waiter_loses_nothing(
                     await conn.execute("SELECT 1")
 
             tasks = [asyncio.get_running_loop().create_task(use(n)) for n in range(5)]
-            await asyncio.sleep(0.05)
+            await until(lambda: len(pool._waiters) == 5)  # all five wait, in order
             tasks[2].cancel()  # a waiter that gives up must not take a connection with it
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert order == [0, 1, 3, 4]
@@ -96,7 +104,7 @@ async def test_close_fails_waiters_and_refuses_new_work(database_url: str) -> No
     pool = await db.create_pool(database_url, 1)
     async with pool.acquire():
         waiter = asyncio.get_running_loop().create_task(pool.fetchval("SELECT 1"))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool._waiters) == 1)
         await pool.close()
     with pytest.raises(asyncpg.InterfaceError):
         await waiter

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from panelsrv.store import admin, db, ledger
 from panelsrv.store.pool import Pool
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.registry import ProviderSettings
+from tests.kit.waiting import until
 from tests.store.helpers import connect, new_panel, new_user, unique
 
 FINAL = ("Completed", "Partial", "Canceled", "Refunded", "Error")
@@ -103,20 +103,17 @@ async def wait_final(
 ) -> None:
     """Wait until every order is final. `hurry`: bring retry times forward each round (the
     backoff after many failed attempts reaches minutes, which tests cannot wait for)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def final() -> bool:
         if hurry:
             await conn.execute("UPDATE outbox SET run_after = now() WHERE run_after > now()")
-        left = await conn.fetchval(
+        return not await conn.fetchval(
             "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
             " AND status NOT IN ('Completed', 'Partial', 'Canceled', 'Refunded', 'Error')",
             order_ids,
         )
-        if left == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{left} of {len(order_ids)} orders still active")
-        await asyncio.sleep(0.2)
+
+    await until(final, timeout, interval=0.05, what=f"{len(order_ids)} orders final")
 
 
 async def running(worker: Worker) -> asyncio.Task[None]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db, ledger
 from panelsrv.worker.main import Worker
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
+from tests.kit.stack import Served
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final
 

@@ -4,10 +4,7 @@ moves no money; what cannot be understood changes nothing and is counted and log
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
 from decimal import Decimal
 
 import asyncpg
@@ -15,28 +12,18 @@ import pytest
 
 from panelsrv.sim.dialect import Dialect
 from panelsrv.store import ledger, orders
+from tests.http.sansio import FakeClock
+from tests.kit.waiting import until
 from tests.worker.flow import FINAL, Rig, check_refunds, place_many, rig, wait_final
 
 STATUSES = ("Pending", "In progress", "Completed", "Partial", "Canceled")
 UNREADABLE = "panelsrv_worker_unreadable_answers_total"
 # Everything a panel can say otherwise, at once.
+WAIT = 15.0  # seconds the worker may take to get somewhere
 WORDY = Dialect(
     statuses={s: s.lower() for s in STATUSES}, numbers=True, envelope="data", failed="error",
     message="message", batch="keyed", accepted="ok",
 )  # fmt: skip
-
-
-async def until(condition: Callable[[], object], timeout: float = 15.0) -> None:
-    """Poll `condition` (a function, or a coroutine function) until it is true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        met = condition()
-        if asyncio.iscoroutine(met):
-            met = await met
-        if met:
-            return
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def unreadable(r: Rig) -> dict[tuple[str, ...], float]:
@@ -66,7 +53,7 @@ async def test_a_panel_of_another_dialect_settles_orders_and_cancels_with_the_ri
 
         r.sim.book.complete_after = 60  # Pending upstream for 12 s: time to cancel there
         canceled = await place_many(r.pool, r.conn, r.provider, r.service, 3, users=1)
-        await until(lambda: len(r.sim.book.orders) == 23)
+        await until(lambda: len(r.sim.book.orders) == 23, WAIT)
         owner = await r.conn.fetchval("SELECT user_id FROM orders WHERE id = $1", canceled[0])
 
         async def sent() -> bool:
@@ -74,7 +61,7 @@ async def test_a_panel_of_another_dialect_settles_orders_and_cancels_with_the_ri
                 "SELECT count(*) FROM orders WHERE id = ANY($1) AND upstream_id IS NULL", canceled
             )
 
-        await until(sent)
+        await until(sent, WAIT)
         answer = await orders.cancel(r.pool, owner, canceled, single=False)
         assert (answer.order_ids, answer.codes) == (canceled, [None] * len(canceled))
         await wait_final(r.conn, canceled, timeout=30)  # {"4": {"cancel": "ok"}}, then canceled
@@ -92,16 +79,17 @@ async def test_remains_unknown_and_refusals_in_an_envelope_move_no_money(
     # Partial with "remains": "Unknown": its refund is unknown, so it is not final. A refusal
     # {"status": "error", "error": "Incorrect order ID"} is not the order's Error (a full refund).
     dialect = Dialect(remains="Unknown", failed="error", message="error")
+    clock = FakeClock()  # the simulator's orders move on only when the test says
     async with rig(
-        own_database_url, complete_after=0.3, partial_ratio=1.0, seed=6, dialect=dialect
-    ) as r:
+        own_database_url, complete_after=0.3, partial_ratio=1.0, seed=6, dialect=dialect,
+        clock=clock.time,
+    ) as r:  # fmt: skip
         placed = await place_many(r.pool, r.conn, r.provider, r.service, 4, users=1)
-        await until(lambda: len(r.sim.book.orders) == 4)
+        await until(lambda: len(r.sim.book.orders) == 4, WAIT)
         lost = r.sim.book.orders.pop(4)  # the provider says it knows no such order
-        finished = max(o.created for o in r.sim.book.orders.values()) + 0.3
-        await until(lambda: time.monotonic() > finished)  # all Partial upstream now
+        clock.advance(1.0)  # all Partial upstream now
         polls = r.sim.counters["action.status"]
-        await until(lambda: r.sim.counters["action.status"] >= polls + 2)
+        await until(lambda: r.sim.counters["action.status"] >= polls + 2, WAIT)
         assert not await statuses(r.conn, placed) & set(FINAL)
         assert await refunds(r.conn, placed) == 0
         assert unreadable(r) == {}  # known variants, not answers that cannot be understood
@@ -122,7 +110,7 @@ async def test_answers_that_cannot_be_understood_change_nothing_and_are_counted_
         r.sim.dialect = Dialect(statuses={s: "Done?" for s in STATUSES})
         with caplog.at_level(logging.WARNING, "panelsrv.worker"):
             placed = await place_many(r.pool, r.conn, r.provider, r.service, 3, users=1)
-            await until(lambda: unreadable(r).get((r.name, "status"), 0) >= 9)  # 3 polls
+            await until(lambda: unreadable(r).get((r.name, "status"), 0) >= 9, WAIT)  # 3 polls
         assert await statuses(r.conn, placed) == {"Pending"}
         assert await refunds(r.conn, placed) == 0
         lines = [x.getMessage() for x in caplog.records if "Done?" in x.getMessage()]
@@ -149,10 +137,12 @@ async def test_a_402_holds_the_order_whatever_its_body_and_never_as_maybe_sent(
 
         async def attempted() -> bool:
             return await r.conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE order_id = ANY($1) AND attempts > 0", placed
+                "SELECT count(*) FROM outbox WHERE order_id = ANY($1) AND attempts > 0"
+                " AND last_error IS NOT NULL",  # claimed, and the answer recorded
+                placed,
             ) == len(placed)
 
-        await until(attempted)
+        await until(attempted, WAIT)
         rows = await r.conn.fetch(
             "SELECT ambiguous, held_at, last_error FROM outbox WHERE order_id = ANY($1)", placed
         )

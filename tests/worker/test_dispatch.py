@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any
 
 import asyncpg
@@ -15,6 +14,7 @@ from panelsrv import money
 from panelsrv.store import jobs, ledger, orders
 from panelsrv.worker.dispatch import BATCH, Dispatcher, lease_seconds
 from panelsrv.worker.registry import ProviderRegistry, ProviderSettings
+from tests.kit.waiting import until
 from tests.store.helpers import World
 from tests.worker.fake import FakeProvider
 
@@ -37,10 +37,11 @@ async def _job(w: World, order_id: int) -> asyncpg.Record | None:
 
 
 async def _until_claimed(w: World, order_id: int, attempt: int) -> None:
-    deadline = time.monotonic() + 10
-    while (row := await _job(w, order_id)) is None or row["attempts"] < attempt:
-        assert time.monotonic() < deadline, "never claimed"
-        await asyncio.sleep(0.02)
+    async def claimed() -> bool:
+        row = await _job(w, order_id)
+        return row is not None and row["attempts"] >= attempt
+
+    await until(claimed, 10, what="claimed")
 
 
 async def _order(w: World, order_id: int) -> tuple[str, list[int]]:

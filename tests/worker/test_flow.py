@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from panelsrv.sim.provider import Faults, Simulator
 from panelsrv.store import db, ledger, orders
 from panelsrv.worker.main import Worker
+from tests.kit.waiting import until
 from tests.store.helpers import connect
 from tests.worker.flow import (
     check_refunds,
@@ -78,7 +77,15 @@ async def test_failing_provider_holds_or_fails_and_others_keep_moving(
                     )
                     bad_orders = await place_many(pool, conn, bad_provider, bad_service, 3, users=1)
                     await wait_final(conn, good_orders, timeout=20)
-                    await asyncio.sleep(1.0)
+
+                    async def tried(orders: list[int] = bad_orders) -> bool:
+                        return await conn.fetchval(
+                            "SELECT count(*) FROM outbox WHERE order_id = ANY($1::bigint[])"
+                            " AND attempts >= 1 AND last_error IS NOT NULL",
+                            orders,
+                        ) == len(orders)
+
+                    await until(tried, 20, what=f"{fault}: every bad order tried once")
                     outcomes[fault] = await conn.fetch(
                         "SELECT o.status, x.last_error, x.attempts FROM orders o"
                         " JOIN outbox x ON x.order_id = o.id WHERE o.id = ANY($1::bigint[])",
@@ -133,12 +140,15 @@ async def test_cancels_and_refills_are_forwarded_and_synced(own_database_url: st
             task = await running(worker)
             try:
                 await wait_final(conn, to_refill, timeout=30)
-                while await conn.fetchval(
-                    "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
-                    " AND upstream_id IS NULL",
-                    to_cancel,
-                ):
-                    await asyncio.sleep(0.1)
+
+                async def sent() -> bool:
+                    return not await conn.fetchval(
+                        "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
+                        " AND upstream_id IS NULL",
+                        to_cancel,
+                    )
+
+                await until(sent, 30, what="the orders to cancel sent upstream")
                 # Sent upstream already: the cancel is a request the worker forwards.
                 answer = await orders.cancel(pool, owner, to_cancel, single=False)
                 assert (answer.order_ids, answer.codes) == (to_cancel, [None] * len(to_cancel))
@@ -146,12 +156,12 @@ async def test_cancels_and_refills_are_forwarded_and_synced(own_database_url: st
                 refill = await orders.refill(pool, refiller, to_refill, False, 3, 24)
                 assert refill.codes == [None] * len(to_refill)
                 refill_ids = [r for r in refill.refill_ids or () if r is not None]
-                deadline = asyncio.get_running_loop().time() + 30
-                while set((await orders.refills_status(pool, refiller, refill_ids)).values()) != {
-                    "Completed"
-                }:
-                    assert asyncio.get_running_loop().time() < deadline
-                    await asyncio.sleep(0.2)
+
+                async def refilled() -> bool:
+                    done = await orders.refills_status(pool, refiller, refill_ids)
+                    return set(done.values()) == {"Completed"}
+
+                await until(refilled, 30, interval=0.05, what="the refills completed")
             finally:
                 worker.stop()
                 await task

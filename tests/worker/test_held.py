@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 
 import asyncpg
 
 from panelsrv.sim.provider import Faults
 from panelsrv.store import ledger
 from tests.e2e.kit import cli
+from tests.kit.waiting import until
 from tests.worker.flow import place_many, rig, wait_final
 
 LOST_AFTER = Faults(force="drop", after_ratio=1.0)  # the order exists upstream; no answer
@@ -22,13 +22,14 @@ LOST_BEFORE = Faults(force="drop", after_ratio=0.0)  # no order upstream; no ans
 
 
 async def held(conn: asyncpg.Connection, order_ids: list[int], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await conn.fetchval(
-        "SELECT count(*) FROM outbox WHERE order_id = ANY($1::bigint[]) AND held_at IS NOT NULL",
-        order_ids,
-    ) < len(order_ids):
-        assert time.monotonic() < deadline, "not held"
-        await asyncio.sleep(0.05)
+    async def all_held() -> bool:
+        return await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE order_id = ANY($1::bigint[])"
+            " AND held_at IS NOT NULL",
+            order_ids,
+        ) == len(order_ids)
+
+    await until(all_held, timeout, what="held")
 
 
 async def refunds(conn: asyncpg.Connection, order_id: int) -> list[int]:
@@ -109,10 +110,8 @@ async def test_a_provider_that_honours_the_key_gets_the_resend_and_makes_one_ord
         provider, service = r.provider, r.service
         sim.faults = LOST_AFTER
         orders = await place_many(pool, conn, provider, service, 3, users=1)
-        deadline = time.monotonic() + 10
-        while sim.counters["orders_created"] < 3:  # each created, its answer lost
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        # each created, its answer lost
+        await until(lambda: sim.counters["orders_created"] >= 3, 10)
         sim.faults = Faults()
         await wait_final(conn, orders, timeout=30, hurry=True)
         assert set(sim.book.creations_by_link().values()) == {1}

@@ -3,7 +3,6 @@ poisoned a batch of 100, a Partial without remains, an Error, ids that cannot be
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from panelsrv import money
 from panelsrv.store import admin, ledger, orders
 from panelsrv.worker.main import Worker
+from tests.kit.waiting import until
 from tests.store.helpers import World
 from tests.worker.fake import ABSENT, FakeProvider
 from tests.worker.flow import check_refunds, fast_settings, running, wait_final
@@ -29,15 +29,16 @@ async def _dispatched(w: World) -> Worker:
 
 async def _polled_after(w: World, ids: list[int], since: float) -> None:
     """Wait until each order has been claimed for a poll at least once after `since`."""
-    deadline = time.monotonic() + 30
-    while await w.conn.fetchval(
-        "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
-        " AND (checked_at IS NULL OR checked_at < to_timestamp($2))",
-        ids,
-        since,
-    ):
-        assert time.monotonic() < deadline, "not polled again"
-        await asyncio.sleep(0.1)
+
+    async def polled() -> bool:
+        return not await w.conn.fetchval(
+            "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[])"
+            " AND (checked_at IS NULL OR checked_at < to_timestamp($2))",
+            ids,
+            since,
+        )
+
+    await until(polled, 30, interval=0.05, what="polled again")
 
 
 async def _not_final(w: World, ids: list[int]) -> None:
@@ -195,10 +196,11 @@ async def test_stored_upstream_ids_that_cannot_be_sent_do_not_stop_their_batch(
             task = await running(worker)
             try:
                 await wait_final(w.conn, polled[1:], timeout=20)
-                deadline = time.monotonic() + 20
-                while await pending():
-                    assert time.monotonic() < deadline, "cancels or refill sync stalled"
-                    await asyncio.sleep(0.1)
+
+                async def settled() -> bool:
+                    return not await pending()
+
+                await until(settled, 20, interval=0.05, what="cancels and refill sync")
             finally:
                 worker.stop()
                 await task

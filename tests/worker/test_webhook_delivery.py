@@ -5,8 +5,7 @@ endpoints cannot starve a healthy one, and a slow 2xx trips the endpoint's break
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from panelsrv.store import db
 from panelsrv.worker.main import Worker, WorkerSettings
 from panelsrv.worker.webhooks import WebhookSettings
+from tests.kit.waiting import until
 from tests.worker.flow import running
 from tests.worker.hookkit import (
     BOMB_MIB,
@@ -62,12 +62,10 @@ async def worker_running(hooks: Hooks, config: WorkerSettings) -> AsyncIterator[
         await task
 
 
-async def until(check: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll the worker's progress until `check` (a coroutine function) is truthy."""
-    deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[misc]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
+def loops_running() -> bool:
+    """The worker has started all its loops (after its registry's first refresh)."""
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    return {"worker-dispatch", "worker-sync", "worker-webhooks"} <= names
 
 
 @pytest.mark.skipif(not peak_rss_measurable(), reason="needs Linux /proc/self/clear_refs")
@@ -77,7 +75,7 @@ async def test_a_gzip_bomb_answer_is_never_inflated_and_the_delivery_backs_off(
     async with world(own_database_url) as (hooks, receivers):
         user, (bomb,) = await hooks.user(receivers.url("bomb", "u", "500"))
         async with worker_running(hooks, settings()):
-            await asyncio.sleep(0.2)  # the worker's own start-up allocations are done
+            await until(loops_running)  # the worker's own start-up allocations are done
             before = reset_peak_rss()
             await hooks.emit(user)
 
@@ -85,7 +83,7 @@ async def test_a_gzip_bomb_answer_is_never_inflated_and_the_delivery_backs_off(
                 rows = await hooks.deliveries(bomb)
                 return rows[0]["attempts"] == 1 and rows[0]["lease_until"] is None
 
-            await until(attempted, 10, "the bomb delivery was not attempted")
+            await until(attempted, 10, what="the bomb delivery was not attempted")
             grew = peak_rss() - before
         (row,) = await hooks.deliveries(bomb)
     # Before: aiohttp inflated the answer in full (+256 MiB or more, twice that while joined).
@@ -105,10 +103,10 @@ async def test_a_private_literal_registered_while_allowed_is_refused_at_delivery
             await hooks.emit(user)
 
             async def attempted() -> bool:
-                return (await hooks.deliveries(hook))[0]["attempts"] == 1
+                (row,) = await hooks.deliveries(hook)
+                return row["attempts"] == 1 and row["last_error"] is not None
 
-            await until(attempted, 10, "the delivery was not attempted")
-            await asyncio.sleep(0.2)
+            await until(attempted, 10, what="the delivery was not attempted")
         (row,) = await hooks.deliveries(hook)
     assert receivers.requests["literal"] == 0
     assert row["delivered_at"] is None
@@ -141,7 +139,7 @@ async def test_tarpit_endpoints_of_one_user_do_not_delay_anyone_else(
             async def all_arrived() -> bool:
                 return len(receivers.received.get("alice", [])) >= len(sent)
 
-            await until(all_arrived, 10, "alice's events did not all arrive")
+            await until(all_arrived, 10, what="alice's events did not all arrive")
         latency = sorted(t - hooks.emitted[e] for t, e in receivers.received["alice"])
         breaker = await hooks.conn.fetch(
             "SELECT failures, open_until IS NOT NULL AS tripped FROM webhooks WHERE user_id = $1",
@@ -181,8 +179,9 @@ async def test_an_endpoint_answering_2xx_too_slowly_is_opened_like_a_failing_one
 
         async with worker_running(hooks, config):
             await hooks.emit(user, 8)
-            await until(is_open, 10, "the breaker did not open")
-            await asyncio.sleep(0.5)  # what was in flight when it opened has ended
+            await until(is_open, 10, what="the breaker did not open")
+            # what was in flight when it opened has ended
+            await until(lambda: receivers.open["sluggish"] == 0, 10)
             sent = receivers.requests["sluggish"]
             assert 3 <= sent <= 3 + 4 - 1  # the third slow answer opened it; up to the cap
             await asyncio.sleep(0.5)  # in flight then: 3 more at most
@@ -196,8 +195,8 @@ async def test_an_endpoint_answering_2xx_too_slowly_is_opened_like_a_failing_one
             # The cooldown ends: half-open, a single probe; still slow, so open again.
             receivers.most_open.clear()
             await hooks.conn.execute("UPDATE webhooks SET open_until = now() WHERE id = $1", hook)
-            await until(is_open, 10, "the breaker did not reopen")
-            await asyncio.sleep(0.5)
+            await until(is_open, 10, what="the breaker did not reopen")
+            await until(lambda: receivers.open["sluggish"] == 0, 10)  # the probe has ended
             assert receivers.requests["sluggish"] == sent + 1
             assert receivers.most_open["sluggish"] == 1
 
@@ -212,7 +211,7 @@ async def test_an_endpoint_answering_2xx_too_slowly_is_opened_like_a_failing_one
                 rows = await hooks.deliveries(hook)
                 return all(r["delivered_at"] is not None for r in rows)
 
-            await until(all_delivered, 10, "the rest were not delivered")
+            await until(all_delivered, 10, what="the rest were not delivered")
         state = await breaker()
     assert state["failures"] == 0 and state["open"] is None
     assert receivers.requests["sluggish"] == 8  # each event once (a slow probe is delivered)

@@ -3,7 +3,6 @@ retried while the receiver fails, delivered after it recovers, deduplicable on t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -14,7 +13,9 @@ from aiohttp import web
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import admin, db
 from panelsrv.worker.main import Worker
-from tests.e2e.served import Served, World, call, offered
+from tests.e2e.served import World, call, offered
+from tests.kit.stack import Served
+from tests.kit.waiting import until
 from tests.store.helpers import unique
 from tests.worker.flow import fast_settings, running, wait_final
 
@@ -123,18 +124,21 @@ async def test_signed_events_retried_until_the_receiver_recovers(own_database_ur
             task = await running(worker)
             try:
                 await wait_final(conn, [order], timeout=30)
-                await asyncio.sleep(1.0)
-                assert receiver.attempts > 0 and receiver.events == []  # failing: retried
+                await until(lambda: receiver.attempts > 0, 30, what="a delivery attempted")
+                assert receiver.events == []  # failing: retried
                 receiver.failing = False
-                deadline = time.monotonic() + 30
-                while not any(e["data"]["status"] == "Completed" for e in receiver.events):
-                    assert time.monotonic() < deadline, receiver.events
+
+                async def completed() -> bool:
+                    if any(e["data"]["status"] == "Completed" for e in receiver.events):
+                        return True
                     # The backoff after failures is seconds to minutes; bring it forward.
                     await conn.execute(
                         "UPDATE webhook_deliveries SET run_after = now()"
                         " WHERE delivered_at IS NULL AND run_after > now()"
                     )
-                    await asyncio.sleep(0.2)
+                    return False
+
+                await until(completed, 30, interval=0.1, what=receiver.events)
             finally:
                 worker.stop()
                 await task
