@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,10 +48,29 @@ class Rig:
     url: str
     domain: str
     key: str
-    api: Api
     state: State
     strikes: list[str] = field(default_factory=list)
     wait: float = 0.0
+    keys: KeyCache = field(init=False)
+    api: Api = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCache(self.w.pool, 60, 5)
+        self.keys.trust_until(time.monotonic() + 3600)  # as the invalidation listener vouches
+        self.api = self.api_over(self.w.pool)
+
+    def api_over(
+        self, pool: Pool, keys: KeyCache | None = None,
+        user_wait: Callable[[int, object], float] | None = None,
+    ) -> Api:  # fmt: skip
+        """An Api as the server builds one, over the rig's key cache unless told otherwise,
+        telling the rig its strikes; its per-user cap answers `wait` unless `user_wait` says
+        otherwise."""
+        return Api(
+            pool=pool, state=self.state, keys=keys or self.keys, default_panel="",
+            sign_max_skew=300, strike=self.strikes.append,
+            user_wait=user_wait or (lambda _user, _tier: self.wait),
+        )  # fmt: skip
 
     async def reload(self) -> None:
         self.state.catalog = await catalog.load(self.w.pool)
@@ -76,15 +96,6 @@ class Rig:
         return self.fields("add", **{**base, **more})
 
 
-def api_over(pool: Pool, state: State, rig_box: list[Rig]) -> Api:
-    """An Api as the server builds one, its strikes and per-user cap read from the rig."""
-    return Api(
-        pool=pool, state=state, keys=KeyCache(pool, 60, 5), default_panel="",
-        sign_max_skew=300, strike=lambda ip: rig_box[0].strikes.append(ip),
-        user_wait=lambda _user, _tier: rig_box[0].wait,
-    )  # fmt: skip
-
-
 @contextlib.asynccontextmanager
 async def rigged(database_url: str, **panel: str) -> AsyncIterator[Rig]:
     async with World(database_url) as w:
@@ -92,10 +103,7 @@ async def rigged(database_url: str, **panel: str) -> AsyncIterator[Rig]:
         for name, value in panel.items():
             await admin.set_panel(w.conn, domain, name, value)
         key = (await keys.create(w.conn, w.user.id)).raw
-        state = State(await catalog.load(w.pool))
-        box: list[Rig] = []
-        box.append(Rig(w, database_url, domain, key, api_over(w.pool, state, box), state))
-        yield box[0]
+        yield Rig(w, database_url, domain, key, State(await catalog.load(w.pool)))
 
 
 async def _plain_order(r: Rig) -> int:
@@ -156,13 +164,13 @@ async def _internal(r: Rig) -> tuple[int, bytes, bytes]:
     def broken(_user: int, _tier: object) -> float:
         raise RuntimeError("a bug")
 
-    api = Api(pool=r.w.pool, state=r.state, keys=KeyCache(r.w.pool, 60, 5), default_panel="",
-              sign_max_skew=300, strike=r.strikes.append, user_wait=broken)  # fmt: skip
+    api = r.api_over(r.w.pool, user_wait=broken)
     return await r.ask(r.fields("balance"), api=api)
 
 
 async def _unavailable(r: Rig) -> tuple[int, bytes, bytes]:
-    return await r.ask(r.fields("balance"), api=api_over(down_pool(), r.state, [r]))
+    down = down_pool()  # the key is not cached: its lookup meets the outage
+    return await r.ask(r.fields("balance"), api=r.api_over(down, keys=KeyCache(down, 60, 5)))
 
 
 def down_pool() -> Pool:
@@ -264,11 +272,8 @@ async def test_an_outage_met_after_the_key_was_cached_is_a_503_too(database_url:
     # The key is resolved through a working pool; the action then meets a pool that is down.
     async with rigged(database_url) as r:
         assert (await r.ask(r.fields("balance")))[0] == 200
-        cache = r.api._keys
-        down = Api(
-            pool=down_pool(), state=r.state, keys=cache, default_panel="", sign_max_skew=300,
-            strike=r.strikes.append, user_wait=lambda _u, _t: 0.0,
-        )  # fmt: skip
+        assert r.keys.cached(r.key) != (False, None)  # answered from memory from now on
+        down = r.api_over(down_pool())
         status, body, extra = await r.ask(r.fields("status", order=NOWHERE), api=down)
     assert (status, body, extra) == (
         503, ERROR_BODIES[Code.UNAVAILABLE], retry_after_header(UNAVAILABLE_RETRY_AFTER)
