@@ -104,43 +104,30 @@ def db_scenarios(
         for i, (key, _) in enumerate(users)
     ]
     cancel = [b"key=%s&action=cancel&orders=%s" % (r[0].encode(), r[3].encode()) for r in resellers]
+    replay = b"&idempotency_key=bench-%s-%d"
+
+    def rounds(hosts: list[str], net: int, bodies: list[bytes], key: bytes = b"") -> list[bytes]:
+        """2,000 requests from 10.<net>.x.y, the i-th with bodies[i % 1000] (and an
+        idempotency key per body when `key` names the scenario)."""
+        return [
+            request(
+                hosts[i % len(hosts)],
+                f"10.{net}.{i // 256 % 256}.{i % 256}",
+                bodies[i % 1000] + (replay % (key, i % 1000) if key else b""),
+            )
+            for i in range(2000)
+        ]
+
+    user_hosts = [host for _, host in users]
+    reseller_hosts = [r[1] for r in resellers[:1000]]
     return {
-        "add": [
-            request(users[i % 1000][1], f"10.4.{i // 256 % 256}.{i % 256}", add[i % 1000])
-            for i in range(2000)
-        ],
-        "add_replay": [
-            request(
-                users[i % 1000][1],
-                f"10.5.{i // 256 % 256}.{i % 256}",
-                add[i % 1000] + b"&idempotency_key=bench-add-%d" % (i % 1000),
-            )
-            for i in range(2000)
-        ],
-        "cancel100": [
-            request(resellers[i % 1000][1], f"10.6.{i // 256 % 256}.{i % 256}", cancel[i % 1000])
-            for i in range(2000)
-        ],
-        "cancel100_replay": [
-            request(
-                resellers[i % 1000][1],
-                f"10.7.{i // 256 % 256}.{i % 256}",
-                cancel[i % 1000] + b"&idempotency_key=bench-cancel-%d" % (i % 1000),
-            )
-            for i in range(2000)
-        ],
-        "balance": [
-            request(users[i % len(users)][1], f"10.1.{i // 256 % 256}.{i % 256}", balance[i % 1000])
-            for i in range(2000)
-        ],
-        "status": [
-            request(resellers[i % 1000][1], f"10.3.{i // 256 % 256}.{i % 256}", one[i % 1000])
-            for i in range(2000)
-        ],
-        "status100": [
-            request(resellers[i % 1000][1], f"10.2.{i // 256 % 256}.{i % 256}", many[i % 1000])
-            for i in range(2000)
-        ],
+        "add": rounds(user_hosts[:1000], 4, add),
+        "add_replay": rounds(user_hosts[:1000], 5, add, b"add"),
+        "cancel100": rounds(reseller_hosts, 6, cancel),
+        "cancel100_replay": rounds(reseller_hosts, 7, cancel, b"cancel"),
+        "balance": rounds(user_hosts, 1, balance),
+        "status": rounds(reseller_hosts, 3, one),
+        "status100": rounds(reseller_hosts, 2, many),
     }
 
 

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.coord import excess_bound
 from panelsrv.guard.shared import RedisBackend
 from tests.guard.guardnet import Proxy, paced_flood
 from tests.http.httpkit import free_port
+from tests.kit.redis import drop_prefix
 from tests.kit.waiting import until
 
 INTERVAL = 0.1
@@ -41,13 +40,7 @@ async def hosts(
     finally:
         for guard in guards:
             await guard.close()
-        client = aioredis.Redis.from_url(cleanup_url)
-        try:
-            keys = [k async for k in client.scan_iter(match="{" + prefix + "}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+        await drop_prefix(cleanup_url, prefix)
 
 
 async def test_two_hosts_admit_one_ip_within_limit_plus_burst_plus_tolerance(

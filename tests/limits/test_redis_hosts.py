@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import pytest
-import redis.asyncio as aioredis
 
 from panelsrv.guard.coord import excess_bound
 from tests.e2e.served import World, offered
 from tests.guard.guardnet import Proxy
+from tests.kit.redis import drop_prefix
 from tests.kit.stack import Served
 from tests.kit.waiting import until
 from tests.kit.wire import post
@@ -48,13 +48,7 @@ async def two_hosts(database_url: str, redis_url: str, proxy: Proxy) -> AsyncIte
         yield hosts
     finally:
         await asyncio.gather(*(asyncio.to_thread(host.stop) for host in hosts))
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            keys = [k async for k in client.scan_iter(match="{" + prefix + "}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+        await drop_prefix(redis_url, prefix)
 
 
 async def test_two_hosts_share_the_ip_limit_survive_a_redis_outage_and_recover(
