@@ -1,7 +1,8 @@
 """A `serve`-shaped program for the process tests: N forked workers, each with the echo API on
 --port and the ops listener on --ops-port (both SO_REUSEPORT), metrics shared across workers.
 
-    python serve_app.py --port P --ops-port Q --workers 2 [--grace S] [--fail-start] [--gate DIR]
+    python -m tests.http.serve_app --port P --ops-port Q --workers 2 [--grace S] [--fail-start]
+        [--gate DIR]
 
 With --gate, a worker leaves `stopping-<pid>` in DIR as its stop begins, just before its API
 listener stops (no loop turn between), for the tests that hold a request across a stop.
@@ -15,12 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from httpkit import echo
-
 from panelsrv import metrics
 from panelsrv.http.listener import HttpServer, Listen, api_routes
 from panelsrv.http.ops import MetricsShare, ops_routes
 from panelsrv.procs import Group, Runnable, Slot, Supervisor
+from tests.http.httpkit import echo
 
 
 class StopMark:

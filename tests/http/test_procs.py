@@ -21,7 +21,7 @@ from panelsrv.procs import Supervisor, _Child, notify
 from tests.http.httpkit import free_port
 from tests.kit.waiting import until_sync
 
-APP = str(Path(__file__).with_name("serve_app.py"))
+ROOT = Path(__file__).resolve().parents[2]  # serve_app runs as a module of the tests package
 pytestmark = pytest.mark.slow
 
 
@@ -65,7 +65,11 @@ def serve(tmp_path: Path, *extra: str, notify_address: str | None = None) -> Ite
         env["NOTIFY_SOCKET"] = notify_address
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, APP, "--port", str(port), "--ops-port", str(ops_port), *extra],
+        [
+            *(sys.executable, "-m", "tests.http.serve_app"),
+            *("--port", str(port), "--ops-port", str(ops_port), *extra),
+        ],
+        cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
