@@ -108,8 +108,8 @@ async def offered(port: int, domain: str, key: str, *services: int, timeout: flo
     (a catalog reload after NOTIFY): 30 rounds in a row, each request on a fresh connection,
     answer alike. Alike, not merely "known": a process that knows the panel but not yet its new
     service 7 takes 7 as the global id of some shared service of the test database, and answers
-    with that service's bounds. (The kernel spreads connections over the processes: ten rounds
-    in a row all reached one of two processes about once in 500 waits.)"""
+    with that service's bounds. (The kernel spreads connections over the processes: 30 fresh
+    connections all reach one of two processes about once in 500 million rounds.)"""
     await visible(port, domain, key, timeout)
 
     async def round_() -> list[bytes]:

@@ -22,6 +22,7 @@ from tests.http.httpkit import free_port
 from tests.kit.waiting import until_sync
 
 ROOT = Path(__file__).resolve().parents[2]  # serve_app runs as a module of the tests package
+PROGRAM = (sys.executable, "-m", "tests.http.serve_app")
 pytestmark = pytest.mark.slow
 
 
@@ -65,10 +66,7 @@ def serve(tmp_path: Path, *extra: str, notify_address: str | None = None) -> Ite
         env["NOTIFY_SOCKET"] = notify_address
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "tests.http.serve_app"),
-            *("--port", str(port), "--ops-port", str(ops_port), *extra),
-        ],
+        [*PROGRAM, "--port", str(port), "--ops-port", str(ops_port), *extra],
         cwd=ROOT,
         env=env,
         stdout=log,
