@@ -22,7 +22,12 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/panelsrv run
 
+# The browser tests (tests/web) run whenever a Chromium is found (PANELSRV_TEST_CHROMIUM, else
+# chromium or chromium-browser on PATH); without one they skip, said here and in -ra's summary.
+CHROMIUM_FOUND := { [ -n "$$PANELSRV_TEST_CHROMIUM" ] || command -v chromium || command -v chromium-browser; } >/dev/null 2>&1
+
 test: setup
+	@$(CHROMIUM_FOUND) || echo "no Chromium found: browser tests (tests/web) skipped (apt-get install chromium)"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
