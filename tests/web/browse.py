@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 from playwright.sync_api import Browser, BrowserContext, Page
 from playwright.sync_api import Response as PageResponse
 
 from panelsrv.store import accounts, admin, db, keys
+from panelsrv.store.keys import NewKey
 from tests.conftest import ROOT, run_async
 from tests.e2e.kit import sql
 from tests.e2e.served import call
@@ -48,7 +49,7 @@ _THREAD = ThreadPoolExecutor(1, thread_name_prefix="web-db")
 
 def blocking(coro: Awaitable[T]) -> T:
     """Run a coroutine to its end on a fresh loop in a thread with no running loop."""
-    return _THREAD.submit(run_async, coro).result()  # type: ignore[no-any-return]
+    return cast(T, _THREAD.submit(run_async, coro).result())
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Visitor:
         self.site = site
         self.context = context
         self.page: Page = context.new_page()
-        self.documents: list[Document] = []
+        self._documents: list[Document] = []
+        self._reading = 0  # response handlers still reading a body
         self.dialogs: list[str] = []
         context.on("response", self._record)
         self.page.on("dialog", self._dialog)
@@ -90,8 +92,20 @@ class Visitor:
     def _record(self, response: PageResponse) -> None:
         if response.request.resource_type != "document" or 300 <= response.status < 400:
             return
-        body = response.body().decode("utf-8", "replace")
-        self.documents.append(Document(response.url, response.status, response.headers, body))
+        self._reading += 1
+        try:  # body() yields to Playwright's loop: the test may run on meanwhile
+            body = response.body().decode("utf-8", "replace")
+            self._documents.append(Document(response.url, response.status, response.headers, body))
+        finally:
+            self._reading -= 1
+
+    @property
+    def documents(self) -> list[Document]:
+        """Every document received so far, once their handlers are done (each round trip to
+        the browser lets Playwright's loop run them on)."""
+        while self._reading:
+            self.page.evaluate("0")
+        return self._documents
 
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(dialog.message)
@@ -189,10 +203,10 @@ class Reseller:
         ))  # fmt: skip
         return [(r[0], r[1]) for r in rows]
 
-    def add_key(self) -> keys.NewKey:
+    def add_key(self) -> NewKey:
         """A key made straight in the database (setup for tests about rotating and refusing)."""
 
-        async def make() -> keys.NewKey:
+        async def make() -> NewKey:
             conn = await db.connect(self.visitor.site.database_url)
             try:
                 return await keys.create(conn, self.user_id)
