@@ -41,6 +41,8 @@ from panelsrv.store.keycache import KeyCache
 from panelsrv.store.keys import USAGE_FLUSH_SECONDS, Usage
 from panelsrv.store.notifications import Notifications
 from panelsrv.store.pool import Pool
+from panelsrv.web.pages import Pages, PageSettings, unavailable_routes
+from panelsrv.web.views import load_assets
 from panelsrv.workerproc import WorkerService
 
 log = logging.getLogger("panelsrv.server")
@@ -76,6 +78,18 @@ def http_bounds(cfg: Config) -> Bounds:
         header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
         keepalive_timeout=cfg.keepalive_timeout, max_connections=cfg.max_connections,
         max_connections_per_ip=cfg.max_connections_per_ip,
+    )  # fmt: skip
+
+
+def page_settings(cfg: Config) -> PageSettings:
+    """`cookie_secure = "auto"` is true here: `run` (plain-HTTP development) resolves it to
+    false before it gets here."""
+    return PageSettings(
+        cookie_secure=cfg.cookie_secure is not False, session_idle=cfg.session_idle_timeout,
+        session_lifetime=cfg.session_lifetime, max_failures=cfg.login_max_failures,
+        lock_seconds=cfg.login_lock_seconds, user_rate=cfg.user_rate, user_burst=cfg.user_burst,
+        webhook_allow_http=cfg.webhook_allow_http,
+        webhook_allow_private=cfg.webhook_allow_private,
     )  # fmt: skip
 
 
@@ -126,6 +140,8 @@ class App:
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: KeyCache | None = None
         self._usage: Usage | None = None
+        self._pages: Pages | None = None
+        self._assets = load_assets()  # the pages' static files, read once
         self._db_outage: Outage  # set by start()
 
     async def start(self) -> None:
@@ -149,7 +165,7 @@ class App:
             fn=lambda: self.pool.get_idle_size() if self.pool is not None else 0,
         )
         self.http = HttpServer(
-            api_routes(unavailable),
+            api_routes(unavailable) | unavailable_routes(self._assets),
             bounds=http_bounds(cfg),
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
@@ -227,8 +243,16 @@ class App:
             webhook_allow_http=cfg.webhook_allow_http,
             webhook_allow_private=cfg.webhook_allow_private,
         )
+        self._pages = pages = Pages(
+            pool=pool,
+            state=live,
+            settings=page_settings(cfg),
+            default_panel=cfg.default_panel,
+            strike=guard.strike if guard else _no_strike,
+            assets=self._assets,
+        )
         assert self.http is not None
-        self.http.routes.update(api_routes(api.handle))
+        self.http.routes.update(api_routes(api.handle) | pages.routes())
 
     def _start_guard(
         self, registry: metrics.Registry, outage: Callable[[str, str], Outage]
@@ -281,6 +305,8 @@ class App:
             await flush_usage(self._usage, self.pool, LAST_FLUSH_TIMEOUT)
         if self._notifications is not None:
             await self._notifications.stop()
+        if self._pages is not None:
+            self._pages.close()
         if self._guard is not None:
             await self._guard.close()
         if self.pool is not None:
@@ -399,6 +425,7 @@ def run_all(cfg: Config) -> int:
     cfg = msgspec.structs.replace(
         cfg,
         default_panel=cfg.default_panel or demo.DEMO_DOMAIN,
+        cookie_secure=cfg.cookie_secure is True,  # "auto": plain HTTP on 127.0.0.1 here
         sync_interval=min(cfg.sync_interval, RUN_SYNC_INTERVAL),
     )
     url = db.resolve_url(cfg.database_url, cfg.data_dir)
