@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from panelsrv.http.request import Request
 from panelsrv.store import accounts, catalog
-from panelsrv.web.pages import PageSettings, Pages
+from panelsrv.web.pages import Pages, PageSettings
 from tests.store.helpers import World
 
 FORM = b"application/x-www-form-urlencoded"
@@ -68,7 +69,8 @@ class Client:
         req.body = body if body is not None else urlencode(fields or {}).encode()
         req.cookie = "; ".join(f"{k}={v}" for k, v in self.jar.items()).encode()
         route = self.pages.routes()[path.encode()]
-        status, data, extra = await route.handler(req)  # type: ignore[misc]
+        answer = route.handler(req)
+        status, data, extra = await answer if inspect.isawaitable(answer) else answer
         for name, value in _COOKIE.findall(extra):
             if value:
                 self.jar[name.decode()] = value.decode()

@@ -3,11 +3,12 @@ the database), the raw key is on its creation page only, and every page carries 
 
 from __future__ import annotations
 
+import argon2
 import pyotp
 
 from panelsrv.store import accounts, keys, ledger
 from panelsrv.web import answers
-from tests.pages.rig import PASSWORD, Site, site
+from tests.pages.rig import PASSWORD, site
 from tests.store.helpers import World, new_panel, new_user, order_of
 
 XSS = '"><script>alert(1)</script>'
@@ -47,11 +48,11 @@ async def test_sign_in_answers_alike_for_an_unknown_e_mail_and_a_wrong_password(
         unknown = await c.post("/login", {"email": "nobody@example.test", "password": PASSWORD})
         wrong = await c.post("/login", {"email": w.user.email, "password": PASSWORD + "x"})
         assert unknown.status == wrong.status == 200
-        assert "Wrong e-mail or password." in unknown.text and "Wrong e-mail or password." in wrong.text
+        assert "Wrong e-mail or password." in unknown.text
         assert unknown.text.replace("nobody@example.test", w.user.email) == wrong.text
         assert s.strikes == [c.ip, c.ip]
-        failures = await w.conn.fetchval("SELECT login_failures FROM users WHERE id = $1", w.user.id)
-        assert failures == 1
+        failures = "SELECT login_failures FROM users WHERE id = $1"
+        assert await w.conn.fetchval(failures, w.user.id) == 1
 
 
 async def test_the_account_locks_after_its_failures_with_the_same_answer(database_url: str) -> None:
@@ -85,7 +86,7 @@ async def test_a_post_without_or_with_a_stale_csrf_token_is_refused_and_changes_
         # Sign-in forms carry the CSRF cookie's token.
         anon = s.client()
         r = await anon.go("POST", "/login", {"email": w.user.email, "password": PASSWORD})
-        assert r.status == 403 and "Set-Cookie: __Host-panelsrv=" not in r.headers
+        assert r.status == 403 and b"Set-Cookie: __Host-panelsrv=" not in r.headers
 
 
 async def test_key_creation_wants_the_password_again_and_shows_the_key_once(
@@ -117,9 +118,9 @@ async def test_key_creation_wants_the_password_again_and_shows_the_key_once(
             "/panels/api",
         )
         assert rotated.status == 200 and raw not in rotated.text
-        listed = await keys.list_keys(w.conn, w.user.id)
-        assert [k.revoked is None for k in listed] == [False, True]
-        assert listed[1].label == "bot <1>" and listed[1].allowed == ["203.0.113.0/24"]
+        listed = {k.revoked is None: k for k in await keys.list_keys(w.conn, w.user.id)}
+        assert len(listed) == 2 and listed[False].prefix == raw[: keys.DISPLAY_PREFIX_LENGTH]
+        assert listed[True].label == "bot <1>" and listed[True].allowed == ["203.0.113.0/24"]
 
 
 async def test_the_eleventh_active_key_is_refused(database_url: str) -> None:
@@ -300,3 +301,16 @@ async def test_webhooks_are_added_by_the_apis_rules(database_url: str) -> None:
             "SELECT count(*) FROM webhooks WHERE user_id = $1", w.user.id
         )
         assert count == 0
+
+
+async def test_a_hash_of_older_parameters_is_replaced_at_sign_in(database_url: str) -> None:
+    async with World(database_url) as w:
+        s = await site(w)
+        older = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+        await w.conn.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1", w.user.id, older.hash(PASSWORD)
+        )
+        await s.signed_in(w.user.email)
+        stored = await w.conn.fetchval("SELECT password_hash FROM users WHERE id = $1", w.user.id)
+        assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert argon2.PasswordHasher().verify(stored, PASSWORD)
