@@ -17,7 +17,7 @@ import uvloop
 
 from panelsrv import __version__, commands, config, panelconf, server, workerproc
 from panelsrv.sim import provider as sim
-from panelsrv.store import admin, db
+from panelsrv.store import admin, db, orders
 
 
 class UsageError(Exception):
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "orders, newest first; --status Error lists those a provider reported as failed "
         "(refunded in full)",
     )
-    p.add_argument("--status", choices=admin.ORDER_STATUSES, help="only orders in this status")
+    p.add_argument("--status", choices=orders.ORDER_STATUSES, help="only orders in this status")
     p.add_argument("--provider", help="only this provider's orders (name or id)")
     p.add_argument("--domain", help="only this panel's orders")
     p.add_argument(

@@ -35,7 +35,7 @@ from panelsrv.store.pool import Pool
 Db: TypeAlias = Pool | asyncpg.Connection
 
 # argon2id at OWASP's first recommended setting (19 MiB, 2 passes, 1 lane): 44 ms per verify on
-# this 2-core machine (bench/argon2_cost.py); a change here rehashes on the next sign-in.
+# this 2-core machine (bench/micro/argon2_cost.py); a change here rehashes on the next sign-in.
 HASHER = argon2.PasswordHasher(
     time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16, type=argon2.Type.ID
 )
@@ -133,6 +133,8 @@ SELECT password_hash, totp_secret, totp_enabled_at IS NOT NULL, totp_last_step,
 SET_PASSWORD = """
 UPDATE users SET password_hash = $2, password_changed_at = now() WHERE id = $1
 """
+# $1 user id, $2 the same password hashed with today's parameters, $3 the hash it replaces.
+REHASH = "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3"
 # $1 user id, $2 step matched -> a row only when the step is newer than the last one used.
 USE_TOTP_STEP = """
 UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2 RETURNING id
@@ -207,6 +209,11 @@ class Passwords:
         return await loop.run_in_executor(
             self._threads, _verify, stored or self._absent, password, stored is not None
         )
+
+    @staticmethod
+    def outdated(stored: str) -> bool:
+        """The hash was made with other parameters than HASHER's."""
+        return HASHER.check_needs_rehash(stored)
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -320,6 +327,11 @@ async def credentials(db: Db, user_id: int) -> Credentials:
     if row is None:
         raise LookupError(f"no user {user_id}")
     return Credentials(*row)
+
+
+async def rehash(db: Db, user_id: int, old: str, new: str) -> None:
+    """Replace `old` by `new`, the same password hashed with today's parameters."""
+    await db.execute(REHASH, user_id, new, old)
 
 
 async def change_password(conn: asyncpg.Connection, user_id: int, hashed: str, keep: int) -> None:

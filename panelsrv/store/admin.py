@@ -1,8 +1,9 @@
 """Operator writes behind the admin CLI: panels, users, rate-limit tiers, providers, services,
 user rates, exchange rates; and the order and tier listings it shows.
 
-Imports asyncpg, money, panelconf and the ledger. Every function validates its input before
-writing and runs in one transaction, so bad input raises `InputError` and writes nothing.
+Imports asyncpg, money, panelconf, the ledger and the order statuses (orders.py). Every
+function validates its input before writing and runs in one transaction, so bad input raises
+`InputError` and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import asyncpg
 from panelsrv import money, panelconf
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store import ledger
+from panelsrv.store.orders import ORDER_STATUSES
 
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-ORDER_STATUSES = ("Pending", "In progress", "Completed", "Partial", "Canceled", "Refunded", "Error")
 MAX_LISTED = 10_000
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from panelsrv.web.pages import Pages, Visit
 
 PAGE_SIZE = 25
-SEARCH_MAX = 200
+SEARCH_MAX = orders.MAX_SEARCH_LENGTH
 DONE = {
     "webhook-deleted": "The webhook is deleted.",
     "key-revoked": "The key is revoked. Requests with it are refused from now on.",
@@ -45,7 +45,7 @@ async def home(p: Pages, v: Visit, error: str | None = None, status: int = 200) 
     wanted = q.get("status", "")
     search = q.get("q", "").strip()[:SEARCH_MAX]
     page = int(q["page"]) if q.get("page", "").isdigit() and 0 < len(q["page"]) < 7 else 1
-    if wanted not in orders.STATUSES:
+    if wanted not in orders.ORDER_STATUSES:
         wanted = ""
     found, total = await orders.list_for_user(
         p.pool,
@@ -75,7 +75,7 @@ async def home(p: Pages, v: Visit, error: str | None = None, status: int = 200) 
         total=total,
         page=page,
         pages=max(1, math.ceil(total / PAGE_SIZE)),
-        statuses=orders.STATUSES,
+        statuses=orders.ORDER_STATUSES,
         wanted=wanted,
         search=search,
         webhooks=hooks,

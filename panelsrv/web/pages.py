@@ -237,7 +237,7 @@ class Pages:
             template,
             panel=None if v is None else v.panel.domain,
             signed_in=session is not None and session.stage == "full",
-            email=None if session is None else session.email,
+            account_email=None if session is None else session.email,
             csrf="" if v is None else v.csrf,
             **values,
         )

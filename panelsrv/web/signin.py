@@ -45,6 +45,10 @@ async def login(p: Pages, v: Visit) -> Answer:
         await p.failed(v, None if user is None else user.user_id)
         return p.page(v, "login.html", 200, error=WRONG, notice=None, email=email)
     await accounts.clear_failures(p.pool, user.user_id)
+    assert user.password_hash is not None  # it verified
+    if p.passwords.outdated(user.password_hash):
+        new = await p.passwords.hash(password)
+        await accounts.rehash(p.pool, user.user_id, user.password_hash, new)
     if user.totp:
         cookie = await p.start_session(v, user.user_id, "password")
         return p.redirect("/login/totp", cookie)
