@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Response as PageResponse
 
 from panelsrv.store import accounts, admin, db, keys
@@ -43,6 +44,9 @@ COOKIE = "panelsrv"  # cookie_secure is false here: no __Host- prefix
 SCREENSHOTS = ROOT / "var" / "screenshots"
 PROBES = 20  # fresh connections per probe: all on one of 2 processes once in 2**19 rounds
 T = TypeVar("T")
+# A page is there once its HTML is parsed and its deferred script ran; "load" would also wait
+# for the style sheet, which only a screenshot needs.
+LOADED: Final = "domcontentloaded"
 
 _THREAD = ThreadPoolExecutor(1, thread_name_prefix="web-db")
 
@@ -72,7 +76,7 @@ class Document:
     url: str
     status: int
     headers: dict[str, str]
-    body: str
+    body: str | None  # None: navigated away from before it could be read
 
 
 class Visitor:
@@ -94,17 +98,23 @@ class Visitor:
             return
         self._reading += 1
         try:  # body() yields to Playwright's loop: the test may run on meanwhile
-            body = response.body().decode("utf-8", "replace")
-            self._documents.append(Document(response.url, response.status, response.headers, body))
+            body: str | None = response.body().decode("utf-8", "replace")
+        except PlaywrightError:  # navigated away before it was read: unknown, so suspect
+            body = None
         finally:
             self._reading -= 1
+        self._documents.append(Document(response.url, response.status, response.headers, body))
+
+    def _settle(self) -> None:
+        """Until the response handlers are done (each round trip to the browser lets
+        Playwright's loop run them on): before the next navigation drops the bodies."""
+        while self._reading:
+            self.page.evaluate("0")
 
     @property
     def documents(self) -> list[Document]:
-        """Every document received so far, once their handlers are done (each round trip to
-        the browser lets Playwright's loop run them on)."""
-        while self._reading:
-            self.page.evaluate("0")
+        """Every document received so far."""
+        self._settle()
         return self._documents
 
     def _dialog(self, dialog: Any) -> None:
@@ -112,8 +122,12 @@ class Visitor:
         dialog.dismiss()
 
     def goto(self, path: str, panel: str = SHOP) -> PageResponse:
-        response = self.page.goto(self.site.url(path, panel))
-        assert response is not None, path
+        return self.open(self.site.url(path, panel))
+
+    def open(self, url: str) -> PageResponse:
+        response = self.page.goto(url, wait_until=LOADED)
+        assert response is not None, url
+        self._settle()
         return response
 
     @property
@@ -135,10 +149,11 @@ class Visitor:
         button = self.page.locator(
             f"{form} button:not([type=button]):not([type=reset]), {form} input[type=submit]"
         ).first
-        with self.page.expect_navigation() as navigation:
+        with self.page.expect_navigation(wait_until=LOADED) as navigation:
             button.click()
         response = navigation.value
         assert response is not None, form
+        self._settle()
         return response
 
     def value(self, selector: str) -> str:
@@ -158,6 +173,7 @@ class Visitor:
         raise AssertionError(f"no {COOKIE} cookie: {self.context.cookies()}")
 
     def shot(self, name: str) -> None:
+        self.page.wait_for_load_state("load")  # the style sheet applied
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -234,6 +250,7 @@ class Site:
     def visitor(self, address: str | None = None) -> Visitor:
         headers = {"X-Forwarded-For": address} if address else {}
         context = self.browser.new_context(extra_http_headers=headers)
+        context.set_default_timeout(10_000)  # ms: a page here answers in milliseconds
         return Visitor(self, context)
 
     # -- accounts -------------------------------------------------------------------------
@@ -281,7 +298,7 @@ class Site:
         user_id, email = self.user()
         password = f"pw-{secrets.token_hex(8)}"
         visitor = self.visitor(address)
-        visitor.page.goto(self.invite_link(user_id))
+        visitor.open(self.invite_link(user_id))
         landed = visitor.submit("#set-password", password=password, confirm=password)
         assert visitor.path == "/login", (landed.status, visitor.page.url)
         landed = visitor.submit("#login", email=email, password=password)
@@ -355,4 +372,5 @@ def assert_nowhere_but(documents: Iterable[Document], secret: str, allowed: set[
     """`secret` appears in no recorded page except those whose path is in `allowed`."""
     for doc in documents:
         if urlsplit(doc.url).path not in allowed:
+            assert doc.body is not None, f"{doc.url} ({doc.status}) was not read"
             assert secret not in doc.body, f"the raw key is on {doc.url} ({doc.status})"

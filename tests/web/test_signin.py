@@ -95,10 +95,16 @@ def test_two_factor_is_asked_once_enrolled_a_wrong_code_refused_a_recovery_code_
     enabled = "SELECT totp_enabled_at IS NOT NULL FROM users WHERE id = $1"
     assert blocking(sql_value(site.database_url, enabled, reseller.user_id)) is True
 
-    # Key creation now asks for the code too; the next step's code is a fresh one.
-    visitor.create_key(reseller.password)
+    # Key creation now asks for the code too: refused without it or with a wrong one; the
+    # next step's code is a fresh one.
+    visitor.goto("/panels/api")
+    fields = {"password": reseller.password, "csrf": visitor.csrf("#key-create")}
+    r = site.raw("POST", "/panels/api/create", fields, cookie=visitor.cookie())
+    assert 'id="new-key"' not in r.text, r.status
+    visitor.create_key(reseller.password, code=other_code(totp))
     assert visitor.page.locator("#new-key").count() == 0
     assert visitor.page.locator(".error").is_visible()
+    assert reseller.keys() == []
     visitor.create_key(reseller.password, code=totp.at(time.time() + 30))
     raw = visitor.value("#new-key")
     site.raw_keys.append(raw)
@@ -157,9 +163,8 @@ def test_every_page_sends_the_security_headers_and_the_cookie_flags(
     visitor.create_key("wrong-password-1")  # a page with an error
     stranger = site.visitor()
     try:
-        stranger.goto("/login")
         stranger.goto("/account/set-password?token=not-a-token")
-        stranger.submit("#login", email=reseller.email, password="wrong-password-1")
+        stranger.sign_in(reseller.email, "wrong-password-1")
         documents = visitor.documents + stranger.documents
     finally:
         stranger.close()
@@ -179,7 +184,15 @@ def test_every_page_sends_the_security_headers_and_the_cookie_flags(
     assert cookie["path"] == "/"
     assert cookie["secure"] is False  # cookie_secure=false: plain HTTP here
 
-    for path in ("/static/panelsrv.css", "/static/panelsrv.js"):
+    # The style sheet and script the pages link to (spec: /static/panelsrv.css and .js; the
+    # pages link digest-named copies, /static/panelsrv.<digest>.css).
+    visitor.goto("/panels")
+    linked = visitor.page.eval_on_selector_all(
+        "link[rel=stylesheet], script[src]",
+        "els => els.map(e => e.getAttribute('href') || e.getAttribute('src'))",
+    )
+    assert len(linked) == 2, linked
+    for path in linked:
         r = site.raw("GET", path)
         assert r.status == 200, path
         match = re.search(r"max-age=(\d+)", r.headers.get("Cache-Control", ""))
