@@ -57,6 +57,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     sign_max_skew: Count = 300
     key_cache_ttl: Positive = 300.0
     negative_key_ttl: Positive = 5.0
+    # -- account pages --
+    cookie_secure: bool | Literal["auto"] = "auto"
+    session_idle_timeout: Positive = 1800.0
+    session_lifetime: Positive = 43200.0
+    login_max_failures: Count = 10
+    login_lock_seconds: Positive = 900.0
     # -- limits --
     ip_rate: Positive = 100.0
     ip_burst: Count = 100

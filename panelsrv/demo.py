@@ -3,7 +3,8 @@ imported with a markup, and a fresh key on every run.
 
 Imports the store, the importer and the provider client. Seeding happens once (when the demo
 user does not exist); later runs point the demo provider at the new simulator and issue a new key
-(the raw key is shown once, so the only way to show one is to make one).
+(the raw key is shown once, so the only way to show one is to make one) and a new invitation
+link, through which the demo user's password for the pages is set.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from panelsrv.store import admin, keys
+from panelsrv.store import accounts, admin, keys
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
 
@@ -28,6 +29,7 @@ class Demo:
     email: str
     key: str
     seeded: bool
+    invite: str  # the token of a set-password link
 
 
 async def ensure(conn: asyncpg.Connection, provider_url: str, provider_key: str) -> Demo:
@@ -50,14 +52,18 @@ async def ensure(conn: asyncpg.Connection, provider_url: str, provider_key: str)
         if old.revoked is None:
             await keys.revoke(conn, old.prefix)
     new = await keys.create(conn, user.id)
-    return Demo(DEMO_DOMAIN, DEMO_EMAIL, new.raw, seeded)
+    invite = await accounts.create_invite(conn, user.id)
+    return Demo(DEMO_DOMAIN, DEMO_EMAIL, new.raw, seeded, invite)
 
 
 def banner(demo: Demo, api_url: str) -> str:
+    site = api_url.removesuffix("/api/v2")
     return f"""
 panelsrv is running: {api_url}
   demo panel {demo.domain}, user {demo.email} (balance in `panelsrv audit`, keys in `key list`)
   demo key   {demo.key}
+  pages      {site}/login  (set the demo user's password first, through this link:
+             {site}/account/set-password?token={demo.invite} )
 
   curl -s {api_url} -d key={demo.key} -d action=balance
   curl -s {api_url} -d key={demo.key} -d action=services

@@ -41,6 +41,7 @@ class Code(enum.Enum):
     NOT_FOUND = (404, "Not found")
     USE_POST = (405, "Method not allowed: use POST")  # /api/v2 (and a GET the panel refuses)
     USE_GET = (405, "Method not allowed: use GET")  # the operations routes
+    USE_GET_OR_POST = (405, "Method not allowed: use GET or POST")  # the pages' forms
     DUPLICATE_REQUEST = (409, "Duplicate request")
     BODY_TOO_LARGE = (413, "Request body too large")
     HEADERS_TOO_LARGE = (431, "Request header fields too large")

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 import msgspec
 
@@ -38,14 +38,18 @@ from panelsrv.sim.provider import Simulator
 from panelsrv.startup import counted_outage, open_pool, when_reachable
 from panelsrv.store import catalog, db
 from panelsrv.store.keycache import KeyCache
+from panelsrv.store.keys import USAGE_FLUSH_SECONDS, Usage
 from panelsrv.store.notifications import Notifications
 from panelsrv.store.pool import Pool
+from panelsrv.web.pages import Pages, PageSettings, unavailable_routes
+from panelsrv.web.views import load_assets
 from panelsrv.workerproc import WorkerService
 
 log = logging.getLogger("panelsrv.server")
 
 DB_MEANWHILE = "answering 503 until it is back"
 START_WAIT = 1.0  # seconds an API process waits for the database before it listens anyway
+LAST_FLUSH_TIMEOUT = 5.0  # seconds `stop` gives the last usage flush (a hung database: dropped)
 # The guard's gauges (Guard.metrics() names), summed over the worker processes in a scrape.
 GUARD_GAUGES = {
     "guard_shared_up": "Processes whose limits are shared through Redis or the host's hub"
@@ -77,6 +81,18 @@ def http_bounds(cfg: Config) -> Bounds:
     )  # fmt: skip
 
 
+def page_settings(cfg: Config) -> PageSettings:
+    """`cookie_secure = "auto"` is true here: `run` (plain-HTTP development) resolves it to
+    false before it gets here."""
+    return PageSettings(
+        cookie_secure=cfg.cookie_secure is not False, session_idle=cfg.session_idle_timeout,
+        session_lifetime=cfg.session_lifetime, max_failures=cfg.login_max_failures,
+        lock_seconds=cfg.login_lock_seconds, user_rate=cfg.user_rate, user_burst=cfg.user_burst,
+        webhook_allow_http=cfg.webhook_allow_http,
+        webhook_allow_private=cfg.webhook_allow_private,
+    )  # fmt: skip
+
+
 def _guard_reading(guard: Guard, name: str) -> Callable[[], float]:
     return lambda: guard.metrics()[name]
 
@@ -102,7 +118,9 @@ def hub_path(run_dir: str) -> str:
 
 
 class App:
-    """One API process: pool, catalog, key cache, notifications, limits, API and ops listeners."""
+    """One API process: pool, catalog, key cache, notifications, limits, API and ops listeners,
+    and the keys' last use, noted per request and flushed every USAGE_FLUSH_SECONDS and once at
+    stop."""
 
     def __init__(
         self, cfg: Config, url: str, slot: Slot, *, guarded: bool = True, hub: str | None = None
@@ -121,6 +139,9 @@ class App:
         self._notifications: Notifications | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: KeyCache | None = None
+        self._usage: Usage | None = None
+        self._pages: Pages | None = None
+        self._assets = load_assets()  # the pages' static files, read once
         self._db_outage: Outage  # set by start()
 
     async def start(self) -> None:
@@ -144,7 +165,7 @@ class App:
             fn=lambda: self.pool.get_idle_size() if self.pool is not None else 0,
         )
         self.http = HttpServer(
-            api_routes(unavailable),
+            api_routes(unavailable) | unavailable_routes(self._assets),
             bounds=http_bounds(cfg),
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
@@ -164,15 +185,19 @@ class App:
         if failure is not None and not db.unavailable(failure):
             raise failure
         if not first.done() or failure is not None:
-            task = loop.create_task(self._open_store_later(first, guard))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._open_store_later(first, guard))
         self._share = MetricsShare(registry, self.slot.run_dir, self.slot.index)
         await self._share.start()
         await self.http.start(cfg.host, cfg.port, reuse_port=True)
         if cfg.ops_port:
             self.ops = HttpServer(ops_routes(self.ready, self._share.collect))
             await self.ops.start(cfg.ops_host, cfg.ops_port, reuse_port=True)
+
+    def _background(self, work: Coroutine[object, object, None]) -> None:
+        """A task of this process's, cancelled at stop."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _open_store_later(self, first: asyncio.Task[None], guard: Guard | None) -> None:
         """The first attempt, still under way or failed, then retries until the API serves."""
@@ -203,6 +228,8 @@ class App:
             self.url, keys.revoke, live.changed, self._listener_reset(keys, live), keys.trust_until
         )
         self._notifications.start()
+        self._usage = usage = Usage()
+        self._background(_flush_usage_every(usage, pool))
         api = Api(
             pool=pool,
             state=live,
@@ -211,12 +238,21 @@ class App:
             sign_max_skew=cfg.sign_max_skew,
             strike=guard.strike if guard else _no_strike,
             user_wait=guard.check_user if guard else _no_wait,
+            usage=usage,
             user_refused=user_refused(cfg),
             webhook_allow_http=cfg.webhook_allow_http,
             webhook_allow_private=cfg.webhook_allow_private,
         )
+        self._pages = pages = Pages(
+            pool=pool,
+            state=live,
+            settings=page_settings(cfg),
+            default_panel=cfg.default_panel,
+            strike=guard.strike if guard else _no_strike,
+            assets=self._assets,
+        )
         assert self.http is not None
-        self.http.routes.update(api_routes(api.handle))
+        self.http.routes.update(api_routes(api.handle) | pages.routes())
 
     def _start_guard(
         self, registry: metrics.Registry, outage: Callable[[str, str], Outage]
@@ -265,12 +301,31 @@ class App:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._usage is not None and self.pool is not None:  # what was used since the last
+            await flush_usage(self._usage, self.pool, LAST_FLUSH_TIMEOUT)
         if self._notifications is not None:
             await self._notifications.stop()
+        if self._pages is not None:
+            self._pages.close()
         if self._guard is not None:
             await self._guard.close()
         if self.pool is not None:
             await self.pool.close()
+
+
+async def _flush_usage_every(usage: Usage, pool: Pool) -> None:
+    while True:
+        await asyncio.sleep(USAGE_FLUSH_SECONDS)
+        await flush_usage(usage, pool)
+
+
+async def flush_usage(usage: Usage, pool: Pool, timeout: float | None = None) -> None:
+    """Write the keys' last use; a failure is logged (no key in it) and the batch kept for the
+    next flush."""
+    try:
+        await asyncio.wait_for(usage.flush(pool), timeout)
+    except Exception as exc:
+        log.warning("the keys' last use was not written (kept for the next flush): %r", exc)
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -370,6 +425,7 @@ def run_all(cfg: Config) -> int:
     cfg = msgspec.structs.replace(
         cfg,
         default_panel=cfg.default_panel or demo.DEMO_DOMAIN,
+        cookie_secure=cfg.cookie_secure is True,  # "auto": plain HTTP on 127.0.0.1 here
         sync_interval=min(cfg.sync_interval, RUN_SYNC_INTERVAL),
     )
     url = db.resolve_url(cfg.database_url, cfg.data_dir)

@@ -56,8 +56,10 @@ Link = Annotated[str, Meta(max_length=1000)]
 LongText = Annotated[str, Meta(max_length=10_000)]
 ShortText = Annotated[str, Meta(max_length=1000)]
 DateText = Annotated[str, Meta(max_length=64)]
-Url = Annotated[str, Meta(max_length=2048)]
-Events = Annotated[str, Meta(max_length=256)]
+URL_MAX = 2048
+EVENTS_MAX = 256
+Url = Annotated[str, Meta(max_length=URL_MAX)]
+Events = Annotated[str, Meta(max_length=EVENTS_MAX)]
 
 
 class Action(msgspec.Struct, tag_field="action", frozen=True, gc=False, kw_only=True):

@@ -3,13 +3,15 @@ bytes on the socket; the protocol hands us its reused Request object.
 
 Imports api (decode, sign, actions, respond), store (key cache, catalog), errors and panelconf.
 Order of work, cheapest and most decisive first: panel from Host -> a GET's admission (the
-panel's `accept_get`) -> decode -> key -> sign -> per-user cap (the user's tier's, carried by
-the cached principal) -> the action. A GET the panel takes is decoded exactly as a POST whose
-form body is its query string, and goes the same way from there (limits, strikes, answers).
-Every failure to authenticate is reported to `strike` (the limits layer turns strikes into IP
-blocks). Errors are rendered here and only here: the table's status, `legacy_errors` (business
-errors as 200 for old SDKs), Retry-After on 429/503, and a generic 500 with the request id in
-the log for anything unexpected.
+panel's `accept_get`) -> decode -> key (of this panel; used from one of its allowed client
+addresses when it has a list, else it counts as invalid) -> sign -> the key noted as used
+(`usage`) -> per-user cap (the user's tier's, carried by the cached principal) -> the action.
+A GET the panel takes is decoded exactly as a POST whose form body is its query string, and
+goes the same way from there (limits, strikes, answers). Every failure to authenticate is
+reported to `strike` (the limits layer turns strikes into IP blocks). Errors are rendered here
+and only here: the table's status, `legacy_errors` (business errors as 200 for old SDKs),
+Retry-After on 429/503, and a generic 500 with the request id in the log for anything
+unexpected.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ class CatalogHolder(Protocol):
     catalog: Catalog
 
 
+class KeyUsage(Protocol):
+    """Where the use of an admitted key is noted (store.keys.Usage: a set add, written later
+    in batches, never a write per request)."""
+
+    def note(self, key_id: int) -> None: ...
+
+
 def _retry_after(seconds: float) -> bytes:
     return retry_after_header(retry_after(seconds))
 
@@ -86,6 +95,7 @@ class Api:
         "_sign_max_skew",
         "_state",
         "_strike",
+        "_usage",
         "_user_refused",
         "_user_wait",
         "_webhook_allow_http",
@@ -102,6 +112,7 @@ class Api:
         sign_max_skew: int,
         strike: Callable[[str], None],
         user_wait: Callable[[int, Tier | None], float],
+        usage: KeyUsage,
         user_refused: bytes = ERROR_BODIES[Code.TOO_MANY_REQUESTS],
         clock: Callable[[], float] = time.time,
         webhook_allow_http: bool = False,
@@ -114,6 +125,7 @@ class Api:
         self._sign_max_skew = sign_max_skew
         self._strike = strike
         self._user_wait = user_wait
+        self._usage = usage
         # The 429 of the server's per-user cap (users without a tier), naming it; built once.
         self._user_refused = user_refused
         self._clock = clock
@@ -172,9 +184,15 @@ class Api:
         decoded: Decoded,
         principal: Principal | None,
     ) -> respond.Context:
-        """Key, signature and per-user cap; the context the action runs in, or ApiError."""
+        """Key (its panel, its allowed addresses), signature and per-user cap; the context the
+        action runs in, or ApiError. A key that passed its signature is noted as used, even
+        when the per-user cap then refuses the request."""
         action = decoded.action
-        if principal is None or principal.panel_id != panel.id:
+        if (
+            principal is None
+            or principal.panel_id != panel.id
+            or (principal.allowed and not principal.admits(req.client_ip))
+        ):  # a key used from outside its allowed addresses is as good as none
             self._strike(req.client_ip)
             raise ApiError(Code.INVALID_KEY)
         if action.sign is not None and not sign.verify_request(
@@ -188,6 +206,7 @@ class Api:
         ):
             self._strike(req.client_ip)
             raise ApiError(Code.INVALID_SIGNATURE)
+        self._usage.note(principal.key_id)
         tier = principal.tier
         wait = self._user_wait(principal.user_id, tier)
         if wait > 0:

@@ -294,21 +294,46 @@ async def refill_status(ctx: Context, action: a.RefillStatus) -> tuple[int, byte
 
 
 async def webhook_add(ctx: Context, action: a.WebhookAdd) -> tuple[int, bytes]:
+    webhook_id, secret = await add_webhook(
+        ctx.pool,
+        ctx.principal.user_id,
+        action.url,
+        action.events,
+        allow_http=ctx.webhook_allow_http,
+        allow_private=ctx.webhook_allow_private,
+    )
+    return 200, a.encode_reply(a.WebhookAddReply(webhook=webhook_id, secret=secret))
+
+
+async def add_webhook(
+    pool: Pool,
+    user_id: int,
+    url: str,
+    events_text: str | None,
+    *,
+    allow_http: bool,
+    allow_private: bool,
+) -> tuple[int, str]:
+    """A user's new webhook (id, signing secret) by the API's rules, from the API's
+    `webhook_add` or the account pages alike: an ApiError names what is wrong."""
+    if len(url) > a.URL_MAX:  # the API's decoder enforces these; the pages' forms do not
+        raise bad_request("url", f"at most {a.URL_MAX} characters")
+    if events_text is not None and len(events_text) > a.EVENTS_MAX:
+        raise bad_request("events", f"at most {a.EVENTS_MAX} characters")
     events = list(webhooks.EVENT_TYPES)
-    if action.events is not None:
-        events = list(dict.fromkeys(e.strip() for e in action.events.split(",") if e.strip()))
+    if events_text is not None:
+        events = list(dict.fromkeys(e.strip() for e in events_text.split(",") if e.strip()))
         unknown = [e for e in events if e not in webhooks.EVENT_TYPES]
         if unknown or not events:
             raise bad_request(
                 "events", "comma-separated list of " + ", ".join(webhooks.EVENT_TYPES)
             )
     try:
-        host, port = netsafe.check_url(action.url, ctx.webhook_allow_http)
-        await netsafe.resolve(host, port, ctx.webhook_allow_private)
+        host, port = netsafe.check_url(url, allow_http)
+        await netsafe.resolve(host, port, allow_private)
     except netsafe.UnsafeUrl as exc:
         raise bad_request("url", str(exc)) from None
     try:
-        webhook_id, secret = await webhooks.add(ctx.pool, ctx.principal.user_id, action.url, events)
+        return await webhooks.add(pool, user_id, url, events)
     except webhooks.TooManyWebhooks:
         raise bad_request("url", f"at most {webhooks.MAX_PER_USER} webhooks per user") from None
-    return 200, a.encode_reply(a.WebhookAddReply(webhook=webhook_id, secret=secret))

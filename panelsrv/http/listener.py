@@ -174,8 +174,9 @@ class HttpServer:
 
 def api_routes(handler: Handler) -> dict[bytes, Route]:
     """`POST /api/v2` and `/api/v2/` answered by `handler` (JSON responses); a GET reaches
-    `handler` too, which serves or refuses it (`accept_get`)."""
-    route = Route(b"POST", handler, takes_get=True)
+    `handler` too, which serves or refuses it (`accept_get`), so other methods' 405 names POST
+    alone, as the handler's refusal of a GET does."""
+    route = Route(b"POST", handler, takes_get=True, allow=b"POST")
     return {b"/api/v2": route, b"/api/v2/": route}
 
 

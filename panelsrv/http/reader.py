@@ -47,7 +47,7 @@ from panelsrv.http.request import Bounds, Request, Route
 IDLE, HEAD, BODY, CLOSED = range(4)  # the Reader's phase: between messages, in one, no more
 
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONTENT_TYPE, _EXPECT = range(1, 6)
-_IDEMPOTENCY_KEY, _FORWARDED_FOR, _REAL_IP = range(6, 9)
+_IDEMPOTENCY_KEY, _FORWARDED_FOR, _REAL_IP, _COOKIE = range(6, 10)
 _WANTED = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -57,6 +57,7 @@ _WANTED = {
     b"idempotency-key": _IDEMPOTENCY_KEY,
     b"x-forwarded-for": _FORWARDED_FOR,
     b"x-real-ip": _REAL_IP,
+    b"cookie": _COOKIE,
 }
 _OWS = b" \t"
 _CODING_REASONS = {400: "bad_request", 501: "not_implemented"}
@@ -352,6 +353,10 @@ class Reader:
             req = self.req
             self._invalid |= req.idempotency_key is not None
             req.idempotency_key = value.rstrip(_OWS).decode("latin-1")
+        elif key == _COOKIE:  # several are one list (RFC 9113 8.2.3, RFC 6265 5.4)
+            req = self.req
+            cookie = value.rstrip(_OWS)
+            req.cookie = cookie if not req.cookie else req.cookie + b"; " + cookie
         elif self.trusted_peer:  # forwarding headers count only from our own proxies
             if key == _FORWARDED_FOR:
                 xff = self._forwarded_for

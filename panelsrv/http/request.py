@@ -20,15 +20,23 @@ Handler = Callable[["Request"], "Answer | Awaitable[Answer]"]
 
 
 class Route(NamedTuple):
-    """What a path answers: its one method, the handler, and the Content-Type line it sends.
-    With `takes_get`, a GET reaches the handler too, which decides whether to serve it (the
-    panel setting `accept_get` for /api/v2: only the handler knows the panel); any other
-    method is the route's 405."""
+    """What a path answers: its method, the handler, and the Content-Type line it sends.
+    With `takes_get`, a GET reaches the handler too (a page: GET shows its form, POST sends
+    it; /api/v2: the handler decides whether to serve it, by the panel setting `accept_get`).
+    Any other method is the route's 405, whose Allow line names the methods the route takes,
+    or `allow` when given (/api/v2 names POST alone: only the handler knows the panel)."""
 
     method: bytes
     handler: Handler
     content_type: bytes = wire.JSON
     takes_get: bool = False
+    allow: bytes = b""
+
+    def allowed(self) -> bytes:
+        """The value of the route's 405's Allow line."""
+        if self.allow:
+            return self.allow
+        return b"GET, " + self.method if self.takes_get and self.method != b"GET" else self.method
 
 
 class Bounds(NamedTuple):
@@ -53,10 +61,11 @@ class Request:
 
     `method` is the request's (the route's, or GET on a route that `takes_get`); `host` the
     Host header lowercased without port; `content_type` lowercased (b"" if none);
-    `query` the raw query string; `idempotency_key` the header decoded latin-1 (one char per
-    byte, unvalidated); `body` the whole body; `id` a per-process request number for logs
-    (`request_id` is the same as text); `action` may be set by the handler to label metrics.
-    The underscored slots belong to the protocol.
+    `query` the raw query string; `cookie` the Cookie header (several joined by "; ", b"" if
+    none; bounded by the header limits, unparsed); `idempotency_key` the header decoded
+    latin-1 (one char per byte, unvalidated); `body` the whole body; `id` a per-process
+    request number for logs (`request_id` is the same as text); `action` may be set by the
+    handler to label metrics. The underscored slots belong to the protocol.
     """
 
     __slots__ = (
@@ -72,6 +81,7 @@ class Request:
         "body",
         "client_ip",
         "content_type",
+        "cookie",
         "host",
         "id",
         "idempotency_key",
@@ -91,7 +101,7 @@ class Request:
 
     def early_status(self) -> tuple[int, bytes, int]:
         """What `wire.early_answer` renders for a request refused before its handler."""
-        return self._reject, self._route.method if self._route else b"", self._retry_after
+        return self._reject, self._route.allowed() if self._route else b"", self._retry_after
 
     def _reset(self, rid: int, ip: str) -> None:
         self.id = rid
@@ -100,6 +110,7 @@ class Request:
         self.host = ""
         self.content_type = b""
         self.query = b""
+        self.cookie = b""
         self.idempotency_key: str | None = None
         self.body = b""
         self.action = ""

@@ -19,6 +19,9 @@ STATUS_LINES: dict[int, bytes] = {
 }
 
 JSON = b"Content-Type: application/json; charset=utf-8\r\n"
+HTML = b"Content-Type: text/html; charset=utf-8\r\n"
+CSS = b"Content-Type: text/css; charset=utf-8\r\n"
+JS = b"Content-Type: text/javascript; charset=utf-8\r\n"  # RFC 9239
 PROMETHEUS = b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
 CLOSE = b"Connection: close\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"  # only HTTP/1.0 clients need to be told
@@ -66,14 +69,17 @@ def render_head(
     )
 
 
-# The 405 of a route, by the method it takes: the body says which one to use.
-_405_BODIES = {b"POST": ERROR_BODIES[Code.USE_POST], b"GET": ERROR_BODIES[Code.USE_GET]}
+# The 405 of a route, by the methods it allows: the body says which to use.
+_405_BODIES = {
+    b"POST": ERROR_BODIES[Code.USE_POST],
+    b"GET": ERROR_BODIES[Code.USE_GET],
+    b"GET, POST": ERROR_BODIES[Code.USE_GET_OR_POST],
+}
 
 
-def render_405(method: bytes, keep_alive: bool) -> bytes:
-    """405 for a route that takes only `method` (POST or GET; the Allow line differs per
-    route)."""
-    return render(405, _405_BODIES[method], keep_alive, b"Allow: %s\r\n" % method)
+def render_405(allow: bytes, keep_alive: bool) -> bytes:
+    """405 for a route that allows `allow` (b"POST", b"GET" or b"GET, POST"), its Allow line."""
+    return render(405, _405_BODIES[allow], keep_alive, b"Allow: %s\r\n" % allow)
 
 
 # Prebuilt rejects, keyed by status; refreshed in place with the Date (same dict objects, so
@@ -123,7 +129,7 @@ set_date(0.0)  # well-formed until the first listener starts its ticker
 
 def early_answer(refusal: tuple[int, bytes, int], keep_alive: bool) -> bytes:
     """The response to a request refused before its handler: `refusal` is (404 | 405 | 429,
-    the route's method for a 405's Allow line, a 429's Retry-After seconds)."""
+    a 405's Allow value (`Route.allowed`), a 429's Retry-After seconds)."""
     status, allow, retry_after = refusal
     if status == 404:
         return REJECT_KEEP[404] if keep_alive else REJECT_CLOSE[404]

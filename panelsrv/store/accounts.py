@@ -124,9 +124,10 @@ END_SESSION = "UPDATE sessions SET ended_at = now() WHERE id = $1 AND ended_at I
 END_OTHER_SESSIONS = """
 UPDATE sessions SET ended_at = now() WHERE user_id = $1 AND id <> $2 AND ended_at IS NULL
 """
-# $1 user id -> password hash, TOTP secret, TOTP enabled, last TOTP step used.
+# $1 user id -> password hash, TOTP secret, TOTP enabled, last TOTP step used, locked now.
 CREDENTIALS = """
-SELECT password_hash, totp_secret, totp_enabled_at IS NOT NULL, totp_last_step
+SELECT password_hash, totp_secret, totp_enabled_at IS NOT NULL, totp_last_step,
+       coalesce(login_locked_until > now(), false)
   FROM users WHERE id = $1
 """
 SET_PASSWORD = """
@@ -311,6 +312,7 @@ class Credentials:
     totp_secret: str | None
     totp: bool  # enabled
     totp_last_step: int
+    locked: bool  # too many failed sign-ins lately (login_lock_seconds)
 
 
 async def credentials(db: Db, user_id: int) -> Credentials:
@@ -365,11 +367,14 @@ async def start_totp(db: Db, user_id: int) -> str | None:
     return secret if done.endswith(" 1") else None
 
 
+_CODE_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32: 5 bits a character
+
+
 def new_recovery_codes() -> list[str]:
     """RECOVERY_CODES codes of 80 bits each, as `xxxx-xxxx-xxxx-xxxx` (lowercase base32)."""
     codes = []
     for _ in range(RECOVERY_CODES):
-        raw = pyotp.random_base32(16).lower()
+        raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(16))
         codes.append("-".join(raw[i : i + 4] for i in range(0, 16, 4)))
     return codes
 
@@ -411,3 +416,29 @@ async def use_recovery_code(db: Db, user_id: int, code: str) -> bool:
 
 async def recovery_codes_left(db: Db, user_id: int) -> int:
     return int(await db.fetchval(COUNT_RECOVERY_CODES, user_id))
+
+
+# -- the account home -------------------------------------------------------------------------
+
+# $1 user id -> balance (minor units), and the user's rate-limit tier (all NULL without one).
+ACCOUNT = """
+SELECT w.balance, t.name, t.rate, t.burst, t.orders
+  FROM users u JOIN wallets w ON w.user_id = u.id LEFT JOIN tiers t ON t.id = u.tier_id
+ WHERE u.id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    balance: int  # minor units (money.format)
+    tier: str | None  # None: the server's per-user cap
+    tier_rate: float | None
+    tier_burst: int | None
+    tier_orders: int | None
+
+
+async def account(db: Db, user_id: int) -> Account:
+    row = await db.fetchrow(ACCOUNT, user_id)
+    if row is None:
+        raise LookupError(f"no user {user_id}")
+    return Account(int(row[0]), row[1], row[2], row[3], row[4])

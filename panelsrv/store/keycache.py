@@ -14,6 +14,7 @@ is not remembered: its row may predate the change, whose NOTIFY can overtake the
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import time
 from collections.abc import Callable
@@ -23,17 +24,19 @@ from panelsrv.panelconf import Tier
 from panelsrv.store import keys
 from panelsrv.store.pool import Pool
 
-# $1 sha256 -> the active key's principal, with the user's own rates as [[service, rate], ...]
-# and the user's tier (all NULL without one): one indexed lookup, the tier's row by its key.
+# $1 sha256 -> the active key's principal, with the user's own rates as [[service, rate], ...],
+# the user's tier (all NULL without one) and the key's allowed client networks (cidr[], '{}':
+# any): one indexed lookup, the tier's row by its key.
 LOOKUP_PRINCIPAL = """
 SELECT k.id, k.user_id, u.panel_id, u.discount_bp,
        coalesce((SELECT array_agg(ARRAY[r.service_id, r.rate]) FROM user_rates r
                   WHERE r.user_id = u.id), '{}'),
-       t.id, t.name, t.rate, t.burst, t.orders
+       t.id, t.name, t.rate, t.burst, t.orders, k.allowed_ips
   FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN tiers t ON t.id = u.tier_id
  WHERE k.hash = $1 AND k.revoked_at IS NULL
 """
 MAX_ENTRIES = 200_000
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,18 @@ class Principal:
     overrides: dict[int, int]  # service id -> the user's own rate
     digest_hex: str
     tier: Tier | None  # None: the server's per-user cap and the panel's order ceiling
+    allowed: tuple[Network, ...] = ()  # the client networks the key may be used from; (): any
+
+    def admits(self, client_ip: str) -> bool:
+        """Whether a request from `client_ip` (canonical text) may use the key: always for a
+        key without a list, else when the address is in one of its networks."""
+        if not self.allowed:
+            return True
+        try:
+            addr = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.allowed)
 
 
 class KeyCache:
@@ -119,7 +134,8 @@ class KeyCache:
             return None
         overrides = {int(service): int(rate) for service, rate in row[4]}
         tier = None if row[5] is None else Tier(row[5], row[6], row[7], row[8], row[9])
-        return Principal(row[0], row[1], row[2], row[3], overrides, digest.hex(), tier)
+        allowed = tuple(row[10])  # asyncpg decodes cidr as ipaddress networks
+        return Principal(row[0], row[1], row[2], row[3], overrides, digest.hex(), tier, allowed)
 
     def _remember(self, raw: str, principal: Principal | None) -> None:
         if self._clock() >= self._trusted_until:

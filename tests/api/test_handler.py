@@ -42,7 +42,8 @@ class State:
 @dataclass
 class Rig:
     """A World (panel, user, cancel/refill service), the user's raw key, and an Api over them;
-    `wait` is what the per-user cap says (seconds), `strikes` the addresses it was told of."""
+    `wait` is what the per-user cap says (seconds), `strikes` the addresses it was told of,
+    `usage` where it notes the keys it admitted."""
 
     w: World
     url: str
@@ -51,6 +52,7 @@ class Rig:
     state: State
     strikes: list[str] = field(default_factory=list)
     wait: float = 0.0
+    usage: keys.Usage = field(default_factory=keys.Usage)
     keys: KeyCache = field(init=False)
     api: Api = field(init=False)
 
@@ -69,7 +71,7 @@ class Rig:
         return Api(
             pool=pool, state=self.state, keys=keys or self.keys, default_panel="",
             sign_max_skew=300, strike=self.strikes.append,
-            user_wait=user_wait or (lambda _user, _tier: self.wait),
+            user_wait=user_wait or (lambda _user, _tier: self.wait), usage=self.usage,
         )  # fmt: skip
 
     async def reload(self) -> None:
@@ -78,10 +80,10 @@ class Rig:
     async def ask(
         self, fields: dict[str, Any] | None = None, *, body: bytes | None = None,
         ctype: bytes = FORM, method: bytes = b"POST", idempotency_key: str | None = None,
-        api: Api | None = None,
+        api: Api | None = None, client_ip: str = "192.0.2.1",
     ) -> tuple[int, bytes, bytes]:  # fmt: skip
         req = Request()
-        req.method, req.host, req.client_ip = method, self.domain, "192.0.2.1"
+        req.method, req.host, req.client_ip = method, self.domain, client_ip
         req.content_type = ctype
         req.body = body if body is not None else urlencode(fields or {}).encode()
         req.idempotency_key = idempotency_key
@@ -231,8 +233,8 @@ OUTCOMES: dict[Code, tuple[Case, bytes | None]] = {
 }
 # Answered by the transport before (or instead of) the handler: routes, framing, sizes.
 NOT_THE_HANDLERS = {
-    Code.NOT_FOUND, Code.USE_GET, Code.BODY_TOO_LARGE, Code.HEADERS_TOO_LARGE,
-    Code.NOT_IMPLEMENTED,
+    Code.NOT_FOUND, Code.USE_GET, Code.USE_GET_OR_POST, Code.BODY_TOO_LARGE,
+    Code.HEADERS_TOO_LARGE, Code.NOT_IMPLEMENTED,
 }  # fmt: skip
 RETRY_AFTER = {Code.TOO_MANY_REQUESTS: 3, Code.UNAVAILABLE: UNAVAILABLE_RETRY_AFTER}
 
@@ -286,3 +288,44 @@ async def test_bad_keys_and_signatures_are_struck_and_nothing_else_is(database_u
         await r.ask(r.fields("balance", sign="00" * 32))
         await r.ask(r.fields("nope"))
         assert r.strikes == ["192.0.2.1", "192.0.2.1"]
+
+
+async def last_used(r: Rig, raw: str) -> object:
+    return await r.w.conn.fetchval(
+        "SELECT last_used_at FROM api_keys WHERE hash = $1", keys.digest(raw)
+    )
+
+
+async def test_a_key_used_outside_its_allowed_addresses_is_an_invalid_key_and_struck(
+    database_url: str,
+) -> None:
+    async with rigged(database_url) as r:
+        await r.w.conn.execute(
+            "UPDATE api_keys SET allowed_ips = '{198.51.100.0/24,2001:db8::/32}' WHERE hash = $1",
+            keys.digest(r.key),
+        )
+        invalid = (401, ERROR_BODIES[Code.INVALID_KEY], b"")
+        assert await r.ask(r.fields("balance"), client_ip="192.0.2.1") == invalid  # a lookup
+        assert (await r.ask(r.fields("balance"), client_ip="198.51.100.9"))[0] == 200
+        assert r.keys.cached(r.key)[0]  # from here on, answered from memory
+        assert (await r.ask(r.fields("balance"), client_ip="2001:db8::1"))[0] == 200
+        assert await r.ask(r.fields("balance"), client_ip="198.51.101.9") == invalid
+        assert r.strikes == ["192.0.2.1", "198.51.101.9"]
+        assert await r.usage.flush(r.w.pool) == 1  # the key, noted by the answered requests
+        await r.ask(r.fields("balance"), client_ip="192.0.2.1")
+        assert await r.usage.flush(r.w.pool) == 0  # a refused use is no use
+
+
+async def test_the_keys_admitted_are_written_as_used_by_the_flush_and_never_per_request(
+    database_url: str,
+) -> None:
+    async with rigged(database_url) as r:
+        other = (await keys.create(r.w.conn, r.w.user.id)).raw
+        for _ in range(3):
+            assert (await r.ask(r.fields("balance")))[0] == 200
+        assert (await r.ask(r.fields("services")))[0] == 200  # answered without a task
+        assert (await r.ask(r.fields("balance", key=other, sign="00" * 32)))[0] == 401
+        assert await last_used(r, r.key) is None  # the requests wrote nothing
+        assert await r.usage.flush(r.w.pool) == 1  # one key, however many requests
+        assert await last_used(r, r.key) is not None
+        assert await last_used(r, other) is None  # its signature failed: not admitted

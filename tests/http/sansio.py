@@ -29,16 +29,18 @@ DEFAULT_BOUNDS = Bounds()
 
 class Events:
     """A Reader's Sink: each event as a tuple; a complete request as ("complete", method,
-    host, query, body, keep-alive, reject status)."""
+    host, query, body, keep-alive, reject status), and its Cookie in `cookies`."""
 
     def __init__(self) -> None:
         self.seen: list[Event] = []
+        self.cookies: list[bytes] = []
 
     def complete(self, req: Request) -> None:
         req._pending = False  # answered at once, as a connection that is not busy would
         self.seen.append(
             ("complete", req.method, req.host, req.query, req.body, req._keep_alive, req._reject)
         )
+        self.cookies.append(req.cookie)
 
     def rejected(self, reason: str) -> None:
         self.seen.append(("rejected", reason))

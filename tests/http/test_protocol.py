@@ -10,11 +10,13 @@ import logging
 
 import pytest
 
-from panelsrv.http.request import Bounds
+from panelsrv.http import wire
+from panelsrv.http.listener import HttpServer
+from panelsrv.http.request import Answer, Bounds, Request, Route
 from panelsrv.metrics import Registry
-from tests.http.httpkit import Calls, Client, start_server
+from tests.http.httpkit import Calls, Client, connect, start_server
 from tests.kit.waiting import until
-from tests.kit.wire import post
+from tests.kit.wire import post, request
 
 
 async def test_request_fields_reach_the_handler() -> None:
@@ -120,6 +122,38 @@ async def test_404_with_a_large_body_is_answered_without_reading_it_and_closes()
         await client.close()
     finally:
         await server.stop(1.0)
+
+
+def page(req: Request) -> Answer:
+    return 200, b"<p>%s</p>" % req.method, b""
+
+
+async def test_a_page_takes_get_and_post_and_its_405_allows_both_and_static_files_get() -> None:
+    server = HttpServer({
+        b"/login": Route(b"POST", page, content_type=wire.HTML, takes_get=True),
+        b"/static/panelsrv.css": Route(b"GET", page, content_type=wire.CSS),
+        b"/static/panelsrv.js": Route(b"GET", page, content_type=wire.JS),
+    })  # fmt: skip
+    proto, transport = connect(server)
+    for method, target in [
+        (b"GET", b"/login"), (b"POST", b"/login"), (b"PUT", b"/login"), (b"DELETE", b"/login"),
+        (b"GET", b"/static/panelsrv.css"), (b"POST", b"/static/panelsrv.css"),
+        (b"GET", b"/static/panelsrv.js"),
+    ]:  # fmt: skip
+        proto.data_received(request(method, target, body=b""))
+    heads = [data.partition(b"\r\n\r\n") for data in transport.writes]
+    assert transport.statuses() == [200, 200, 405, 405, 200, 405, 200] and not transport.closed
+    html, css, js = (b"\r\n" + line for line in (wire.HTML, wire.CSS, wire.JS))
+    assert [body for _, _, body in heads[:2]] == [b"<p>GET</p>", b"<p>POST</p>"]
+    assert html in heads[0][0] and html in heads[1][0]
+    for head, _, body in heads[2:4]:
+        assert b"\r\nAllow: GET, POST\r\n" in head
+        assert body == b'{"error":"Method not allowed: use GET or POST"}'
+    assert css in heads[4][0] and js in heads[6][0]
+    assert b"\r\nAllow: GET\r\n" in heads[5][0]
+    assert wire.HTML == b"Content-Type: text/html; charset=utf-8\r\n"
+    assert wire.CSS == b"Content-Type: text/css; charset=utf-8\r\n"
+    assert wire.JS == b"Content-Type: text/javascript; charset=utf-8\r\n"
 
 
 @pytest.mark.parametrize("method", [b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"])

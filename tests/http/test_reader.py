@@ -10,7 +10,7 @@ import pytest
 
 from panelsrv.http.reader import SKIP_BODY_MAX
 from panelsrv.http.request import Bounds
-from tests.http.sansio import Event, events, every_split
+from tests.http.sansio import Event, events, every_split, reader, splits
 from tests.http.test_framing import BAD, GOOD, NOT_IMPLEMENTED
 from tests.kit.wire import post
 
@@ -83,6 +83,7 @@ def test_a_chunked_body_over_the_limit_is_413_on_the_running_length() -> None:
     "data",
     [
         H + b"X-Big: " + b"a" * 3000 + b"\r\nContent-Length: 0\r\n\r\n",
+        H + (b"Cookie: a=" + b"1" * 1100 + b"\r\n") * 2 + b"Content-Length: 0\r\n\r\n",
         b"POST /api/v2?" + b"q" * 3000 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
         H + b"".join(b"X-%d: 1\r\n" % i for i in range(25)) + b"\r\n",
     ],
@@ -202,9 +203,37 @@ def test_keep_alive_is_the_requests_own() -> None:
     assert keep(b"POST /api/v2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
 
 
-def test_a_closed_reader_says_nothing_more() -> None:
-    from tests.http.sansio import reader
+def cookies(data: bytes) -> list[bytes]:
+    """The Cookie each request in `data` reached its handler with, the same however the reads
+    are cut."""
+    said: list[bytes] | None = None
+    for pieces in [[data], *splits(data)]:
+        r, sink = reader()
+        for piece in pieces:
+            r.feed(piece)
+        assert said is None or sink.cookies == said, pieces
+        said = sink.cookies
+    assert said is not None
+    return said
 
+
+def test_the_cookie_header_reaches_the_request_and_several_are_joined() -> None:
+    one = post(b"", b"Cookie: panelsrv=abc; theme=dark\r\n")
+    assert cookies(one) == [b"panelsrv=abc; theme=dark"]
+    # RFC 9113 8.2.3 / RFC 6265 5.4: several Cookie fields mean one list joined by "; "
+    two = post(b"", b"Cookie: a=1 \r\nX-Other: x\r\ncookie: b=2\r\n")
+    assert cookies(two) == [b"a=1; b=2"]
+
+
+def test_a_request_without_a_cookie_has_none_even_after_one_that_had() -> None:
+    assert cookies(post(b"", b"Cookie: a=1\r\n") + post() + post(b"", b"Cookie: c=3\r\n")) == [
+        b"a=1",
+        b"",
+        b"c=3",
+    ]
+
+
+def test_a_closed_reader_says_nothing_more() -> None:
     r, sink = reader()
     r.feed(post()[:10])
     r.close()

@@ -80,3 +80,32 @@ async def test_a_lookup_overtaken_by_a_revocation_is_not_cached(database_url: st
 
 async def test_a_lookup_overtaken_by_a_price_change_is_not_cached(database_url: str) -> None:
     assert await _blocked_lookup(database_url, "clear") == (False, None)
+
+
+async def test_a_principal_carries_its_keys_allowed_networks_and_admits_only_from_them(
+    database_url: str,
+) -> None:
+    _, raw = await _user_key(database_url)
+    _, anywhere = await _user_key(database_url)
+    conn = await connect(database_url)
+    pool = await db.create_pool(database_url, 2)
+    try:
+        await conn.execute(
+            "UPDATE api_keys SET allowed_ips = $1 WHERE hash = $2",
+            ["198.51.100.0/24", "2001:db8::/32", "192.0.2.7/32"], keys.digest(raw),
+        )  # fmt: skip
+        cache = KeyCache(pool, ttl=60, negative_ttl=5)
+        principal = await cache.resolve(raw)
+        assert principal is not None
+        assert [str(net) for net in principal.allowed] == [
+            "198.51.100.0/24", "2001:db8::/32", "192.0.2.7/32"
+        ]  # fmt: skip
+        for inside in ("198.51.100.1", "198.51.100.255", "2001:db8::5", "192.0.2.7"):
+            assert principal.admits(inside), inside
+        for outside in ("198.51.101.1", "192.0.2.8", "2001:db9::1", "", "not-an-address"):
+            assert not principal.admits(outside), outside
+        free = await cache.resolve(anywhere)  # no list: any address, nothing parsed
+        assert free is not None and free.allowed == () and free.admits("not-an-address")
+    finally:
+        await pool.close()
+        await conn.close()
