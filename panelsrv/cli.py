@@ -17,7 +17,7 @@ import uvloop
 
 from panelsrv import __version__, commands, config, panelconf, server, workerproc
 from panelsrv.sim import provider as sim
-from panelsrv.store import admin, db, orders
+from panelsrv.store import accounts, admin, db, keys, orders
 
 
 class UsageError(Exception):
@@ -150,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="no tier: the server's user_rate/user_burst and the panel's order ceiling",
     )
     p.set_defaults(func=commands.user_set_tier)
+    p = subcommand(
+        user,
+        "invite",
+        "print a one-time link through which the user sets a password for the account pages: "
+        f"valid {accounts.INVITE_TTL // 3600} h, single use, a new one voids earlier unused "
+        "ones; it also resets a forgotten password (and ends every session of the user)",
+    )
+    p.add_argument("--email", required=True)
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="where the pages are reached, http(s)://host[:port][/path], no query "
+        "(default: https://<the user's panel domain>)",
+    )
+    p.set_defaults(func=commands.user_invite)
 
     tier = group(
         "tier",
@@ -185,8 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     key = group("key", "API keys")
     p = subcommand(key, "create", "create a key; prints the raw key once")
     p.add_argument("--email", required=True)
+    p.add_argument(
+        "--label",
+        default="",
+        help=f"a name for the key, at most {keys.MAX_LABEL_LENGTH} printable characters",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ADDRESSES",
+        help="client addresses or CIDRs allowed to use the key, comma separated, repeatable "
+        f"(at most {keys.MAX_ALLOWED}; default: any address)",
+    )
     p.set_defaults(func=commands.key_create)
-    p = subcommand(key, "list", "a user's keys, by prefix")
+    p = subcommand(
+        key, "list", "a user's keys by prefix (active first): label, allowed addresses, last use"
+    )
     p.add_argument("--email", required=True)
     p.set_defaults(func=commands.key_list)
     p = subcommand(key, "revoke", "revoke a key by its prefix (immediate on every server)")

@@ -10,11 +10,12 @@ import argparse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from panelsrv import money, panelconf
-from panelsrv.store import admin, db, held, keys, ledger
+from panelsrv.store import accounts, admin, db, held, keys, ledger
 from panelsrv.worker import importer
 from panelsrv.worker.providers import Provider
 from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure, usable_id
@@ -118,14 +119,57 @@ async def tier_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Resul
     return tiers, "\n".join(_tier_line(t) for t in tiers) or "no tiers"
 
 
+def _invite_base(base_url: str | None, domain: str) -> str:
+    """Where the link points: `base_url` (http or https, a host, no query, fragment or
+    credentials; a trailing slash dropped), else https://<the panel's domain>."""
+    if base_url is None:
+        return f"https://{domain}"
+    url = base_url.strip()
+    try:
+        parts = urlsplit(url)
+        usable = parts.port is None or parts.port > 0  # .port raises on one out of range
+    except ValueError:
+        usable = False
+    if not (
+        usable
+        and parts.scheme in ("http", "https")
+        and parts.hostname
+        and parts.username is None
+        and not any(c in url for c in "?# \t")
+    ):
+        raise admin.InputError(
+            f"--base-url {base_url!r}: an http:// or https:// URL with a host and no query"
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+async def user_invite(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
+    user = await admin.user_by_email(conn, args.email)
+    base = _invite_base(args.base_url, await admin.panel_domain(conn, user.panel_id))
+    token = await accounts.create_invite(conn, user.id)
+    link = f"{base}/account/set-password?token={token}"
+    hours = accounts.INVITE_TTL // 3600
+    return (
+        {"link": link},
+        f"{link}\n(for {user.email}: works once, for {hours} h; earlier links stop working)",
+    )
+
+
 async def key_create(args: argparse.Namespace, conn: asyncpg.Connection) -> Result:
     user = await admin.user_by_email(conn, args.email)
     try:
-        new = await keys.create(conn, user.id)
-    except keys.TooManyKeys as exc:
+        allowed = keys.parse_allowed(",".join(args.allow))
+        new = await keys.create(conn, user.id, args.label, allowed)
+    except (ValueError, keys.TooManyKeys) as exc:
         raise admin.InputError(str(exc)) from None
     return (
-        {"key": new.raw, "prefix": new.prefix, "user": user.id},
+        {
+            "key": new.raw,
+            "prefix": new.prefix,
+            "user": user.id,
+            "label": args.label.strip(),
+            "allowed": allowed,
+        },
         f"{new.raw}\n(shown once; prefix {new.prefix} identifies it in `key list`/`key revoke`)",
     )
 
@@ -134,11 +178,22 @@ async def key_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Result
     user = await admin.user_by_email(conn, args.email)
     found = await keys.list_keys(conn, user.id)
     doc = [
-        {"prefix": k.prefix, "created": _iso(k.created), "revoked": _iso(k.revoked)} for k in found
+        {
+            "prefix": k.prefix,
+            "label": k.label,
+            "allowed": k.allowed,
+            "created": _iso(k.created),
+            "last_used": _iso(k.last_used),
+            "revoked": _iso(k.revoked),
+        }
+        for k in found
     ]
     lines = [
         f"{k['prefix']}  created {k['created']}  "
         + (f"revoked {k['revoked']}" if k["revoked"] else "active")
+        + f"  last used {k['last_used'] or 'never'}"
+        + (f"  label {k['label']!r}" if k["label"] else "")
+        + (f"  allowed {','.join(k['allowed'])}" if k["allowed"] else "  any address")
         for k in doc
     ]
     return doc, "\n".join(lines) or f"no keys for {user.email}"

@@ -75,6 +75,10 @@ async def panel_by_domain(conn: asyncpg.Connection, domain: str) -> tuple[int, s
     return row[0], row[1]
 
 
+async def panel_domain(conn: asyncpg.Connection, panel_id: int) -> str:
+    return await conn.fetchval("SELECT domain FROM panels WHERE id = $1", panel_id)
+
+
 async def add_panel(conn: asyncpg.Connection, domain: str, currency: str) -> tuple[int, str, str]:
     domain = normalize_domain(domain)
     currency = currency_code(currency)

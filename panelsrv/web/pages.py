@@ -16,13 +16,14 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
+from panelsrv.api.handler import CatalogHolder
 from panelsrv.http.request import Handler, Request, Route
 from panelsrv.store import accounts, db
-from panelsrv.store.catalog import Catalog, Panel
+from panelsrv.store.catalog import Panel
 from panelsrv.store.pool import Pool
 from panelsrv.web import account, answers, forms, signin
 from panelsrv.web.answers import Answer, Cookies
@@ -52,10 +53,6 @@ class PageSettings(NamedTuple):
     webhook_allow_private: bool = False
 
 
-class CatalogHolder(Protocol):
-    catalog: Catalog
-
-
 @dataclass(slots=True)
 class Visit:
     """One page request as a handler sees it."""
@@ -67,7 +64,6 @@ class Visit:
     query: dict[str, str]
     csrf: str  # what this page's forms carry
     extra: bytes = b""  # header lines to add to the answer (a new CSRF cookie)
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def user_id(self) -> int:

@@ -122,10 +122,13 @@ def test_documented_json_shapes(database_url: str, world: dict[str, str]) -> Non
         "user": user["user"], "email": email, "balance": "10.00", "currency": "USD", "tier": None,
     }  # fmt: skip
     key = ok_json(database_url, "key", "create", "--email", email)
-    assert set(key) == {"key", "prefix", "user"} and key["user"] == user["user"]
-    assert key["key"].startswith(key["prefix"])
+    assert set(key) == {"key", "prefix", "user", "label", "allowed"} and key["user"] == user["user"]
+    assert key["key"].startswith(key["prefix"]) and (key["label"], key["allowed"]) == ("", [])
     listed = ok_json(database_url, "key", "list", "--email", email)
-    assert listed == [{"prefix": key["prefix"], "created": listed[0]["created"], "revoked": None}]
+    assert listed == [
+        {"prefix": key["prefix"], "label": "", "allowed": [], "created": listed[0]["created"],
+         "last_used": None, "revoked": None},
+    ]  # fmt: skip
     assert ISO.match(listed[0]["created"])
     revoked = ok_json(database_url, "key", "revoke", "--prefix", key["prefix"])
     assert ISO.match(revoked["revoked"])
@@ -284,6 +287,13 @@ def test_order_list_shows_what_a_provider_reported_as_error(
         ("tier", "list", "--domain", "nope.test"),
         ("key", "create", "--email", "nobody@example.test"),
         ("key", "revoke", "--prefix", "psk_nothing"),
+        ("key", "create", "--email", "{email}", "--label", "x" * 65),
+        ("key", "create", "--email", "{email}", "--allow", "10.0.0.1,10.0.0.256"),
+        ("user", "invite", "--email", "nobody@example.test"),
+        ("user", "invite", "--email", "{email}", "--base-url", "ftp://panel.example"),
+        ("user", "invite", "--email", "{email}", "--base-url", "https://panel.example/?a=1"),
+        ("user", "invite", "--email", "{email}", "--base-url", "https:///no-host"),
+        ("user", "invite", "--email", "{email}", "--base-url", "https://panel.example:99999"),
         ("funds", "add", "--email", "{email}", "--amount", "-10.01"),
         ("funds", "add", "--email", "{email}", "--amount", "0"),
         ("funds", "add", "--email", "{email}", "--amount", "1e3"),

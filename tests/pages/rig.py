@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -112,6 +114,15 @@ class Site:
         return int(
             await self.w.conn.fetchval("SELECT count(*) FROM api_keys WHERE user_id = $1", user_id)
         )
+
+
+@contextlib.asynccontextmanager
+async def account(database_url: str) -> AsyncIterator[tuple[World, Site]]:
+    """A World whose user has PASSWORD, and the Site over it."""
+    async with World(database_url) as w:
+        s = await site(w)
+        await s.password_for(w.user.id)
+        yield w, s
 
 
 async def site(w: World) -> Site:

@@ -8,7 +8,7 @@ import pyotp
 
 from panelsrv.store import accounts, keys, ledger
 from panelsrv.web import answers
-from tests.pages.rig import PASSWORD, site
+from tests.pages.rig import PASSWORD, account, site
 from tests.store.helpers import World, new_panel, new_user, order_of
 
 XSS = '"><script>alert(1)</script>'
@@ -41,9 +41,7 @@ async def test_invitation_sign_in_and_the_account_home(database_url: str) -> Non
 async def test_sign_in_answers_alike_for_an_unknown_e_mail_and_a_wrong_password(
     database_url: str,
 ) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = s.client()
         unknown = await c.post("/login", {"email": "nobody@example.test", "password": PASSWORD})
         wrong = await c.post("/login", {"email": w.user.email, "password": PASSWORD + "x"})
@@ -56,9 +54,7 @@ async def test_sign_in_answers_alike_for_an_unknown_e_mail_and_a_wrong_password(
 
 
 async def test_the_account_locks_after_its_failures_with_the_same_answer(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         for _ in range(s.pages.settings.max_failures):
             await s.client().post("/login", {"email": w.user.email, "password": "wrong one!"})
         right = await s.client().post("/login", {"email": w.user.email, "password": PASSWORD})
@@ -68,9 +64,7 @@ async def test_the_account_locks_after_its_failures_with_the_same_answer(databas
 async def test_a_post_without_or_with_a_stale_csrf_token_is_refused_and_changes_nothing(
     database_url: str,
 ) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         other = await s.signed_in(w.user.email)
         stale = (await other.get("/panels/api")).csrf()
@@ -92,9 +86,7 @@ async def test_a_post_without_or_with_a_stale_csrf_token_is_refused_and_changes_
 async def test_key_creation_wants_the_password_again_and_shows_the_key_once(
     database_url: str,
 ) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         for password in ("", "wrong password"):
             r = await c.post("/panels/api/create", {"password": password}, "/panels/api")
@@ -124,9 +116,7 @@ async def test_key_creation_wants_the_password_again_and_shows_the_key_once(
 
 
 async def test_the_eleventh_active_key_is_refused(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         for _ in range(keys.MAX_ACTIVE_KEYS):
             await keys.create(w.conn, w.user.id)
         c = await s.signed_in(w.user.email)
@@ -137,9 +127,7 @@ async def test_the_eleventh_active_key_is_refused(database_url: str) -> None:
 
 
 async def test_revocation_needs_the_tick_and_only_the_users_own_key(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         mine = await keys.create(w.conn, w.user.id)
         _, domain = await new_panel(w.conn)
         stranger = await new_user(w.conn, domain)
@@ -179,9 +167,7 @@ async def test_a_session_of_one_panel_is_refused_on_another_and_when_expired(
 
 
 async def test_get_changes_nothing_and_sign_out_needs_its_post(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         assert (await c.get("/logout")).status == 200
         assert (await c.get("/panels/api/create")).header("Location") == "/panels/api"
@@ -192,9 +178,7 @@ async def test_get_changes_nothing_and_sign_out_needs_its_post(database_url: str
 
 
 async def test_user_text_is_escaped_on_the_orders_page(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         await ledger.place_order(
             w.conn, order_of(w.panel_id, w.user.id, w.service_id, link=XSS, order_limit=100)
         )
@@ -209,9 +193,7 @@ async def test_user_text_is_escaped_on_the_orders_page(database_url: str) -> Non
 
 
 async def test_every_page_carries_the_security_headers(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         for path in ("/panels", "/panels/api", "/panels/settings", "/logout"):
             r = await c.get(path)
@@ -234,9 +216,7 @@ async def test_every_page_carries_the_security_headers(database_url: str) -> Non
 async def test_two_factor_enrolment_and_sign_in_with_a_code_or_a_recovery_code(
     database_url: str,
 ) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         enrol = await c.post("/panels/settings/totp", {}, "/panels/settings")
         secret = enrol.text.split('id="totp-secret">')[1].split("<")[0]
@@ -272,9 +252,7 @@ async def test_two_factor_enrolment_and_sign_in_with_a_code_or_a_recovery_code(
 async def test_a_password_change_wants_the_current_one_and_ends_other_sessions(
     database_url: str,
 ) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         other = await s.signed_in(w.user.email)
         new = "another long passphrase"
@@ -291,9 +269,7 @@ async def test_a_password_change_wants_the_current_one_and_ends_other_sessions(
 
 
 async def test_webhooks_are_added_by_the_apis_rules(database_url: str) -> None:
-    async with World(database_url) as w:
-        s = await site(w)
-        await s.password_for(w.user.id)
+    async with account(database_url) as (w, s):
         c = await s.signed_in(w.user.email)
         r = await c.post("/panels/webhooks/add", {"url": "http://127.0.0.1/hook"}, "/panels")
         assert r.status == 400 and "url:" in r.text
