@@ -41,6 +41,7 @@ from tests.kit.stack import Served, panelsrv_argv
 SHOP = "shop.test"
 OTHER = "other.test"
 COOKIE = "panelsrv"  # cookie_secure is false here: no __Host- prefix
+CSRF_COOKIE = "panelsrv-csrf"  # the sign-in forms' token, before there is a session
 SCREENSHOTS = ROOT / "var" / "screenshots"
 PROBES = 20  # fresh connections per probe: all on one of 2 processes once in 2**19 rounds
 T = TypeVar("T")
@@ -315,17 +316,22 @@ class Site:
         *,
         panel: str = SHOP,
         cookie: str | None = None,
+        csrf_cookie: str | None = None,
         address: str | None = None,
     ) -> Reply:
         """One request over a fresh connection, as a browser would send it (the Host header
-        names the panel), with `cookie` as the session cookie."""
+        names the panel), with `cookie` as the session cookie and `csrf_cookie` as the
+        sign-in forms' CSRF cookie."""
         headers = {"Host": f"{panel}:{self.port}"}
         body = None
         if fields is not None:
             body = urlencode(fields).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        if cookie is not None:
-            headers["Cookie"] = f"{COOKIE}={cookie}"
+        sent = [f"{COOKIE}={cookie}"] if cookie is not None else []
+        if csrf_cookie is not None:
+            sent.append(f"{CSRF_COOKIE}={csrf_cookie}")
+        if sent:
+            headers["Cookie"] = "; ".join(sent)
         if address is not None:
             headers["X-Forwarded-For"] = address
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)

@@ -11,12 +11,15 @@ import time
 import pyotp
 
 from tests.e2e.kit import sql_value
-from tests.web.browse import COOKIE, Document, Reseller, Site, blocking
+from tests.web.browse import COOKIE, CSRF_COOKIE, Document, Reseller, Site, blocking
 
 PAGES = ("/panels", "/panels/api", "/dashboard/api", "/panels/settings")
 SPRAYER = "203.0.113.7"
 BYSTANDER = "198.51.100.23"
 WRONG_LOGIN = "Wrong e-mail or password."
+CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
+CSRF_SET = re.compile(CSRF_COOKIE + r"=([^;]+)")
+ERROR_TEXT = re.compile(r'<p class="error"[^>]*>([^<]*)</p>')
 
 
 def test_signing_out_sends_every_page_to_login(site: Site, reseller: Reseller) -> None:
@@ -40,16 +43,20 @@ def test_a_password_spray_from_one_address_is_blocked_and_another_address_signs_
     statuses: list[int] = []
     errors: set[str] = set()
     try:
+        # The spray itself as a script sends it (a form and its CSRF cookie, over and over);
+        # the browser then finds the address blocked.
+        form = site.raw("GET", "/login", address=SPRAYER)
+        token = CSRF_FIELD.search(form.text)
+        cookie = CSRF_SET.search(form.headers.get("Set-Cookie", ""))
+        assert token is not None and cookie is not None, form
         for attempt in range(20):
             email = victim_email if attempt % 2 else f"nobody{attempt}@example.test"
-            shown = sprayer.goto("/login")
-            if shown.status == 429:
-                statuses.append(429)
-                continue
-            landed = sprayer.submit("#login", email=email, password=f"guess-{attempt}-123")
+            fields = {"csrf": token[1], "email": email, "password": f"guess-{attempt}-123"}
+            landed = site.raw("POST", "/login", fields, csrf_cookie=cookie[1], address=SPRAYER)
             statuses.append(landed.status)
             if landed.status == 200:
-                errors.add(sprayer.text(".error").strip())
+                shown = ERROR_TEXT.search(landed.text)
+                errors.add(shown[1].strip() if shown else "")
         blocked_at = statuses.index(429)
         assert set(statuses[blocked_at:]) == {429}, statuses
         assert errors == {WRONG_LOGIN}  # one message, known e-mail or not
