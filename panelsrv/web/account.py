@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from panelsrv import money
 from panelsrv.api.respond import add_webhook
 from panelsrv.errors import ApiError
-from panelsrv.panelconf import ORDER_CEILING
+from panelsrv.panelconf import ORDER_CEILING, rate_text
 from panelsrv.store import accounts, keys, orders, webhooks
 from panelsrv.web.views import qr_data_uri
 
@@ -65,7 +65,7 @@ async def home(p: Pages, v: Visit, error: str | None = None, status: int = 200) 
         balance=money.format(acct.balance),
         currency=v.panel.currency,
         tier=acct.tier,
-        rate=acct.tier_rate if acct.tier is not None else s.user_rate,
+        rate=rate_text(acct.tier_rate if acct.tier_rate is not None else s.user_rate),
         burst=acct.tier_burst if acct.tier is not None else s.user_burst,
         order_limit=min(
             v.panel.settings.order_limit,
