@@ -65,7 +65,7 @@ async def home(p: Pages, v: Visit, error: str | None = None, status: int = 200) 
         balance=money.format(acct.balance),
         currency=v.panel.currency,
         tier=acct.tier,
-        rate=rate_text(acct.tier_rate if acct.tier_rate is not None else s.user_rate),
+        rate=rate_text(float(s.user_rate if acct.tier_rate is None else acct.tier_rate)),
         burst=acct.tier_burst if acct.tier is not None else s.user_burst,
         order_limit=min(
             v.panel.settings.order_limit,
