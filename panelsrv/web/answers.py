@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 Answer = tuple[int, bytes, bytes]  # status, body, extra header lines (http/request.py)
-HTML = b"Content-Type: text/html; charset=utf-8\r\n"
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

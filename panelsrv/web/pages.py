@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from panelsrv.api.handler import CatalogHolder
+from panelsrv.http import wire
 from panelsrv.http.request import Handler, Request, Route
 from panelsrv.store import accounts, db
 from panelsrv.store.catalog import Panel
@@ -146,7 +147,7 @@ class Pages:
         self._default_panel = default_panel
 
     def routes(self) -> dict[bytes, Route]:
-        table = {path: Route(b"POST", self._handler(path), answers.HTML, True) for path in PAGES}
+        table = {path: Route(b"POST", self._handler(path), wire.HTML, True) for path in PAGES}
         return table | static_routes(self.assets)
 
     def close(self) -> None:
@@ -315,5 +316,5 @@ def _unavailable(req: Request) -> Answer:
 def unavailable_routes(assets: dict[str, Asset]) -> dict[bytes, Route]:
     """Every page answering 503 (and the static files served) while the process cannot reach
     the database yet; `Pages.routes()` replaces them when it can."""
-    pages = {path: Route(b"POST", _unavailable, answers.HTML, True) for path in PAGES}
+    pages = {path: Route(b"POST", _unavailable, wire.HTML, True) for path in PAGES}
     return pages | static_routes(assets)

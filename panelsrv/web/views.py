@@ -1,6 +1,6 @@
 """Templates and static files, loaded once per process.
 
-Imports Jinja2 and segno. Templates autoescape everything (`autoescape=True` for every file, not
+Imports Jinja2, segno and http.wire (content types). Templates autoescape everything (`autoescape=True` for every file, not
 by extension): a link, a label or an e-mail is text on the page, whatever it contains. An
 undefined name in a template is an error, not an empty string. Static files are read once; their
 URLs carry a digest of their content (`/static/panelsrv.3f2a9c1b.css`), so they can be cached
@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import jinja2
 import segno
 
-_STATIC_TYPES = {".css": b"Content-Type: text/css; charset=utf-8\r\n",
-                 ".js": b"Content-Type: text/javascript; charset=utf-8\r\n"}  # fmt: skip
+from panelsrv.http import wire
+
+_STATIC_TYPES = {".css": wire.CSS, ".js": wire.JS}
 
 
 class Asset(NamedTuple):
