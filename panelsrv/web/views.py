@@ -1,8 +1,9 @@
 """Templates and static files, loaded once per process.
 
-Imports Jinja2, segno and http.wire (content types). Templates autoescape everything (`autoescape=True` for every file, not
-by extension): a link, a label or an e-mail is text on the page, whatever it contains. An
-undefined name in a template is an error, not an empty string. Static files are read once; their
+Imports Jinja2, segno and http.wire (content types). Templates autoescape everything
+(`autoescape=True` for every file, not by extension): a link, a label or an e-mail is text on
+the page, whatever it contains. An undefined name in a template is an error, not an empty
+string. Static files are read once; their
 URLs carry a digest of their content (`/static/panelsrv.3f2a9c1b.css`), so they can be cached
 for a year and a new release is fetched at once.
 """
