@@ -290,3 +290,17 @@ async def test_a_hash_of_older_parameters_is_replaced_at_sign_in(database_url: s
         stored = await w.conn.fetchval("SELECT password_hash FROM users WHERE id = $1", w.user.id)
         assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
         assert argon2.PasswordHasher().verify(stored, PASSWORD)
+
+
+async def test_an_api_key_alone_opens_no_page(database_url: str) -> None:
+    async with account(database_url) as (w, s):
+        key = (await keys.create(w.conn, w.user.id)).raw
+        c = s.client()
+        c.jar["__Host-panelsrv"] = key  # as a cookie, and as fields
+        for path in ("/panels", "/panels/api", "/panels/settings"):
+            assert (await c.get(path)).header("Location") == "/login"
+        r = await c.go("POST", "/panels/api/create", {"key": key, "password": PASSWORD})
+        assert r.header("Location") == "/login"
+        r = await c.go("POST", "/login", {"key": key, "email": w.user.email})
+        assert r.status == 403
+        assert await s.count_keys(w.user.id) == 1
