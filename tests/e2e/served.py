@@ -103,13 +103,17 @@ async def visible(port: int, domain: str, key: str, timeout: float = 5.0) -> Non
     await until(known, timeout, interval=0.05, what=f"panel {domain} visible")
 
 
-async def offered(port: int, domain: str, key: str, *services: int, timeout: float = 5.0) -> None:
+async def offered(
+    port: int, domain: str, key: str, *services: int, named: str = "", timeout: float = 5.0
+) -> None:
     """Wait until every process knows the panel and offers these (local or global) service ids
     (a catalog reload after NOTIFY): 30 rounds in a row, each request on a fresh connection,
     answer alike. Alike, not merely "known": a process that knows the panel but not yet its new
     service 7 takes 7 as the global id of some shared service of the test database, and answers
-    with that service's bounds. (The kernel spreads connections over the processes: 30 fresh
-    connections all reach one of two processes about once in 500 million rounds.)"""
+    with that service's bounds. When no process has reloaded yet, they all answer alike with
+    that other service's: `named` (a service name) makes each round also ask `services` and
+    find it there. (The kernel spreads connections over the processes: 30 fresh connections all
+    reach one of two processes about once in 500 million rounds.)"""
     await visible(port, domain, key, timeout)
 
     async def round_() -> list[bytes]:
@@ -119,11 +123,15 @@ async def offered(port: int, domain: str, key: str, *services: int, timeout: flo
             fields = {"key": key, "action": "add", "service": service, "quantity": 0,
                       "link": "https://example.com/"}  # fmt: skip
             answers.append((await call(port, fields, host=domain)).body)
+        if named:
+            listed = await call(port, {"key": key, "action": "services"}, host=domain)
+            answers.append(b"1" if any(s["name"] == named for s in listed.json()) else b"")
         return answers
 
     async def alike() -> bool:
         first = await round_()
-        if any(json.loads(a) == {"error": "Incorrect service ID"} for a in first):
+        if any(a == b"" or (a != b"1" and json.loads(a) == {"error": "Incorrect service ID"})
+               for a in first):  # fmt: skip
             return False
         for _ in range(29):
             if await round_() != first:

@@ -24,7 +24,7 @@ async def test_balance_services_add_status(
     await world.service(
         domain, local_id=7, name=f"smoke {domain}", rate="0.45", min=100, max=100_000
     )
-    await offered(server.port, domain, key, 7)
+    await offered(server.port, domain, key, 7, named=f"smoke {domain}")
     r = await call(server.port, {"key": key, "action": "balance"}, host=domain, encoding=encoding)
     assert (r.status, r.json()) == (200, {"balance": "10.00", "currency": "USD"})
     r = await call(server.port, {"key": key, "action": "services"}, host=domain, encoding=encoding)
