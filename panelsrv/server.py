@@ -1,11 +1,11 @@
 """The one place that wires objects into running processes: `serve` and `run` (`worker`'s
 process is workerproc.py, the database opening both share startup.py).
 
-Imports everything below it (store, api, guard, http, worker, startup, workerproc). Nothing is
-created before a fork: each API process builds its own event loop, pool, caches, limits and
-listeners in `App.start`. Without Redis, the limits of one host's API processes meet in a hub
-process the supervisor's parent starts first (guard/hub.py); with Redis, every host meets
-there.
+Imports everything below it (store, api, guard, http, web, docs, worker, startup,
+workerproc). Nothing is created before a fork: each API process builds its own event loop,
+pool, caches, limits and listeners in `App.start`. Without Redis, the limits of one host's API
+processes meet in a hub process the supervisor's parent starts first (guard/hub.py); with
+Redis, every host meets there.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import msgspec
 from panelsrv import demo, metrics
 from panelsrv.api.handler import Api, unavailable
 from panelsrv.config import Config
+from panelsrv.docs import portal
 from panelsrv.errors import too_many_body
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
@@ -90,6 +91,19 @@ def page_settings(cfg: Config) -> PageSettings:
         lock_seconds=cfg.login_lock_seconds, user_rate=cfg.user_rate, user_burst=cfg.user_burst,
         webhook_allow_http=cfg.webhook_allow_http,
         webhook_allow_private=cfg.webhook_allow_private,
+    )  # fmt: skip
+
+
+def portal_limits(cfg: Config) -> portal.Limits:
+    """The limits the developer portal states, as this server enforces them."""
+    return portal.Limits(
+        ip_rate=cfg.ip_rate, ip_burst=cfg.ip_burst, user_rate=cfg.user_rate,
+        user_burst=cfg.user_burst, strike_limit=cfg.strike_limit,
+        strike_window=cfg.strike_window, block_seconds=cfg.block_seconds,
+        sign_max_skew=cfg.sign_max_skew, max_body_bytes=cfg.max_body_bytes,
+        webhook_allow_http=cfg.webhook_allow_http,
+        webhook_allow_private=cfg.webhook_allow_private, webhook_slow=cfg.webhook_slow,
+        secure=cfg.cookie_secure is not False,
     )  # fmt: skip
 
 
@@ -165,7 +179,9 @@ class App:
             fn=lambda: self.pool.get_idle_size() if self.pool is not None else 0,
         )
         self.http = HttpServer(
-            api_routes(unavailable) | unavailable_routes(self._assets),
+            api_routes(unavailable)
+            | unavailable_routes(self._assets)
+            | portal.unavailable_routes(),
             bounds=http_bounds(cfg),
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
@@ -251,8 +267,12 @@ class App:
             strike=guard.strike if guard else _no_strike,
             assets=self._assets,
         )
+        docs = portal.Portal(
+            state=live, limits=portal_limits(cfg), default_panel=cfg.default_panel,
+            assets=self._assets,
+        )  # fmt: skip
         assert self.http is not None
-        self.http.routes.update(api_routes(api.handle) | pages.routes())
+        self.http.routes.update(api_routes(api.handle) | pages.routes() | docs.routes())
 
     def _start_guard(
         self, registry: metrics.Registry, outage: Callable[[str, str], Outage]

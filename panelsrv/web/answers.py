@@ -4,7 +4,8 @@ Pure: standard library only. Header bytes come from constants here and from toke
 own code made (a redirect's target is always one of the pages' own paths, never request input),
 as the transport's contract requires (http/request.py). Every page answer carries PAGE_HEADERS:
 a Content-Security-Policy that allows no inline script, style or frame, and `no-store` (pages
-show account data); static files carry STATIC_HEADERS instead.
+show account data; `public_page_headers` for a page that shows none); static files carry
+STATIC_HEADERS instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ PAGE_HEADERS = (
     b"Cache-Control: no-store\r\n" + _COMMON
 )
 HSTS = b"Strict-Transport-Security: max-age=31536000\r\n"
+
+
+def public_page_headers(max_age: int) -> bytes:
+    """PAGE_HEADERS for a page that shows no account data (the developer portal): the same
+    policy, but a browser or proxy may keep it `max_age` seconds."""
+    return PAGE_HEADERS.replace(
+        b"Cache-Control: no-store\r\n", b"Cache-Control: public, max-age=%d\r\n" % max_age
+    )
+
+
 STATIC_HEADERS = b"Cache-Control: public, max-age=31536000, immutable\r\n" + _COMMON
 
 

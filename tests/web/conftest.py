@@ -9,9 +9,10 @@ unknown ones.)
 
 The server: plain HTTP (`cookie_secure=false`), the access log on at debug level, its output
 in var/web/serve.log (grepped for raw keys: none may appear there, checked again once it has
-stopped); two panels, shop.test and other.test, which Chromium resolves to 127.0.0.1
-(`--host-resolver-rules`); loopback exempt from the auto-block (tests/kit/stack.py `QUIET`), so
-a test that wants the guard to block poses as another address with X-Forwarded-For.
+stopped); two panels, shop.test (USD) and other.test (EUR), which Chromium resolves to
+127.0.0.1 (`--host-resolver-rules`); loopback exempt from the auto-block (tests/kit/stack.py
+`QUIET`), so a test that wants the guard to block poses as another address with
+X-Forwarded-For.
 Screenshots of every page go to var/screenshots/ (gitignored with var/).
 """
 
@@ -33,6 +34,7 @@ from tests.web.browse import OTHER, SHOP, Reseller, Site, blocking
 HERE = Path(__file__).resolve().parent
 LOG = ROOT / "var" / "web" / "serve.log"
 NO_CHROMIUM = "no Chromium found: browser tests skipped (apt-get install chromium)"
+PANELS = ((SHOP, "USD"), (OTHER, "EUR"))  # two currencies: the portal names its panel's
 
 
 def find_chromium() -> str | None:
@@ -54,8 +56,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 async def _panels(database_url: str) -> None:
     conn = await db.connect(database_url)
     try:
-        for domain in (SHOP, OTHER):
-            await admin.add_panel(conn, domain, "USD")
+        for domain, currency in PANELS:
+            await admin.add_panel(conn, domain, currency)
     finally:
         await conn.close()
 
