@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from panelsrv import money, panelconf
+from panelsrv.client.answers import ProviderFailure, usable_id
 from panelsrv.store import accounts, admin, db, held, keys, ledger
 from panelsrv.worker import importer
-from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import MAX_MARKUP_PERCENT, ProviderFailure, usable_id
+from panelsrv.worker.providers import MAX_MARKUP_PERCENT, Provider
 
 Result = tuple[Any, str]
 

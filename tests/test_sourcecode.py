@@ -4,8 +4,9 @@
 - `api` never sees a transport (`http`, httptools).
 - `store` and `worker` never import `http` or `api`.
 - leaves import nothing from the package but `errors`.
-- the simulated provider (`sim/`) and the process supervisor (`procs.py`) are self-contained:
-  nothing from the package but themselves (and the worker never imports the simulator).
+- the simulated provider (`sim/`), the process supervisor (`procs.py`) and the API client
+  (`client/`, which resellers import alone) are self-contained: nothing from the package but
+  themselves (and the worker never imports the simulator).
 - SQL is written only under `store/`: no string constant elsewhere is a statement.
 - inside `http`, a connection's modules import only downwards: the listener owns the protocol,
   the protocol owns the Reader, and the Reader knows neither (it writes to a Sink).
@@ -72,7 +73,7 @@ def test_leaves_import_nothing_from_the_package(leaf: str) -> None:
     assert not own, f"{leaf} imports {sorted(own)}"
 
 
-@pytest.mark.parametrize("room", ["sim", "procs.py"])
+@pytest.mark.parametrize("room", ["sim", "procs.py", "client"])
 def test_self_contained_rooms_import_only_themselves(room: str) -> None:
     own = "panelsrv." + room.removesuffix(".py")
     paths = [PACKAGE / room] if room.endswith(".py") else sorted((PACKAGE / room).glob("*.py"))

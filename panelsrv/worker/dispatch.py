@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from panelsrv import metrics
+from panelsrv.client.answers import ItemError, ProviderError, ProviderUnavailable, usable_id
 from panelsrv.servicetypes import PACKAGE_TYPES
 from panelsrv.store import jobs
 from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker.providers import BeforeSend
 from panelsrv.worker.registry import ProviderRegistry, ProviderSettings
-from panelsrv.worker.upstream import ItemError, ProviderError, ProviderUnavailable, usable_id
 
 log = logging.getLogger("panelsrv.worker")
 

@@ -19,9 +19,9 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from panelsrv import money
+from panelsrv.client.answers import Service
 from panelsrv.servicetypes import SERVICE_TYPES
 from panelsrv.store.importing import ImportedService, write_services
-from panelsrv.worker.upstream import UpstreamService
 
 log = logging.getLogger("panelsrv.worker")
 
@@ -45,7 +45,7 @@ def marked_up(rate: Decimal, markup_bp: int) -> int:
 async def import_services(
     conn: asyncpg.Connection,
     provider_id: int,
-    services: list[UpstreamService],
+    services: list[Service],
     markup_bp: int,
     category: str | None,
 ) -> ImportResult:

@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from panelsrv import metrics
+from panelsrv.client.answers import ProviderFailure
 from panelsrv.store import jobs
 from panelsrv.store.pool import UNAVAILABLE, Pool
 from panelsrv.worker import importer
 from panelsrv.worker.dispatch import Dispatcher
 from panelsrv.worker.registry import ProviderRegistry, ProviderSettings
 from panelsrv.worker.sync import StatusPoller
-from panelsrv.worker.upstream import ProviderFailure
 from panelsrv.worker.webhooks import Sender, WebhookSettings
 
 log = logging.getLogger("panelsrv.worker")

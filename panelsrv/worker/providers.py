@@ -1,13 +1,15 @@
-"""The API v2 client: one `Provider` per upstream; the only module that sends orders over HTTP.
+"""The worker's side of each upstream: one `Provider` per provider, sending through `client`.
 
-Imports aiohttp, `worker.upstream` (what answers mean) and `worker.pacing` (both pure). Per
-provider: one keep-alive connection pool, a semaphore capping concurrent calls, a reserving token
-bucket capping the call rate, a circuit breaker, and a deadline on every call. Requests are
-form-encoded POSTs exactly as reseller SDKs send them. Invariant: a call returns a typed result
-or raises `ProviderUnavailable` (retry later; `maybe_sent` says whether it may have reached the
-provider) or `ProviderError` (the provider answered `{"error": ...}`; `.hold` says retry later,
-else refuse for good), whatever the provider or the network does. `ValueError` only for a
-caller's mistake (101 ids, a reserved field).
+Imports `panelsrv.client` (the API v2 client resellers use: it builds every request, sends it
+and reads what its answer means), `worker.pacing` (pure) and `metrics`. On top of the client,
+per provider: one keep-alive connection pool, a semaphore capping concurrent calls, a reserving
+token bucket capping the call rate, a circuit breaker, counters, and the log of answers not
+understood; the client's own retries are off (`NO_RETRY`): the worker retries by rescheduling.
+Invariant: a call returns a typed result or raises `ProviderUnavailable` (retry later;
+`maybe_sent` says whether it may have reached the provider) or `ProviderError` (the provider
+answered `{"error": ...}`; `.hold` says retry later, else refuse for good), whatever the
+provider or the network does. `ValueError` only for a caller's mistake (101 ids, a reserved
+field).
 """
 
 from __future__ import annotations
@@ -16,51 +18,43 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from panelsrv import metrics
-from panelsrv.worker.pacing import BreakerState, CircuitBreaker, TokenBucket
-from panelsrv.worker.upstream import (
-    MAX_RATE,
+from panelsrv import metrics, money
+from panelsrv.client.aio import AsyncClient
+from panelsrv.client.answers import (
     Balance,
-    CircuitOpen,
     ItemError,
     OrderStatus,
     ProviderError,
     ProviderUnavailable,
+    Service,
     UnreadableAnswer,
-    UpstreamService,
-    as_id,
-    cancel_accepted,
-    interpret,
-    join_ids,
-    parse_balance,
-    parse_multi_status,
-    parse_order_id,
-    parse_per_id,
-    parse_services,
-    parse_status,
-    refill_state,
 )
+from panelsrv.client.core import NO_RETRY, Call
+from panelsrv.worker.pacing import BreakerState, CircuitBreaker, TokenBucket
 
 log = logging.getLogger("panelsrv.worker.providers")
 
 T = TypeVar("T")
 BeforeSend = Callable[[], Awaitable[None]]
 USER_AGENT = "panelsrv/0.1 (+api-v2 client)"
-# identity: aiohttp offers gzip/deflate/br by default; a compressed answer is refused unread.
-_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
-_RESERVED = frozenset(("key", "action"))
-# The most an answer may weigh, from its shape, with room for the fields a provider adds: one
-# object (add, status, refill, balance, an error), plus one per id of a batch (status, cancel,
-# refill and refill_status of up to 100). A 100-id status answer is about 12 KB; its bound is
-# 216 KiB. Only the catalogue (services: thousands of entries) may reach `max_answer_bytes`.
-ANSWER_BYTES = 16 << 10
-ANSWER_BYTES_PER_ID = 2 << 10
+# The largest markup `service import` takes, and so the largest rate it can import: marked up,
+# it stays within money.MAX_UNITS (and every product of it within bigint).
+MAX_MARKUP_PERCENT = 10_000
+MAX_RATE = Decimal(money.MAX_UNITS) / money.SCALE / (1 + Decimal(MAX_MARKUP_PERCENT) / 100)
 UNREADABLE_LOG_EVERY = 60.0  # seconds: one log line per provider and action at most
+
+
+class CircuitOpen(ProviderUnavailable):
+    """Refused locally: the provider failed too often; nothing was sent."""
+
+    def __init__(self, retry_after: float):
+        super().__init__("circuit open", maybe_sent=False, retry_after=retry_after)
 
 
 class ProviderStats:
@@ -93,18 +87,11 @@ class Provider:
     __slots__ = (
         "_breaker",
         "_bucket",
-        "_client_timeout",
+        "_client",
         "_clock",
-        "_key",
-        "_max_answer",
-        "_max_concurrency",
-        "_owns_session",
         "_semaphore",
-        "_session",
-        "_timeout",
         "_unreadable",
         "_unreadable_logged",
-        "_url",
         "name",
         "stats",
     )
@@ -129,18 +116,12 @@ class Provider:
     ) -> None:
         if max_concurrency < 1 or timeout <= 0:
             raise ValueError("max_concurrency must be >= 1 and timeout > 0")
-        self._url = url
-        self._key = key
+        self._client = AsyncClient(
+            url, key, timeout=timeout, connect_timeout=connect_timeout, retry=NO_RETRY,
+            session=session, max_connections=max_concurrency, max_answer_bytes=max_answer_bytes,
+            user_agent=USER_AGENT,
+        )  # fmt: skip
         self.name = name or (urlsplit(url).netloc or url)
-        self._session = session
-        self._owns_session = session is None
-        self._timeout = timeout
-        # The whole exchange is bounded by asyncio.timeout; aiohttp only times the connect so
-        # that a refused or silent host is known never to have received the request.
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(connect_timeout, timeout)
-        )
-        self._max_concurrency = max_concurrency
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._bucket = (
             TokenBucket(rate_per_sec, rate_burst or max(1, int(rate_per_sec)))
@@ -148,7 +129,6 @@ class Provider:
             else None
         )
         self._breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
-        self._max_answer = max_answer_bytes
         self._clock = clock
         self._unreadable = unreadable
         self._unreadable_logged: dict[str, tuple[float, int]] = {}  # action -> (when, since)
@@ -161,9 +141,7 @@ class Provider:
         await self.close()
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._client.close()
 
     @property
     def circuit_state(self) -> str:
@@ -188,9 +166,9 @@ class Provider:
 
     # -- actions ----------------------------------------------------------------------------
 
-    async def services(self) -> list[UpstreamService]:
+    async def services(self) -> list[Service]:
         """The provider's catalogue; malformed or out-of-range entries are skipped (and logged)."""
-        services, skipped = await self._call(self._form("services"), parse_services)
+        services, skipped = await self._call(self._client.core.catalogue(MAX_RATE))
         if skipped:
             log.warning(
                 "provider %s: skipped %d malformed or out-of-range service entries (a rate "
@@ -216,31 +194,19 @@ class Provider:
         `before_send` is awaited once the call has its concurrency and rate slot, right before
         the request goes out; whatever it raises ends the call with nothing sent.
         """
-        form = self._form("add")
-        for name, value in fields.items():
-            if name in _RESERVED:
-                raise ValueError(f"{name!r} is set by the client")
-            text = _form_value(value)
-            if text is not None:
-                form[name] = text
-        return await self._call(form, _order_id, idempotency_key, before_send)
+        call = self._client.core.add_fields(fields, idempotency_key=idempotency_key or False)
+        return await self._call(call, before_send)
 
     async def status(self, order_id: str | int) -> OrderStatus:
-        return await self._call(self._form("status", order=str(order_id)), parse_status)
+        return await self._call(self._client.core.status(order_id))
 
     async def multi_status(self, ids: Iterable[str | int]) -> dict[str, OrderStatus | ItemError]:
         """One call for up to 100 ids; every id gets an entry (an `ItemError` when it failed)."""
-        batch = join_ids(ids)
-        form = self._form("status", orders=",".join(batch))
-        return await self._call(form, lambda data: parse_multi_status(data, batch))
+        return await self._call(self._client.core.status(list(ids)))
 
     async def cancel(self, ids: Iterable[str | int]) -> dict[str, bool | ItemError]:
         """Ask to cancel up to 100 orders; True where the provider accepted."""
-        batch = join_ids(ids)
-        form = self._form("cancel", orders=",".join(batch))
-        return await self._call(
-            form, lambda data: parse_per_id(data, batch, "order", "cancel", cancel_accepted)
-        )
+        return await self._call(self._client.core.cancel(list(ids), idempotency_key=False))
 
     async def refill(
         self,
@@ -249,44 +215,26 @@ class Provider:
         before_send: BeforeSend | None = None,
     ) -> str:
         """Request a refill; -> the upstream refill id. `before_send`: as for `add`."""
-        form = self._form("refill", order=str(order_id))
-        return await self._call(form, _refill_id, idempotency_key, before_send)
+        call = self._client.core.refill(order_id, idempotency_key=idempotency_key or False)
+        return await self._call(call, before_send)
 
     async def multi_refill(
         self, ids: Iterable[str | int], idempotency_key: str | None = None
     ) -> dict[str, str | ItemError]:
         """Refills for up to 100 orders; -> order id -> refill id (or `ItemError`)."""
-        batch = join_ids(ids)
-        form = self._form("refill", orders=",".join(batch))
-        return await self._call(
-            form,
-            lambda data: parse_per_id(data, batch, "order", "refill", as_id),
-            idempotency_key,
-        )
+        call = self._client.core.refill(list(ids), idempotency_key=idempotency_key or False)
+        return await self._call(call)
 
     async def refill_status(self, ids: Iterable[str | int]) -> dict[str, str | ItemError]:
         """Refill id -> Pending / In progress / Completed / Rejected / Error (or `ItemError`)."""
-        batch = join_ids(ids)
-        form = self._form("refill_status", refills=",".join(batch))
-        return await self._call(
-            form, lambda data: parse_per_id(data, batch, "refill", "status", refill_state)
-        )
+        return await self._call(self._client.core.refill_status(list(ids)))
 
     async def balance(self) -> Balance:
-        return await self._call(self._form("balance"), parse_balance)
+        return await self._call(self._client.core.balance())
 
     # -- one call ---------------------------------------------------------------------------
 
-    def _form(self, action: str, **extra: str) -> dict[str, str]:
-        return {"key": self._key, "action": action, **extra}
-
-    async def _call(
-        self,
-        form: dict[str, str],
-        parse: Callable[[Any], T],
-        idempotency_key: str | None = None,
-        before_send: BeforeSend | None = None,
-    ) -> T:
+    async def _call(self, call: Call[T], before_send: BeforeSend | None = None) -> T:
         async with self._semaphore:
             wait = self._breaker.admit(self._clock())
             if wait is not None:
@@ -300,11 +248,12 @@ class Provider:
                         await asyncio.sleep(delay)
                 if before_send is not None:
                     await before_send()
-                result = parse(await self._exchange(form, idempotency_key))
+                self.stats.calls += 1
+                result = await self._client.perform(call)
             except ProviderUnavailable as exc:
                 self.stats.unavailable += 1
                 if isinstance(exc, UnreadableAnswer):
-                    self._not_understood(form["action"], 1, exc.reason)
+                    self._not_understood(call.action, 1, exc.reason)
                 if self._breaker.failed(self._clock()):
                     log.warning(
                         "provider %s: circuit open for %.0f s after %d consecutive failures "
@@ -330,7 +279,7 @@ class Provider:
             if isinstance(result, dict):  # a batch: entries it could not understand
                 bad = [e for e in result.values() if isinstance(e, ItemError) and e.unreadable]
                 if bad:
-                    self._not_understood(form["action"], len(bad), bad[0].message)
+                    self._not_understood(call.action, len(bad), bad[0].message)
             return result
 
     def _not_understood(self, action: str, count: int, example: str) -> None:
@@ -357,82 +306,3 @@ class Provider:
         if self._breaker.state is not BreakerState.CLOSED:
             log.info("provider %s: answering again, circuit closed", self.name)
         self._breaker.succeeded()
-
-    async def _exchange(self, form: dict[str, str], idempotency_key: str | None) -> Any:
-        headers = {**_HEADERS, "Idempotency-Key": idempotency_key} if idempotency_key else _HEADERS
-        session = self._session or self._open()
-        self.stats.calls += 1
-        try:
-            async with asyncio.timeout(self._timeout):
-                async with session.post(
-                    self._url,
-                    data=form,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=self._client_timeout,
-                    auto_decompress=False,  # also when the session is a caller's
-                ) as resp:
-                    body = await self._read(resp, self._answer_bound(form))
-                    return interpret(
-                        resp.status,
-                        resp.headers.get("Content-Type", ""),
-                        body,
-                        resp.headers.get("Retry-After"),
-                        time.time(),
-                    )
-        except aiohttp.ClientConnectorError as exc:  # incl. connect timeout: nothing was sent
-            raise ProviderUnavailable(f"cannot connect: {exc}", maybe_sent=False) from None
-        except TimeoutError:
-            raise ProviderUnavailable(
-                f"no answer within {self._timeout:g} s", maybe_sent=True
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderUnavailable(f"transport: {exc!r}", maybe_sent=True) from None
-
-    def _answer_bound(self, form: dict[str, str]) -> int:
-        if form["action"] == "services":
-            return self._max_answer
-        batch = form.get("orders") or form.get("refills")
-        ids = batch.count(",") + 1 if batch else 0
-        return min(ANSWER_BYTES + ids * ANSWER_BYTES_PER_ID, self._max_answer)
-
-    @staticmethod
-    async def _read(resp: aiohttp.ClientResponse, bound: int) -> bytes:
-        """The raw body, at most `bound` bytes: a compressed or larger answer is refused (and its
-        connection dropped, as the body is left unread)."""
-        coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        if coding != "identity":
-            raise ProviderUnavailable(f"compressed answer ({coding[:40]})", maybe_sent=True)
-        if resp.content_length is not None and resp.content_length > bound:
-            raise ProviderUnavailable("answer too large", maybe_sent=True)
-        body = bytearray()
-        async for chunk in resp.content.iter_any():
-            body += chunk
-            if len(body) > bound:
-                raise ProviderUnavailable("answer too large", maybe_sent=True)
-        return bytes(body)
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._max_concurrency, keepalive_timeout=30.0)
-        self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
-        )
-        return self._session
-
-
-def _form_value(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, list | tuple):
-        return "\n".join(str(v) for v in value)
-    return str(value)
-
-
-def _order_id(data: Any) -> str:
-    return parse_order_id(data, "order")
-
-
-def _refill_id(data: Any) -> str:
-    return parse_order_id(data, "refill")

@@ -19,17 +19,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from panelsrv import metrics
-from panelsrv.store import jobs
-from panelsrv.store.pool import Pool
-from panelsrv.worker.providers import Provider
-from panelsrv.worker.registry import ProviderRegistry
-from panelsrv.worker.upstream import (
+from panelsrv.client.answers import (
     MAX_BATCH,
     ItemError,
     ProviderFailure,
     UnreadableAnswer,
     usable_id,
 )
+from panelsrv.store import jobs
+from panelsrv.store.pool import Pool
+from panelsrv.worker.providers import Provider
+from panelsrv.worker.registry import ProviderRegistry
 
 log = logging.getLogger("panelsrv.worker")
 

@@ -1,7 +1,8 @@
 """Webhook delivery: signed POSTs of recorded events, retried with backoff, at least once.
 
-Imports aiohttp, netsafe and store.webhooks. The body of an event is rebuilt identically at
-every attempt from what was recorded (same `id`, so a receiver deduplicates on it); the
+Imports aiohttp, netsafe, store.webhooks and `client.webhook` (the signature: one format, which
+resellers' receivers check with `verify_webhook`). The body of an event is rebuilt identically
+at every attempt from what was recorded (same `id`, so a receiver deduplicates on it); the
 signature header is `X-Panel-Signature: t=<unix>,v1=<hex hmac_sha256(secret, "<t>.<body>")>`
 with the attempt's own time. Every connection goes through `SafeResolver`, which refuses hosts
 that resolve to non-public addresses at connect time, not only when the URL was registered;
@@ -13,8 +14,6 @@ make the worker hold more than that.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import socket
 import time
@@ -26,6 +25,7 @@ import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from panelsrv import netsafe
+from panelsrv.client.webhook import SIGNATURE_HEADER, sign_webhook
 from panelsrv.store import webhooks
 from panelsrv.store.pool import Pool
 
@@ -35,11 +35,6 @@ USER_AGENT = "panelsrv-webhooks/1"
 # A delivery's lease outlives its POST by this much (recording the outcome included).
 LEASE_MARGIN = 60.0
 ANSWER_BYTES = 4096
-
-
-def signature(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), b"%d." % timestamp + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
 
 
 def event_body(delivery: webhooks.Delivery) -> bytes:
@@ -203,7 +198,7 @@ class Sender:
         body = event_body(delivery)
         headers: dict[str, Any] = {
             "Content-Type": "application/json",
-            "X-Panel-Signature": signature(delivery.secret, int(time.time()), body),
+            SIGNATURE_HEADER: sign_webhook(delivery.secret, int(time.time()), body),
             "X-Panel-Event": delivery.type,
             "X-Panel-Delivery": delivery.event_id,
         }

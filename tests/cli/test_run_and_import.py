@@ -9,10 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from panelsrv import money
+from panelsrv.client.answers import Service
 from panelsrv.sim.provider import Simulator
 from panelsrv.store import db
 from panelsrv.worker import importer
-from panelsrv.worker.upstream import UpstreamService
 from tests.cli.test_admin_cli import ok_json, panelsrv
 from tests.e2e.served import call
 from tests.http.httpkit import free_port
@@ -87,7 +87,7 @@ async def test_service_import_creates_updates_and_deactivates(database_url: str)
             # A service gone upstream is deactivated, not deleted.
             provider_id = await conn.fetchval("SELECT id FROM providers WHERE name = $1", name)
             remaining = [
-                UpstreamService(
+                Service(
                     service=str(s["service"]),
                     name=s["name"],
                     rate=Decimal(s["rate"]),

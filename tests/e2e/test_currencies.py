@@ -12,9 +12,9 @@ from decimal import Decimal
 
 import pytest
 
+from panelsrv.client.answers import Service
 from panelsrv.store import admin, db
 from panelsrv.worker import importer
-from panelsrv.worker.upstream import UpstreamService
 from tests.e2e.kit import sql
 from tests.e2e.served import World, call, offered, visible
 from tests.kit.stack import Served, served
@@ -124,7 +124,7 @@ async def test_an_import_prices_services_in_the_providers_currency(database_url:
         provider = await admin.add_provider(
             conn, f"fx-{secrets.token_hex(3)}", "https://upstream.test/api/v2", "k", "xts"
         )
-        upstream = UpstreamService(service="7", name="Likes", rate=Decimal("2.5"), min=10, max=1000)
+        upstream = Service(service="7", name="Likes", rate=Decimal("2.5"), min=10, max=1000)
         await importer.import_services(conn, provider, [upstream], 1000, None)
         row = await conn.fetchrow(
             "SELECT rate, currency FROM services WHERE provider_id = $1", provider

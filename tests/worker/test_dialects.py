@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 
 from panelsrv import metrics
-from panelsrv.sim.dialect import Dialect
-from panelsrv.sim.provider import Simulator
-from panelsrv.worker import dialects
-from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import (
+from panelsrv.client import dialects
+from panelsrv.client.answers import (
     ErrorKind,
     ItemError,
     OrderStatus,
     ProviderError,
     ProviderUnavailable,
 )
+from panelsrv.sim.dialect import Dialect
+from panelsrv.sim.provider import Simulator
+from panelsrv.worker.providers import Provider
 
 ORDER = {"service": 1, "link": "https://x.test/p", "quantity": 100}  # 10..10000, 0.05 per 1000
 NO_REMAINS = ItemError("Partial without a usable remains")

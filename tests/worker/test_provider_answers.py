@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from panelsrv.client.answers import OrderStatus, ProviderUnavailable
 from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import OrderStatus, ProviderUnavailable
 from tests.worker.hookkit import gzip_bomb, peak_rss, peak_rss_measurable, reset_peak_rss
 from tests.worker.test_providers import Canned, ok
 

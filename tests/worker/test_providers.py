@@ -12,17 +12,16 @@ import aiohttp
 import orjson
 import pytest
 
-from panelsrv.sim.provider import FAULT_KINDS, Faults, Simulator
-from panelsrv.worker.providers import Provider
-from panelsrv.worker.upstream import (
+from panelsrv.client.answers import (
     MISSING,
-    CircuitOpen,
     ErrorKind,
     ItemError,
     OrderStatus,
     ProviderError,
     ProviderUnavailable,
 )
+from panelsrv.sim.provider import FAULT_KINDS, Faults, Simulator
+from panelsrv.worker.providers import CircuitOpen, Provider
 from tests.kit.waiting import until
 
 

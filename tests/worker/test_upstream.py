@@ -9,12 +9,8 @@ from email.utils import format_datetime
 import pytest
 
 from panelsrv import money
-from panelsrv.worker.importer import marked_up
-from panelsrv.worker.pacing import BreakerState, CircuitBreaker, TokenBucket
-from panelsrv.worker.upstream import (
+from panelsrv.client.answers import (
     MAX_BATCH,
-    MAX_MARKUP_PERCENT,
-    MAX_RATE,
     MISSING,
     ErrorKind,
     ItemError,
@@ -37,6 +33,9 @@ from panelsrv.worker.upstream import (
     refill_state,
     retry_after_seconds,
 )
+from panelsrv.worker.importer import marked_up
+from panelsrv.worker.pacing import BreakerState, CircuitBreaker, TokenBucket
+from panelsrv.worker.providers import MAX_MARKUP_PERCENT, MAX_RATE
 
 JSON = "application/json"
 
@@ -232,7 +231,7 @@ def test_services_are_typed_and_malformed_entries_skipped():
         {"service": 11, "name": "most", "rate": str(MAX_RATE), "min": 1, "max": 2**63 - 1,
          "avg_time": 2**31},
     ]  # fmt: skip
-    services, skipped = parse_services(answer)
+    services, skipped = parse_services(answer, MAX_RATE)
     assert skipped == 9
     assert [s.service for s in services] == ["1", "B2", "11"]
     assert services[0].rate == Decimal("0.45") and services[0].min == 100

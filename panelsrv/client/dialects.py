@@ -1,6 +1,6 @@
 """What providers' answers say, in every dialect seen from real panels: one table, two shapes.
 
-Pure and a leaf: no I/O, imports nothing from panelsrv. `upstream` types and bounds what these
+Pure and a leaf: no I/O, imports nothing from panelsrv. `client.answers` types and bounds what these
 functions find; this module only knows where panels put things and what their words mean.
 
 - `DIALECT`: every known word or key, by the place it is said in, and what it means there. One
@@ -57,7 +57,7 @@ DIALECT: dict[str, dict[str, Any]] = {
     "count": dict.fromkeys(("unknown", "n/a", ""), UNKNOWN),
     # A cancel's result that says it was accepted ({"order": 1, "cancel": 1}).
     "cancel": dict.fromkeys(("1", "true", "ok", "success"), True),
-    # An HTTP status that decides the answer whatever its body says (an `upstream.ErrorKind`):
+    # An HTTP status that decides the answer whatever its body says (an `answers.ErrorKind`):
     # 402 is "not enough funds", so the request did nothing.
     "http status": {"402": "no_funds"},
 }

@@ -1,7 +1,8 @@
-"""What an API v2 provider's answers mean: typed results, the failure types, the bounds.
+"""What an API v2 panel's answers mean: typed results, the failure types, the bounds.
 
-Pure: imports only the leaf `money` and `dialects` (what panels' words and shapes mean), does no
-I/O and never reads a clock (times are passed in). The I/O shell is `providers.py`. Invariant:
+Pure: imports only msgspec and `client.dialects` (what panels' words and shapes mean), does no
+I/O and never reads a clock (times are passed in). The I/O shells are `client.aio` and
+`client.blocking`, through `client.core`; the worker's `Provider` is one more user. Invariant:
 `interpret` and the `parse_*` functions either return a typed value or raise
 `ProviderUnavailable` / `ProviderError`; nothing a provider sends can raise anything else, and
 a word the table does not know never maps to a status that moves money. Every number a
@@ -10,9 +11,9 @@ upstream id is one that can be sent back in a comma-separated batch.
 
 An answer that cannot be understood (not JSON, no known shape, an unknown status) raises
 `UnreadableAnswer`, or, for one entry of a batch, is an `ItemError` marked `unreadable`: it
-changes nothing, and `Provider` counts and logs it. So is a `Partial` whose `remains` is not a
-count; one whose `remains` is unknown (absent, null, "", "Unknown") is not final either (its
-refund depends on it): the order stays active and is polled again.
+changes nothing, and the worker's `Provider` counts and logs it. So is a `Partial` whose
+`remains` is not a count; one whose `remains` is unknown (absent, null, "", "Unknown") is not
+final either (its refund depends on it): the order stays active and is polled again.
 """
 
 from __future__ import annotations
@@ -26,18 +27,13 @@ from typing import Annotated, Any
 
 import msgspec
 
-from panelsrv import money
-from panelsrv.worker.dialects import DIALECT, batch_entries, means, unwrap
+from panelsrv.client.dialects import DIALECT, batch_entries, means, unwrap
 
 MAX_BATCH = 100  # ids per multi call: the API's limit
 MISSING = "Missing from provider answer"
 BIGINT_MAX = 2**63 - 1  # counts (start_count, remains, min, max) are bigint columns
 INT_MAX = 2**31 - 1  # avg_time is an integer column
 MAX_RETRY_AFTER = 3600.0  # seconds: a provider's Retry-After is clamped to [0, 1 h]
-# The largest markup `service import` takes, and so the largest rate it can import: marked up,
-# it stays within money.MAX_UNITS (and every product of it within bigint).
-MAX_MARKUP_PERCENT = 10_000
-MAX_RATE = Decimal(money.MAX_UNITS) / money.SCALE / (1 + Decimal(MAX_MARKUP_PERCENT) / 100)
 
 # -- failures -------------------------------------------------------------------------------
 
@@ -53,28 +49,33 @@ class ProviderUnavailable(ProviderFailure):
     provider (connection refused, connect timeout, circuit open); when True an `add` may have
     created the order upstream, so resend it only with the same idempotency key or after
     checking. `retry_after` is the provider's or the breaker's hint in seconds, when known.
+    `transient`: the same request may well get an answer later (a timeout, a dropped connection,
+    429, 5xx, 409 while the same idempotency key is in flight); False when asking again would
+    get the same (a wrong URL: 3xx, 404, 405, HTML; an unreadable, compressed or oversized
+    answer). The clients retry only transient failures.
     """
 
-    def __init__(self, reason: str, *, maybe_sent: bool, retry_after: float | None = None):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        maybe_sent: bool,
+        retry_after: float | None = None,
+        transient: bool = True,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.maybe_sent = maybe_sent
         self.retry_after = retry_after
+        self.transient = transient
 
 
 class UnreadableAnswer(ProviderUnavailable):
     """An answer arrived but cannot be understood: not JSON, or JSON of no known shape. It
-    changes nothing; `Provider` counts it (per provider and action) and logs it."""
+    changes nothing; the worker's `Provider` counts it (per provider and action) and logs it."""
 
     def __init__(self, reason: str):
-        super().__init__(reason, maybe_sent=True)
-
-
-class CircuitOpen(ProviderUnavailable):
-    """Refused locally: the provider failed too often; nothing was sent."""
-
-    def __init__(self, retry_after: float):
-        super().__init__("circuit open", maybe_sent=False, retry_after=retry_after)
+        super().__init__(reason, maybe_sent=True, transient=False)
 
 
 class ErrorKind(enum.Enum):
@@ -127,10 +128,10 @@ class ProviderError(ProviderFailure):
 Count = Annotated[int, msgspec.Meta(ge=0, le=BIGINT_MAX)]
 
 
-class UpstreamService(msgspec.Struct, frozen=True, kw_only=True):
+class Service(msgspec.Struct, frozen=True, kw_only=True):
     service: str
     name: str
-    rate: Decimal  # per 1000, in the provider's currency; 0..MAX_RATE
+    rate: Decimal  # per 1000, in the provider's currency; not negative, below 1e15
     min: Count
     max: Count
     type: str = "default"
@@ -166,6 +167,20 @@ class Balance(msgspec.Struct, frozen=True):
     currency: str
 
 
+class Webhook(msgspec.Struct, frozen=True, kw_only=True):
+    webhook: str
+    url: str
+    events: list[str]
+    active: bool = True
+
+
+class WebhookCreated(msgspec.Struct, frozen=True):
+    """A new webhook and its signing secret, which the panel shows this once."""
+
+    webhook: str
+    secret: str
+
+
 # -- decoding ---------------------------------------------------------------------------------
 
 _DECODER = msgspec.json.Decoder(float_hook=Decimal)  # floats stay exact: rates are money
@@ -181,6 +196,7 @@ def interpret(
             f"HTTP {http_status}",
             maybe_sent=http_status not in _NOT_PROCESSED,
             retry_after=retry_after_seconds(retry_after, now),
+            transient=http_status == 429 or http_status >= 500,
         )
     try:
         data = _DECODER.decode(body)
@@ -189,7 +205,9 @@ def interpret(
     if str(http_status) in DIALECT["http status"]:  # whatever the body says
         raise ProviderError(_refusal(data) or f"HTTP {http_status}", http_status)
     if "html" in content_type.lower() or body.lstrip()[:1] == b"<":
-        raise ProviderUnavailable(f"HTML answer (HTTP {http_status})", maybe_sent=True)
+        raise ProviderUnavailable(
+            f"HTML answer (HTTP {http_status})", maybe_sent=True, transient=False
+        )
     if data is _NOT_JSON:
         raise UnreadableAnswer(f"not JSON (HTTP {http_status})")
     try:
@@ -287,12 +305,12 @@ def as_id(value: Any) -> str | None:
     return None
 
 
-def parse_services(data: Any) -> tuple[list[UpstreamService], int]:
+def parse_services(data: Any, max_rate: Decimal | None = None) -> tuple[list[Service], int]:
     """-> (services, how many entries were skipped as malformed or out of range: a rate above
-    MAX_RATE, counts outside bigint, min < 1 or max < min)."""
+    `max_rate` (when given), counts outside bigint, min < 1 or max < min)."""
     if not isinstance(data, list):
         raise wrong_shape("services is not a list")
-    services: list[UpstreamService] = []
+    services: list[Service] = []
     skipped = 0
     for item in data:
         try:
@@ -300,11 +318,12 @@ def parse_services(data: Any) -> tuple[list[UpstreamService], int]:
             fields["service"] = as_id(fields.get("service"))
             fields["rate"] = as_amount(fields.get("rate"))
             fields["avg_time"] = _optional_int(fields.get("avg_time"), INT_MAX)
-            service = msgspec.convert(fields, UpstreamService, strict=False)
+            service = msgspec.convert(fields, Service, strict=False)
         except (TypeError, ValueError, ArithmeticError, msgspec.ValidationError):
             skipped += 1
             continue
-        if service.rate > MAX_RATE or not 1 <= service.min <= service.max:
+        too_dear = max_rate is not None and service.rate > max_rate
+        if too_dear or not 1 <= service.min <= service.max:
             skipped += 1
             continue
         services.append(service)
@@ -433,6 +452,42 @@ def cancel_accepted(value: Any) -> bool | None:
 
 def refill_state(value: Any) -> str | None:
     return means("refill status", value)
+
+
+def parse_one(data: Any, field: str, value: Callable[[Any], Any]) -> Any:
+    """A single-id answer, `{field: v}` (`{"cancel": 1}`, `{"status": "Completed"}`) -> value(v);
+    a v that means nothing is an unreadable answer."""
+    typed = value(data.get(field)) if isinstance(data, dict) else None
+    if typed is None:
+        raise wrong_shape(f"no usable {field}")
+    return typed
+
+
+def parse_webhook_created(data: Any) -> WebhookCreated:
+    webhook = as_id(data.get("webhook")) if isinstance(data, dict) else None
+    secret = data.get("secret") if isinstance(data, dict) else None
+    if webhook is None or not isinstance(secret, str) or not secret:
+        raise wrong_shape("no webhook id and secret")
+    return WebhookCreated(webhook, secret)
+
+
+def parse_webhooks(data: Any) -> list[Webhook]:
+    if not isinstance(data, list):
+        raise wrong_shape("webhooks is not a list")
+    try:
+        return [
+            msgspec.convert({**item, "webhook": as_id(item.get("webhook"))}, Webhook)
+            for item in data
+        ]
+    except (TypeError, AttributeError, msgspec.ValidationError):
+        raise wrong_shape("a webhook entry") from None
+
+
+def parse_deleted(data: Any) -> bool:
+    # `{"deleted": 1}`: said in the words that accept a cancel.
+    if not isinstance(data, dict) or means("cancel", data.get("deleted")) is not True:
+        raise wrong_shape("no deleted")
+    return True
 
 
 def parse_balance(data: Any) -> Balance:
