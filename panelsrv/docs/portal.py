@@ -247,6 +247,7 @@ def facts(panel: Panel, catalog: Catalog, limits: Limits) -> dict[str, Any]:
         "idempotent": samples.idempotent(url, order),
         "signed": samples.signed(url, signed_order),
         "verify": samples.verify(),
+        "client": samples.python_client(url),
     }
 
 

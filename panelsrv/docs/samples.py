@@ -35,7 +35,7 @@ Fields = tuple[tuple[str, str], ...]
 
 
 class Sample(NamedTuple):
-    language: str  # data-sample: curl, shell, php, python, node
+    language: str  # data-sample: curl, shell, php, python, python-client, node
     label: str
     code: str
 
@@ -473,3 +473,16 @@ console.log("valid");
 def verify() -> list[Sample]:
     """Checking a delivery's X-Panel-Signature in each language."""
     return [Sample(lang, label, VERIFY[lang]) for lang, label in VERIFY_LANGUAGES]
+
+
+def python_client(url: str) -> list[Sample]:
+    """The same balance call through panelsrv.client (the portal's "SDKs & libraries")."""
+    code = f"""import json
+
+from panelsrv.client import Client
+
+with Client({json.dumps(url)}, {json.dumps(KEY)}) as api:
+    balance = api.balance()  # typed: Decimal balance, currency
+    print(json.dumps({{"balance": str(balance.balance), "currency": balance.currency}}))
+"""
+    return [Sample("python-client", "Python (panelsrv.client)", code)]

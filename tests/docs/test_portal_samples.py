@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 
 from panelsrv.api.actions import STRUCTS
+from panelsrv.client import sign_webhook
 from panelsrv.docs import samples
 from panelsrv.store import admin, db
-from panelsrv.worker.webhooks import signature
 from tests.conftest import run_async
 from tests.e2e.kit import assert_audit_clean, sql
 from tests.e2e.served import World, call, offered
@@ -47,7 +47,7 @@ STATUSES = {"Pending", "In progress", "Completed", "Partial", "Canceled", "Refun
 LANGUAGES: dict[str, tuple[set[str], list[str], str, list[str]]] = {
     "curl": ({"curl", "shell"}, ["bash", "curl", "openssl"], ".sh", ["bash"]),
     "php": ({"php"}, ["php"], ".php", ["php"]),
-    "python": ({"python"}, [], ".py", [sys.executable]),
+    "python": ({"python", "python-client"}, [], ".py", [sys.executable]),
     "node": ({"node"}, ["node"], ".mjs", ["node"]),
 }
 
@@ -228,8 +228,8 @@ def run_verify(argv: list[str], suffix: str, code: str) -> None:
     not."""
     secret = "whsec_" + secrets.token_hex(16)
     body = json.dumps({"id": "evt_1", "type": "order.status", "data": {"status": "Ü"}}).encode()
-    fresh = signature(secret, int(time.time()), body)
-    stale = signature(secret, int(time.time()) - 3600, body)
+    fresh = sign_webhook(secret, int(time.time()), body)
+    stale = sign_webhook(secret, int(time.time()) - 3600, body)
     env = {"WEBHOOK_SECRET": secret, "X_PANEL_SIGNATURE": fresh}
     done = run(argv, suffix, code, stdin=body, env=env)
     assert (done.returncode, done.stdout.strip()) == (0, b"valid"), done.stderr.decode()
