@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev
 
-.PHONY: setup run test lint bench bench-quick bench-soak chaos clean
+.PHONY: setup run test lint bench bench-quick bench-soak chaos slowloris clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
@@ -51,11 +51,23 @@ bench-soak: setup
 	@$(BENCH_DEPS)
 	$(BIN)/python -m bench.run --soak 300
 
-# Faults of every kind for 6 minutes (serve, workers, PostgreSQL, Redis), then the books checked;
-# figures in bench/results/chaos_360s.json (bench/chaos.py).
+# Faults of every kind (SIGKILLed API processes and workers, PostgreSQL and Redis restarts) for
+# 6 minutes, or CHAOS_CYCLES=1000 faults (the long mode: about 80 minutes, a fault every 2-5 s
+# plus its recovery), then the books checked; figures in bench/results/chaos_360s.json or
+# chaos_1000cycles.json (bench/chaos.py; a 12-cycle run is in make test).
 CHAOS_SECONDS ?= 360
+CHAOS_CYCLES ?=
+CHAOS_RUN := $(if $(CHAOS_CYCLES),--cycles $(CHAOS_CYCLES) --out bench/results/chaos_$(CHAOS_CYCLES)cycles.json,--seconds $(CHAOS_SECONDS) --out bench/results/chaos_$(CHAOS_SECONDS)s.json)
 chaos: setup
-	$(BIN)/python -m bench.chaos --seconds $(CHAOS_SECONDS) --out bench/results/chaos_$(CHAOS_SECONDS)s.json
+	$(BIN)/python -m bench.chaos $(CHAOS_RUN)
+
+# 1,000 slow connections (trickled heads and bodies, header/body timeouts of 2 s) while 100
+# balance requests a second are timed: their p99 against the unloaded one, and how fast every
+# slow connection is dropped; about 70 s, figures in bench/results/slowloris_1000.json
+# (bench/slowloris.py; a 300-connection run is in make test).
+SLOWLORIS ?= 1000
+slowloris: setup
+	$(BIN)/python -m bench.slowloris --slow $(SLOWLORIS) --out bench/results/slowloris_$(SLOWLORIS).json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build *.egg-info

@@ -5,7 +5,9 @@ orders) and `sim.dialect` (how answers are worded: API v2 as specified, or as ot
 answer); imports nothing else from panelsrv. Faults are drawn per API request from `Faults`:
 set at start, from Python (`sim.faults = Faults(...)`), or over loopback with
 `POST /_sim/faults` (a JSON object of the fields to change); `GET /_sim/stats` shows the
-counters. HTTP/1.1 subset: Content-Length bodies and keep-alive, enough for HTTP clients.
+counters (`fault.<kind>` per fault, `fault_after.<action>` per fault that struck after the
+action ran: an answer lost or garbled although the order, cancel or refill happened).
+HTTP/1.1 subset: Content-Length bodies and keep-alive, enough for HTTP clients.
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ class Simulator:
             answer = _json(*self.dialect.render(fields, *self.book.act(fields)))
             if fault is None:
                 return answer
+            self.counters[f"fault_after.{fields.get('action', '')}"] += 1
         self.counters[f"fault.{fault}"] += 1
         if fault == "timeout":  # hang until the client gives up (closes) or hang_seconds pass
             with contextlib.suppress(TimeoutError):

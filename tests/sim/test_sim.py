@@ -106,6 +106,7 @@ async def test_faults_switch_at_runtime_over_loopback_and_count():
                                          "link": "l", "quantity": 10}) as resp:  # fmt: skip
             assert resp.status == 500 and await resp.text() == "Internal Server Error"
         assert sim.counters["orders_created"] == 1  # struck after the order was made
+        assert sim.counters["fault_after.add"] == 1
         assert (await post(s, control, json={"force": "earthquake"}))[0] == 400
         assert (await post(s, control, json={"force": None, "latency_ms": 1}))[1]["force"] is None  # type: ignore[index]
         async with s.get(sim.url.replace("/api/v2", "/_sim/stats")) as resp:

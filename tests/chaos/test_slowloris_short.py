@@ -1,0 +1,35 @@
+"""The short slow-client run (issue 18, point 4): bench/slowloris.py's `measure` with 300 slow
+connections (the long run: 1,000), about 30 s in all.
+
+`serve --workers 2` with header and body timeouts of 2 s against the test database; 8 s of
+steady traffic alone (100 balance requests a second), then 10 s of it while 300 connections
+trickle heads and bodies from 127.0.0.2-127.0.0.9 (38 per address, under the per-IP cap of 256
+that stays at its default). Every check of the long run must hold: all steady requests 200, the
+loaded p99 within 2x the unloaded one, every slow connection dropped within its timeout (+1 s);
+the figures are printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.slowloris import measure
+
+pytestmark = pytest.mark.slow
+
+SLOW = 300
+
+
+async def test_slow_clients_are_shed_in_time_and_leave_real_traffic_its_p99(
+    database_url: str, tmp_path: Path
+) -> None:
+    figures = await measure(database_url, tmp_path, slow=SLOW, unloaded=8.0, ramp=3.0, loaded=10.0)
+    print(json.dumps(figures, indent=2))
+    assert figures["problems"] == dict.fromkeys(figures["problems"], 0), figures
+    assert figures["ok"]
+    # every slot was dropped and opened again several times while the traffic was measured
+    for kind in ("shed_head", "shed_body"):
+        assert figures[kind]["connections"] >= SLOW // 2 * 4, figures[kind]
