@@ -22,6 +22,7 @@ import msgspec
 from panelsrv import demo, metrics
 from panelsrv.api.handler import Api, unavailable
 from panelsrv.config import Config
+from panelsrv.docs import openapi
 from panelsrv.errors import too_many_body
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
@@ -165,7 +166,9 @@ class App:
             fn=lambda: self.pool.get_idle_size() if self.pool is not None else 0,
         )
         self.http = HttpServer(
-            api_routes(unavailable) | unavailable_routes(self._assets),
+            api_routes(unavailable)
+            | unavailable_routes(self._assets)
+            | openapi.unavailable_routes(),
             bounds=http_bounds(cfg),
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
@@ -252,7 +255,11 @@ class App:
             assets=self._assets,
         )
         assert self.http is not None
-        self.http.routes.update(api_routes(api.handle) | pages.routes())
+        self.http.routes.update(
+            api_routes(api.handle)
+            | pages.routes()
+            | openapi.OpenApi(live, cfg.default_panel).routes()
+        )
 
     def _start_guard(
         self, registry: metrics.Registry, outage: Callable[[str, str], Outage]

@@ -1,0 +1,1 @@
+"""The API's documentation each panel serves: the OpenAPI document (openapi.py) and the portal."""
