@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev
 
-.PHONY: setup run test lint bench bench-quick bench-soak chaos slowloris clean
+.PHONY: setup run test lint fuzz-api bench bench-quick bench-soak chaos slowloris clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
@@ -29,6 +29,14 @@ CHROMIUM_FOUND := { [ -n "$$PANELSRV_TEST_CHROMIUM" ] || command -v chromium || 
 test: setup
 	@$(CHROMIUM_FOUND) || echo "no Chromium found: browser tests (tests/web) skipped (apt-get install chromium)"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# schemathesis against a live server, longer than `make test`'s 300 derandomized cases:
+# FUZZ_API_EXAMPLES cases, half of them negative, from FUZZ_API_SEED (tests/docs/test_schemathesis.py).
+FUZZ_API_EXAMPLES ?= 5000
+FUZZ_API_SEED ?= $(shell date +%s)
+fuzz-api: setup
+	FUZZ_API_EXAMPLES=$(FUZZ_API_EXAMPLES) FUZZ_API_SEED=$(FUZZ_API_SEED) \
+		$(BIN)/python -m pytest -s tests/docs/test_schemathesis.py
 
 lint: setup
 	$(BIN)/ruff check panelsrv tests bench

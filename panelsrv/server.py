@@ -22,7 +22,7 @@ import msgspec
 from panelsrv import demo, metrics
 from panelsrv.api.handler import Api, unavailable
 from panelsrv.config import Config
-from panelsrv.docs import portal
+from panelsrv.docs import openapi, portal
 from panelsrv.errors import too_many_body
 from panelsrv.guard import Guard, GuardSettings
 from panelsrv.guard.hub import HubBackend, HubServer
@@ -181,7 +181,8 @@ class App:
         self.http = HttpServer(
             api_routes(unavailable)
             | unavailable_routes(self._assets)
-            | portal.unavailable_routes(),
+            | portal.unavailable_routes()
+            | openapi.unavailable_routes(),
             bounds=http_bounds(cfg),
             precheck=guard.check_ip if guard else None,
             connect_check=guard.check_block if guard else None,
@@ -272,7 +273,12 @@ class App:
             assets=self._assets,
         )  # fmt: skip
         assert self.http is not None
-        self.http.routes.update(api_routes(api.handle) | pages.routes() | docs.routes())
+        self.http.routes.update(
+            api_routes(api.handle)
+            | pages.routes()
+            | docs.routes()
+            | openapi.OpenApi(live, cfg.default_panel).routes()
+        )
 
     def _start_guard(
         self, registry: metrics.Registry, outage: Callable[[str, str], Outage]

@@ -73,10 +73,12 @@ class Action(msgspec.Struct, tag_field="action", frozen=True, gc=False, kw_only=
 
 
 class Services(Action, tag="services", frozen=True):
-    pass
+    """Every service the panel offers the caller, at the caller's price."""
 
 
 class Add(Action, tag="add", frozen=True):
+    """Place an order: the wallet is debited the charge at once, or nothing happens."""
+
     service: Id
     link: Link | None = None
     quantity: Count | None = None
@@ -103,41 +105,53 @@ class Add(Action, tag="add", frozen=True):
 
 
 class Status(Action, tag="status", frozen=True):
+    """An order's status (`order`), or several orders' keyed by id (`orders`)."""
+
     order: Id | None = None
     orders: str | None = None
 
 
 class Balance(Action, tag="balance", frozen=True):
-    pass
+    """The wallet's balance, in the panel's currency."""
 
 
 class Cancel(Action, tag="cancel", frozen=True):
+    """Cancel orders that have not started, refunded in full."""
+
     order: Id | None = None
     orders: str | None = None
     idempotency_key: IdempotencyKey | None = None
 
 
 class Refill(Action, tag="refill", frozen=True):
+    """Ask for a refill of completed (or partial) orders."""
+
     order: Id | None = None
     orders: str | None = None
     idempotency_key: IdempotencyKey | None = None
 
 
 class RefillStatus(Action, tag="refill_status", frozen=True):
+    """A refill's status (`refill`), or several refills' (`refills`)."""
+
     refill: Id | None = None
     refills: str | None = None
 
 
 class WebhookAdd(Action, tag="webhook_add", frozen=True):
+    """Register an https endpoint for status events; its signing secret is shown once."""
+
     url: Url
     events: Events | None = None
 
 
 class Webhooks(Action, tag="webhooks", frozen=True):
-    pass
+    """The caller's webhooks."""
 
 
 class WebhookDelete(Action, tag="webhook_delete", frozen=True):
+    """Delete one of the caller's webhooks."""
+
     webhook: Id
 
 
@@ -257,7 +271,7 @@ ID_LISTS: Final[dict[str, dict[str, str]]] = {
 
 
 # Comma-separated ASCII integers, blanks around each, at most one trailing comma.
-_ID_LIST: Final = re.compile(r"[ \t]*[0-9]{1,19}[ \t]*(?:,[ \t]*[0-9]{1,19}[ \t]*)*(?:,[ \t]*)?")
+ID_LIST: Final = re.compile(r"[ \t]*[0-9]{1,19}[ \t]*(?:,[ \t]*[0-9]{1,19}[ \t]*)*(?:,[ \t]*)?")
 
 
 def parse_ids(field: str, text: str, limit: int = MAX_IDS) -> list[int]:
@@ -271,7 +285,7 @@ def parse_ids(field: str, text: str, limit: int = MAX_IDS) -> list[int]:
     commas = text.count(",")  # ids sent, less one unless the list ends with a comma
     if commas > limit or (commas == limit and not text.rstrip(" \t").endswith(",")):
         raise bad_request(field, f"at most {limit} ids")
-    if _ID_LIST.fullmatch(text) is None:
+    if ID_LIST.fullmatch(text) is None:
         raise bad_request(field, "must be comma-separated positive integers")
     items = text.split(",")
     if not items[-1].strip(" \t"):
@@ -435,3 +449,20 @@ class WebhookDeleteReply(Reply, frozen=True):
 
 # A multi `status` reply is keyed by the id as a string: {"8842": StatusReply | ErrorReply}.
 StatusMany = dict[str, StatusReply | ErrorReply]
+
+
+# tag -> the types its 200 body takes: the single form's first, then the multi form's (`orders`,
+# `refills`). What `respond` renders for each action, stated once for the OpenAPI document
+# (docs/openapi.py); the schemathesis run (tests/e2e/test_schemathesis.py) holds `respond` to it.
+REPLIES: Final[dict[str, tuple[object, ...]]] = {
+    "services": (list[ServiceReply],),
+    "add": (AddReply,),
+    "status": (StatusReply, StatusMany),
+    "balance": (BalanceReply,),
+    "cancel": (CancelReply, list[CancelItem]),
+    "refill": (RefillReply, list[RefillItem]),
+    "refill_status": (RefillStatusReply, list[RefillStatusItem]),
+    "webhook_add": (WebhookAddReply,),
+    "webhooks": (list[WebhookItem],),
+    "webhook_delete": (WebhookDeleteReply,),
+}
