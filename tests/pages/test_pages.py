@@ -207,10 +207,13 @@ async def test_every_page_carries_the_security_headers(database_url: str) -> Non
         cookie = login.header("Set-Cookie") or ""
         assert cookie.startswith("__Host-panelsrv-csrf=") and "HttpOnly" in cookie
         assert "SameSite=Lax" in cookie and "Secure" in cookie and "Path=/" in cookie
-        css = [p for p in s.pages.routes() if p.endswith(b".css")]
-        assert len(css) == 1 and css[0].startswith(b"/static/panelsrv.")
-        r = await c.go("GET", css[0].decode())
-        assert r.header("Cache-Control") == "public, max-age=31536000, immutable"
+        css = sorted(p for p in s.pages.routes() if p.endswith(b".css"))
+        # the pages' stylesheet and the portal's (issue 17), each under its digest
+        assert [p.split(b".")[0] for p in css] == [b"/static/panelsrv", b"/static/portal"]
+        for path in css:
+            r = await c.go("GET", path.decode())
+            assert r.status == 200 and r.body.startswith(b"/*")
+            assert r.header("Cache-Control") == "public, max-age=31536000, immutable"
 
 
 async def test_two_factor_enrolment_and_sign_in_with_a_code_or_a_recovery_code(

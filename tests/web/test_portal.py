@@ -6,11 +6,13 @@ on a desktop and on a phone) in var/screenshots/."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.served import World, offered
+from panelsrv.docs.portal import LISTED
+from tests.e2e.served import World, call, offered
 from tests.web.browse import OTHER, SCREENSHOTS, SHOP, Reseller, Site, blocking
 from tests.web.conftest import PANELS
 
@@ -19,13 +21,15 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def catalog(site: Site) -> None:
-    """A service on each panel, known to both processes."""
+def catalog(site: Site) -> dict[str, str]:
+    """A service on each panel, known to both processes; a key of each panel."""
     world = World(site.database_url)
+    keys = {}
     for panel, (kind, local_id) in SERVICES.items():
         blocking(world.service(panel, type=kind, local_id=local_id, name=f"{kind} of {panel}"))
-        _, key = blocking(world.user(panel))
-        blocking(offered(site.port, panel, key, local_id, named=f"{kind} of {panel}"))
+        _, keys[panel] = blocking(world.user(panel))
+        blocking(offered(site.port, panel, keys[panel], local_id, named=f"{kind} of {panel}"))
+    return keys
 
 
 def resolves(site: Site, path: str, panel: str) -> bool:
@@ -38,7 +42,7 @@ def resolves(site: Site, path: str, panel: str) -> bool:
 
 @pytest.mark.parametrize("panel", [SHOP, OTHER])
 def test_the_portal_names_its_own_panel_and_every_link_resolves(
-    site: Site, catalog: None, panel: str
+    site: Site, catalog: dict[str, str], panel: str
 ) -> None:
     currency = dict(PANELS)[panel]
     other, other_currency = next(p for p in PANELS if p[0] != panel)
@@ -47,8 +51,13 @@ def test_the_portal_names_its_own_panel_and_every_link_resolves(
     assert response.status == 200
     text = visitor.text("main")
     assert f"https://{panel}/api/v2" in text and currency in text
+    # The `services` example is the panel's own listing, as its API answers it (the session's
+    # other tests add services too, shared ones among them: which come first is not this one's).
+    listed = blocking(call(site.port, {"key": catalog[panel], "action": "services"}, host=panel))
+    names = [s["name"] for s in listed.json()]
     kind = SERVICES[panel][0]
-    assert f"{kind} of {panel}" in text
+    assert f"{kind} of {panel}" in names and f"{SERVICES[other][0]} of {other}" not in names
+    assert all(json.dumps(name, ensure_ascii=False) in text for name in names[:LISTED])
     html = visitor.page.content()
     assert other not in html and other_currency not in html
     assert visitor.page.locator("script").count() == 0  # nothing to run: it reads without
