@@ -446,14 +446,20 @@ RUN_COMPLETE_AFTER = 30.0  # seconds a demo order takes at the simulated provide
 RUN_SYNC_INTERVAL = 5.0
 
 
-def run_all(cfg: Config) -> int:
-    """`panelsrv run`: database, demo data, simulated provider, API and worker in one process."""
-    cfg = msgspec.structs.replace(
+def run_config(cfg: Config) -> Config:
+    """What `run` changes of the configuration: the demo panel by default, cookies without
+    Secure unless set true (`cookie_secure = "auto"`: plain HTTP on 127.0.0.1), a quick sync."""
+    return msgspec.structs.replace(
         cfg,
         default_panel=cfg.default_panel or demo.DEMO_DOMAIN,
-        cookie_secure=cfg.cookie_secure is True,  # "auto": plain HTTP on 127.0.0.1 here
+        cookie_secure=cfg.cookie_secure is True,
         sync_interval=min(cfg.sync_interval, RUN_SYNC_INTERVAL),
     )
+
+
+def run_all(cfg: Config) -> int:
+    """`panelsrv run`: database, demo data, simulated provider, API and worker in one process."""
+    cfg = run_config(cfg)
     url = db.resolve_url(cfg.database_url, cfg.data_dir)
     slot = Slot(0, 1, None)
 

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from panelsrv.server import flush_usage
+from panelsrv.config import Config
+from panelsrv.server import flush_usage, page_settings, run_config
 from panelsrv.store import db, keys
 from tests.api.test_handler import down_pool
 from tests.store.helpers import connect, new_panel, new_user
@@ -34,3 +35,14 @@ async def test_a_failed_usage_flush_warns_without_the_key_and_keeps_it_for_the_n
     finally:
         await pool.close()
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "serve", "run"), [("auto", True, False), (True, True, True), (False, False, False)]
+)
+def test_cookie_secure_auto_is_true_in_serve_and_false_in_run(
+    setting: bool | str, serve: bool, run: bool
+) -> None:
+    cfg = Config(cookie_secure=setting)  # type: ignore[arg-type]
+    assert page_settings(cfg).cookie_secure is serve
+    assert page_settings(run_config(cfg)).cookie_secure is run

@@ -307,3 +307,58 @@ async def test_an_api_key_alone_opens_no_page(database_url: str) -> None:
         r = await c.go("POST", "/login", {"key": key, "email": w.user.email})
         assert r.status == 403
         assert await s.count_keys(w.user.id) == 1
+
+
+async def test_a_sign_in_never_adopts_the_session_id_the_browser_brought(
+    database_url: str,
+) -> None:
+    async with account(database_url) as (w, s):
+        c = await s.signed_in(w.user.email)
+        session = s.pages.cookies.session
+        brought = c.jar[session]
+        assert (await c.post("/logout", {})).status == 303
+        # A browser that still holds (or was given) that id signs in: it gets a new one.
+        d = s.client()
+        form = await d.get("/login")
+        d.jar[session] = brought
+        signed = await d.go("POST", "/login", {"csrf": form.csrf(), "email": w.user.email,
+                                               "password": PASSWORD})  # fmt: skip
+        assert (signed.status, signed.header("Location")) == (303, "/panels")
+        assert d.jar[session] != brought and (await d.get("/panels")).status == 200
+        old = s.client()
+        old.jar = {session: brought}
+        assert (await old.get("/panels")).header("Location") == "/login"
+        live = "SELECT count(*) FROM sessions WHERE user_id = $1 AND ended_at IS NULL"
+        assert await w.conn.fetchval(live, w.user.id) == 1
+
+
+async def test_a_webhook_added_and_deleted_on_the_account_home(database_url: str) -> None:
+    async with account(database_url) as (w, s):
+        c = await s.signed_in(w.user.email)
+        hook_url = {"url": "https://93.184.216.34/hook"}  # a public address: no lookup
+        added = await c.post("/panels/webhooks/add", hook_url, "/panels")
+        assert added.status == 200 and "whsec_" in added.text  # its secret, shown once
+        assert added.header("Cache-Control") == "no-store"
+        hooks = "SELECT id FROM webhooks WHERE user_id = $1 AND deleted_at IS NULL"
+        (hook,) = [r[0] for r in await w.conn.fetch(hooks, w.user.id)]
+        home = await c.get("/panels")
+        assert "https://93.184.216.34/hook" in home.text and "whsec_" not in home.text
+        gone = await c.post("/panels/webhooks/delete", {"webhook": str(hook)}, "/panels")
+        assert gone.header("Location") == "/panels?done=webhook-deleted"
+        assert await w.conn.fetch(hooks, w.user.id) == []
+
+
+async def test_the_orders_are_paged_newest_first(database_url: str) -> None:
+    async with account(database_url) as (w, s):
+        for n in range(30):  # 1.00 each of the wallet's 100.00
+            order = order_of(w.panel_id, w.user.id, w.service_id, link=f"https://x.test/{n}",
+                             order_limit=100)  # fmt: skip
+            await ledger.place_order(w.conn, order)
+        c = await s.signed_in(w.user.email)
+        first, second = await c.get("/panels"), await c.get("/panels", query="page=2")
+        assert first.text.count('class="order"') == 25 and second.text.count('class="order"') == 5
+        assert "https://x.test/29" in first.text and "https://x.test/5" in first.text
+        assert "https://x.test/4" not in first.text and "https://x.test/29" not in second.text
+        assert all(f"https://x.test/{n}" in second.text for n in range(5))
+        beyond = await c.get("/panels", query="page=9")
+        assert beyond.status == 200 and 'class="order"' not in beyond.text
