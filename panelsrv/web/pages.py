@@ -259,11 +259,11 @@ class Pages:
 
     async def failed(self, v: Visit, user_id: int | None) -> None:
         """A wrong password or code: a strike for the address (the guard blocks an address
-        after `strike_limit`), and a failure counted on the account."""
+        after `strike_limit`), and a failure counted on the account. An unknown e-mail runs the
+        same statement on no row (id 0), so it answers in the time a wrong password does."""
         self.strike(v.req.client_ip)
-        if user_id is not None:
-            s = self.settings
-            await accounts.record_failure(self.pool, user_id, s.max_failures, s.lock_seconds)
+        s = self.settings
+        await accounts.record_failure(self.pool, user_id or 0, s.max_failures, s.lock_seconds)
 
     async def second_factor(self, user_id: int, code: str) -> bool:
         """A TOTP code or, failing that, an unused recovery code."""

@@ -4,6 +4,7 @@ second factor. The clock of TOTP is passed in; expiry is made by moving rows' ti
 from __future__ import annotations
 
 import pyotp
+import argon2
 import pytest
 
 from panelsrv.store import accounts
@@ -126,6 +127,9 @@ async def test_passwords_verify_off_the_loop_and_an_absent_hash_never_matches() 
         assert not await passwords.verify(hashed, "wrong horse battery")
         assert not await passwords.verify(None, "correct horse battery")
         assert not await passwords.verify("not a hash", "x")
+        # An unknown e-mail is verified against a hash of the same parameters: the same cost.
+        absent = argon2.extract_parameters(passwords._absent)
+        assert absent == argon2.extract_parameters(hashed) == accounts.HASHER._parameters
     finally:
         passwords.close()
 
