@@ -3,8 +3,8 @@ second factor. The clock of TOTP is passed in; expiry is made by moving rows' ti
 
 from __future__ import annotations
 
-import pyotp
 import argon2
+import pyotp
 import pytest
 
 from panelsrv.store import accounts
