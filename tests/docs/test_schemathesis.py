@@ -53,7 +53,7 @@ DERANDOMIZE = "FUZZ_API_SEED" not in os.environ  # a seed given: a run of its ow
 # document (~0.015 s a positive one), so the short run leans positive; the long one is even.
 POSITIVE_SHARE = 1 if "FUZZ_API_EXAMPLES" in os.environ else 3
 BALANCE = "50.00"
-WEBHOOK_LITERAL = "https://203.0.113.7/hook"  # an address literal: nothing to resolve
+WEBHOOK_LITERAL = "https://93.184.216.34/hook"  # a public address literal: nothing to resolve
 
 
 @dataclass
