@@ -46,3 +46,20 @@ def test_an_order_link_with_markup_shows_as_text_and_runs_nothing(
     visitor.goto("/panels?" + urlencode({"q": str(placed[0])}))
     assert visitor.page.locator("#orders tr.order").count() == 1
     assert visitor.dialogs == []
+
+
+def test_a_webhook_added_and_deleted_in_the_browser(reseller: Reseller) -> None:
+    visitor = reseller.visitor
+    visitor.goto("/panels")
+    url = "https://93.184.216.34/hook"  # a public address literal: nothing to resolve
+    landed = visitor.submit("#webhook-add", url=url)
+    assert landed.status == 200 and landed.headers["cache-control"] == "no-store"
+    assert visitor.value("#webhook-secret").startswith("whsec_")  # shown this once
+    visitor.shot("webhook-added")
+    visitor.goto("/panels")
+    row = visitor.page.locator("#webhooks tr.webhook")
+    assert row.count() == 1 and visitor.text("#webhooks .url") == url
+    assert "whsec_" not in visitor.page.content()
+    visitor.submit("#webhooks form.webhook-delete")
+    assert visitor.path == "/panels" and visitor.page.locator("#webhooks tr.webhook").count() == 0
+    visitor.shot("webhook-deleted")

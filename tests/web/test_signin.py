@@ -26,8 +26,12 @@ ERROR_TEXT = re.compile(r'<p class="error"[^>]*>([^<]*)</p>')
 def test_signing_out_sends_every_page_to_login(site: Site, reseller: Reseller) -> None:
     visitor = reseller.visitor
     cookie = visitor.cookie()
+    visitor.goto("/logout")  # GET only asks (it changes nothing); its button signs out
+    assert visitor.path == "/logout"
+    visitor.shot("logout")
     visitor.sign_out()
     assert visitor.path == "/login"
+    visitor.shot("signed-out")
     for path in PAGES:
         visitor.goto(path)
         assert visitor.path == "/login", path
