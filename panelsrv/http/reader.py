@@ -179,6 +179,8 @@ class Reader:
 
     def feed(self, data: bytes) -> None:
         """Bytes the client sent, in order; events go to the sink while they are parsed."""
+        if not data:  # an empty read says nothing (and a piece must end in a byte)
+            return
         phase = self.phase
         if phase != IDLE:
             if phase == CLOSED:

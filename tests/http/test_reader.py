@@ -239,3 +239,10 @@ def test_a_closed_reader_says_nothing_more() -> None:
     r.close()
     r.feed(post()[10:] + post())
     assert sink.seen == [("deadline", HEAD_T)]
+
+
+@pytest.mark.parametrize("before", [b"", b"POST /api/v2 HTTP/1.1\r\n", post(b"key=k")])
+def test_an_empty_read_changes_nothing(before: bytes) -> None:
+    # Found by the fuzzer: an empty read between messages indexed its last byte.
+    rest = post(b"action=balance")
+    assert events([before, b"", rest]) == events([before, rest])
