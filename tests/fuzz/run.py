@@ -96,6 +96,15 @@ def fuzz(name: str, runs: int, seconds: int, timeout: int, work: Path) -> dict[s
     }
 
 
+def runs_per_target(given: list[str]) -> dict[str, int]:
+    """`--runs` values -> inputs by target name, "" for every target not named."""
+    runs = {"": 2_000_000}
+    for value in given:
+        name, _, count = value.rpartition("=")
+        runs[name] = int(count.replace(",", "").replace("_", ""))
+    return runs
+
+
 def replay(name: str, path: Path) -> None:
     from tests.fuzz.targets import TARGETS
 
@@ -110,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz.run", description=__doc__)
     parser.add_argument("targets", nargs="*", help=f"of {' '.join(NAMES)} (all)")
-    parser.add_argument("--runs", type=int, default=2_000_000, help="inputs per target")
+    parser.add_argument(
+        "--runs", action="append", default=[], metavar="[TARGET=]N",
+        help="inputs per target (2,000,000), or for one target (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=int, default=3600, help="time per target")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=int, default=10, help="seconds: slower is a hang")
@@ -123,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         replay(opts.target or parser.error("--replay needs --target"), opts.replay)
         return 0
     names = opts.targets or list(NAMES)
-    if unknown := set(names) - set(NAMES):
+    runs = runs_per_target(opts.runs)
+    if unknown := (set(names) | set(runs)) - set(NAMES) - {""}:
         parser.error(f"no target {', '.join(sorted(unknown))}")
     started = time.monotonic()
     with ThreadPoolExecutor(opts.jobs) as pool:
-        args = (opts.runs, opts.seconds, opts.timeout, opts.work)
-        jobs = {n: pool.submit(fuzz, n, *args) for n in names}
+        args = (opts.seconds, opts.timeout, opts.work)
+        jobs = {n: pool.submit(fuzz, n, runs.get(n, runs[""]), *args) for n in names}
         figures = {n: job.result() for n, job in jobs.items()}
     wall = time.monotonic() - started
     print(f"{'target':<8} {'inputs':>11} {'crashes':>7} {'hangs':>5} {'seconds':>8} {'exec/s':>7}")
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
         "jobs": opts.jobs,
-        "runs_per_target": opts.runs,
+        "runs_per_target": {n: runs.get(n, runs[""]) for n in names},
         "seconds_per_target": opts.seconds,
         "wall_seconds": round(wall, 1),
         "total_inputs": total,
