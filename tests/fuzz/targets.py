@@ -321,7 +321,7 @@ CALLS = (
 HTTP_STATUSES = (200, 200, 201, 400, 401, 402, 403, 404, 409, 422, 429, 500, 503, 302)
 ANSWER_TYPES = ("application/json", "text/plain", "text/html; charset=utf-8", "")
 RETRY_AFTERS = (None, "5", "-1", "inf", "nan", "1e999", "Wed, 21 Oct 2015 07:28:00 GMT", "x")
-_JSON = msgspec.json.Decoder(float_hook=Decimal)
+_JSON = msgspec.json.Decoder()  # the structure only: numbers are the parser's to judge
 _ORDER_KEYS = ("order", "charge", "start_count", "remains")
 _ENVELOPE_INNER = ("data", "result", "response")
 

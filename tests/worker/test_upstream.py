@@ -394,3 +394,23 @@ def test_an_error_alone_or_in_an_envelope_is_still_a_refusal():
         with pytest.raises(ProviderError) as caught:
             interpret(200, JSON, orjson.dumps(answer), None, 0.0)
         assert caught.value.message == "x"
+
+
+HUGE = "1e" + "9" * 30  # past Decimal's exponent range: Decimal() raised out of the decoder
+
+
+def test_a_number_past_decimals_range_is_a_value_not_understood():
+    status = f'{{"status": "Partial", "remains": {HUGE}, "charge": {HUGE}}}'.encode()
+    with pytest.raises(UnreadableAnswer, match="Partial without a usable remains"):
+        parse_status(interpret(200, JSON, status, None, 0.0))
+    completed = f'{{"status": "Completed", "charge": {HUGE}, "start_count": {HUGE}}}'.encode()
+    shown = parse_status(interpret(200, JSON, completed, None, 0.0))  # charge, start: unknown
+    assert shown == OrderStatus(status="Completed")
+    with pytest.raises(UnreadableAnswer):
+        parse_balance(interpret(200, JSON, f'{{"balance": {HUGE}}}'.encode(), None, 0.0))
+    batch = f'{{"5": {{"status": "Partial", "remains": {HUGE}}}, "6": {{"status": "Completed"}}}}'
+    got = parse_multi_status(interpret(200, JSON, batch.encode(), None, 0.0), ["5", "6"])
+    assert got["5"] == ItemError("Partial without a usable remains", unreadable=True)
+    assert got["6"] == OrderStatus(status="Completed")
+    catalogue = f'[{{"service": 1, "name": "x", "rate": {HUGE}, "min": 1, "max": 2}}]'.encode()
+    assert parse_services(interpret(200, JSON, catalogue, None, 0.0)) == ([], 1)
