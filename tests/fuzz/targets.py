@@ -58,8 +58,8 @@ def _byte(data: bytes, at: int) -> int:
 # -- reader: bytes in any split, events out ---------------------------------------------------
 
 # Small bounds reach the body and header-count refusals with short inputs; the defaults are
-# what runs. The head's byte bound stays the default's, past any input: near it, whether a head
-# is refused depends on how it was cut (tests/http/test_reader.py, the xfail).
+# what runs. The head's byte bound stays the default's, past any input (its raw-byte count at
+# every split is tests/http/test_reader.py's).
 _BOUNDS = (
     Bounds(),
     Bounds(max_body_bytes=32, max_headers=4),
