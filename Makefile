@@ -35,7 +35,7 @@ test: setup
 # each for its FUZZ_RUNS inputs or FUZZ_SECONDS, whichever ends first; 0 crashes and 0 hangs or it
 # fails. Figures in bench/results/fuzz.json (tests/fuzz/run.py; a short run of each target,
 # hypothesis-fed, is in make test). The `fuzz` extra is installed once, like `bench`'s.
-# The defaults reach 11 M inputs in all (the reader and the signature run slowest), ~30 min here.
+# The defaults reach 11 M inputs in all (the reader and the signature run slowest), ~10 min here.
 FUZZ_RUNS ?= --runs 3000000 --runs reader=1000000 --runs sign=1000000
 FUZZ_SECONDS ?= 3600
 fuzz: setup
