@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev
 
-.PHONY: setup run test lint fuzz-api bench bench-quick bench-soak chaos slowloris clean
+.PHONY: setup run test lint fuzz fuzz-api bench bench-quick bench-soak chaos slowloris clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
@@ -29,6 +29,18 @@ CHROMIUM_FOUND := { [ -n "$$PANELSRV_TEST_CHROMIUM" ] || command -v chromium || 
 test: setup
 	@$(CHROMIUM_FOUND) || echo "no Chromium found: browser tests (tests/web) skipped (apt-get install chromium)"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# atheris (coverage-guided) on each parser: the HTTP reader, body decoding, the signature's
+# canonical strings, money text and providers' answers, one process per target, 2 at a time,
+# each for its FUZZ_RUNS inputs or FUZZ_SECONDS, whichever ends first; 0 crashes and 0 hangs or it
+# fails. Figures in bench/results/fuzz.json (tests/fuzz/run.py; a short run of each target,
+# hypothesis-fed, is in make test). The `fuzz` extra is installed once, like `bench`'s.
+# The defaults reach 11 M inputs in all (the reader and the signature run slowest), ~10 min here.
+FUZZ_RUNS ?= --runs 3000000 --runs reader=1000000 --runs sign=1000000
+FUZZ_SECONDS ?= 3600
+fuzz: setup
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	$(BIN)/python -m tests.fuzz.run $(FUZZ_RUNS) --seconds $(FUZZ_SECONDS)
 
 # schemathesis against a live server, longer than `make test`'s 300 derandomized cases:
 # FUZZ_API_EXAMPLES cases, half of them negative, from FUZZ_API_SEED (tests/docs/test_schemathesis.py).

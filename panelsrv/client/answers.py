@@ -183,7 +183,20 @@ class WebhookCreated(msgspec.Struct, frozen=True):
 
 # -- decoding ---------------------------------------------------------------------------------
 
-_DECODER = msgspec.json.Decoder(float_hook=Decimal)  # floats stay exact: rates are money
+_NAN = Decimal("NaN")
+
+
+def _number(text: str) -> Decimal:
+    """A JSON number with a fraction or exponent, exactly (rates are money). One whose exponent
+    is past what Decimal can hold (`1e99999999999999999999`) is NaN: every reader of a number
+    here refuses one that is not finite, so it is a value not understood, never an exception."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        return _NAN
+
+
+_DECODER = msgspec.json.Decoder(float_hook=_number)
 
 
 def interpret(

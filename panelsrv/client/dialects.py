@@ -12,7 +12,9 @@ functions find; this module only knows where panels put things and what their wo
 
 A word means something only in its place. "success" wraps an answer and is never an order's
 status (a wrapper must not complete an order); "error" is an order's status in a status answer
-and a refusal's verdict in an envelope, told apart by the object's other fields (`unwrap`).
+and a refusal's verdict in an envelope, told apart by the object's other fields (`unwrap`). An
+object that is both, a refusal beside an order's id, counts or status, means neither: `unwrap`
+finds it unreadable, since either reading could refund an order the provider may be running.
 """
 
 from __future__ import annotations
@@ -91,24 +93,47 @@ def unwrap(data: Any) -> tuple[Any, str | None]:
     `{"status": "success", "data": x}` says x, `{"status": "success", "order": 1}` says
     `{"order": 1}`. An object with an order's fields, or with nothing beside its status, is no
     envelope: its status is an order's (`{"status": "Error", "remains": "100"}`, or
-    `{"status": "Error"}` alone). ValueError: a refusal whose text is nowhere the table looks.
+    `{"status": "Error"}` alone).
+
+    ValueError: a refusal whose text is nowhere the table looks, or an answer that says two
+    things (`_says_both`): read either way it could refund an order, so it is read neither way.
     """
     if not isinstance(data, dict):
         return data, None
+    verdict = means("envelope", data["status"]) if "status" in data else None
+    if _says_both(data, verdict):
+        raise _two_answers(data)
     if "status" not in data:
         error = data.get("error")
         return (None, str(error)) if error else (data, None)
-    verdict = means("envelope", data["status"])
     rest = {k: v for k, v in data.items() if k != "status"}
     if verdict is None or not rest or any(field in data for field in ORDER_FIELDS):
         return data, None
     inner = next((rest[key] for key in DIALECT["answer key"] if key in rest), rest)
     if verdict == OK:
+        if isinstance(inner, dict) and _says_both(inner, means("envelope", inner.get("status"))):
+            raise _two_answers(inner)
         return inner, None
     message = _message(rest) or (_message(inner) if isinstance(inner, dict) else None)
     if message is None:
         raise ValueError(f"a refusal without a message (fields: {', '.join(sorted(rest))})"[:200])
     return None, message
+
+
+def _says_both(data: dict[str, Any], verdict: str | None) -> bool:
+    """An error beside an order's id, counts or status (`{"error": m, "status": "Canceled"}`,
+    `{"order": 5, "error": m}`), or an envelope's refusal naming an order
+    (`{"status": "error", "order": 5, "message": m}`): the order's answer and a refusal at once.
+    `verdict`: what the object's status means as an envelope's."""
+    order = "order" in data or any(field in data for field in ORDER_FIELDS)
+    if data.get("error"):
+        return order or ("status" in data and verdict is None)
+    return verdict == FAILED and "order" in data and not any(f in data for f in ORDER_FIELDS)
+
+
+def _two_answers(data: dict[str, Any]) -> ValueError:
+    fields = ", ".join(sorted(data))
+    return ValueError(f"an error beside an order's answer (fields: {fields})"[:200])
 
 
 def _message(data: dict[str, Any]) -> str | None:

@@ -103,6 +103,7 @@ class Reader:
         "_body_len",
         "_cl",
         "_expect",
+        "_fed",
         "_forwarded_for",
         "_head",
         "_host_cache",
@@ -171,7 +172,8 @@ class Reader:
         self._nheaders = 0
         self._body_len = 0
         self._body_buf: bytearray | None = None
-        self._raw = 0
+        self._raw = 0  # bytes of the head (request line on) or body read in earlier pieces
+        self._fed = 0  # length of the piece `_feed` is feeding
 
     def close(self) -> None:
         """Read no more: whatever arrives from now on is dropped, no event follows."""
@@ -179,6 +181,8 @@ class Reader:
 
     def feed(self, data: bytes) -> None:
         """Bytes the client sent, in order; events go to the sink while they are parsed."""
+        if not data:  # an empty read says nothing (and a piece must end in a byte)
+            return
         phase = self.phase
         if phase != IDLE:
             if phase == CLOSED:
@@ -204,8 +208,10 @@ class Reader:
             self._lead_in(data[self._after() if self._seq != self._piece_seq else 0 :])
         elif phase != CLOSED:  # a message goes on in the next read (it began here)
             if phase == HEAD and self._at >= 0:  # its request line, checked while it is here
-                self._start_ok(data, self._at)
-                self._at = -1
+                at, self._at = self._at, -1
+                self._raw = len(data) - _line_start(data, at)
+                if self._start_ok(data, at) and self._raw > self._lim.max_header_bytes:
+                    self._refuse(wire.REJECT_CLOSE[431], "headers_too_large")
             self._tail = data[-3:]  # (the bytes before the message hold no CRLF CRLF with it)
 
     def _feed_on(self, data: bytes) -> bytes:
@@ -236,6 +242,7 @@ class Reader:
 
     def _feed(self, piece: bytes) -> None:
         phase, seq = self.phase, self._seq
+        self._fed = len(piece)
         try:
             self._parser.feed_data(piece)
         except (HttpParserError, HttpParserUpgrade):
@@ -369,6 +376,18 @@ class Reader:
         if self.phase == CLOSED:
             return
         req, parser, lim, rules = self.req, self._parser, self._lim, self._rules
+        # The head's bytes, request line to empty line, however the reads cut it: all in this
+        # piece from where the message began, or the earlier pieces' and this one's, which
+        # `_feed_on` cut where the head ends.
+        at = self._at
+        if at >= 0:
+            data = self._piece
+            head = data.find(syntax.CRLF2, at) + 4 - _line_start(data, at)
+        else:
+            head = self._raw + self._fed
+        if head > lim.max_header_bytes:
+            self._refuse(wire.REJECT_CLOSE[431], "headers_too_large")
+            return
         self.phase = BODY
         self._raw = 0
         self._sink.deadline(lim.body_timeout)
@@ -500,3 +519,11 @@ class Reader:
         elif raw is not None:
             req.host = self._host_value
         return True
+
+
+def _line_start(data: bytes, at: int) -> int:
+    """Past the CR/LF llhttp skipped before a message that begins at `data[at]` (whether that
+    was one empty line is `_start_ok`'s to say): where its request line starts."""
+    while data[at] in b"\r\n":
+        at += 1
+    return at

@@ -239,3 +239,35 @@ def test_a_closed_reader_says_nothing_more() -> None:
     r.close()
     r.feed(post()[10:] + post())
     assert sink.seen == [("deadline", HEAD_T)]
+
+
+@pytest.mark.parametrize("before", [b"", b"POST /api/v2 HTTP/1.1\r\n", post(b"key=k")])
+def test_an_empty_read_changes_nothing(before: bytes) -> None:
+    # Found by the fuzzer: an empty read between messages indexed its last byte.
+    rest = post(b"action=balance")
+    assert events([before, b"", rest]) == events([before, rest])
+
+
+def test_a_head_near_the_limit_is_refused_or_not_whatever_the_reads() -> None:
+    # Found by the fuzzer: the bound was the parsed size when a head came in one read, its raw
+    # bytes while it trickled in (blanks and the request line included). Now always the raw.
+    head = b"POST /api/v2 HTTP/1.1\r\nHost:" + b" " * 30 + b"p\r\nContent-Length: 0\r\n\r\n"
+    bounds = Bounds(max_header_bytes=64)
+    said = [e for e in events(head, bounds=bounds) if e[0] != "deadline"]
+    trickled = [head[i : i + 1] for i in range(len(head))]
+    assert [e for e in events(trickled, bounds=bounds) if e[0] != "deadline"] == said
+
+
+@pytest.mark.parametrize("lead", [b"", b"\r\n"])
+@pytest.mark.parametrize("over", [0, 1])
+def test_the_head_bound_counts_its_raw_bytes_in_every_split(lead: bytes, over: int) -> None:
+    bounds = Bounds(max_header_bytes=96)
+    start = b"POST /api/v2 HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\nX-Pad:"
+    head = start + b" " * (96 + over - len(start) - 5) + b"a\r\n\r\n"
+    assert len(head) == 96 + over  # the request line to the empty line, blanks included
+    message = lead + head
+    said = [e for e in events(message, bounds=bounds) if e[0] != "deadline"]
+    assert any(e[0] == "refuse" for e in said) == bool(over), said
+    for cut in range(1, len(message)):
+        split = events([message[:cut], message[cut:]], bounds=bounds)
+        assert [e for e in split if e[0] != "deadline"] == said, cut

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import format_datetime
 
+import orjson
 import pytest
 
 from panelsrv import money
@@ -365,3 +366,51 @@ def test_circuit_breaker_opens_half_opens_and_closes():
     breaker.succeeded()
     assert breaker.state is BreakerState.CLOSED and breaker.admit(22.0) is None
     assert breaker.opens == 2
+
+
+TWO_ANSWERS = [
+    {"error": "x", "status": "Canceled"},  # read as the order's status, it was refunded
+    {"order": 5, "error": "x"},  # read as a refusal of an add, it was refunded
+    {"error": "x", "status": "Partial", "remains": "100"},
+    {"status": "error", "order": 5, "message": "x"},
+    {"status": "success", "data": {"order": 5, "error": "x"}},
+    {"status": "success", "data": {"status": "Refunded", "error": "x"}},
+]
+
+
+@pytest.mark.parametrize("answer", TWO_ANSWERS)
+def test_an_error_beside_an_orders_fields_is_unreadable(answer: dict[str, object]):
+    body = orjson.dumps(answer)
+    with pytest.raises(UnreadableAnswer, match="an error beside an order's answer"):
+        interpret(200, JSON, body, None, 0.0)
+    entry = parse_multi_status({"5": answer}, ["5"])["5"]
+    assert isinstance(entry, ItemError) and entry.unreadable, entry
+
+
+def test_an_error_alone_or_in_an_envelope_is_still_a_refusal():
+    refusals = [{"error": "x"}, {"status": "error", "message": "x"}]
+    refusals.append({"status": "Error", "error": "x"})  # "Error" here is an envelope's verdict
+    for answer in refusals:
+        with pytest.raises(ProviderError) as caught:
+            interpret(200, JSON, orjson.dumps(answer), None, 0.0)
+        assert caught.value.message == "x"
+
+
+HUGE = "1e" + "9" * 30  # past Decimal's exponent range: Decimal() raised out of the decoder
+
+
+def test_a_number_past_decimals_range_is_a_value_not_understood():
+    status = f'{{"status": "Partial", "remains": {HUGE}, "charge": {HUGE}}}'.encode()
+    with pytest.raises(UnreadableAnswer, match="Partial without a usable remains"):
+        parse_status(interpret(200, JSON, status, None, 0.0))
+    completed = f'{{"status": "Completed", "charge": {HUGE}, "start_count": {HUGE}}}'.encode()
+    shown = parse_status(interpret(200, JSON, completed, None, 0.0))  # charge, start: unknown
+    assert shown == OrderStatus(status="Completed")
+    with pytest.raises(UnreadableAnswer):
+        parse_balance(interpret(200, JSON, f'{{"balance": {HUGE}}}'.encode(), None, 0.0))
+    batch = f'{{"5": {{"status": "Partial", "remains": {HUGE}}}, "6": {{"status": "Completed"}}}}'
+    got = parse_multi_status(interpret(200, JSON, batch.encode(), None, 0.0), ["5", "6"])
+    assert got["5"] == ItemError("Partial without a usable remains", unreadable=True)
+    assert got["6"] == OrderStatus(status="Completed")
+    catalogue = f'[{{"service": 1, "name": "x", "rate": {HUGE}, "min": 1, "max": 2}}]'.encode()
+    assert parse_services(interpret(200, JSON, catalogue, None, 0.0)) == ([], 1)
