@@ -13,7 +13,8 @@ Refunded, Error, Completed, repeated and out of order). After every step: every 
 (status, remains, start_count, charge, refund, upstream id, cancel request) and refill agrees
 with the model; at the end of each program the ledger's entries of its users are exactly the
 model's, in order, chained, and `status` shows charge net of refund; `ledger.audit` is clean at
-the end. `make test` runs 2,000 derandomized programs; `make model` MODEL_PROGRAMS of them.
+the end. `make test` runs about 2,000 derandomized programs; `make model` MODEL_PROGRAMS
+examples (about 1.5 programs each) from a seed.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from panelsrv.store import admin, db, jobs, ledger, orders
 from tests.store.helpers import new_panel, new_provider, new_service, unique
 
 LONG = "MODEL_PROGRAMS" in os.environ
-PROGRAMS = int(os.environ.get("MODEL_PROGRAMS") or 2000)
+# Hypothesis runs about 1.5 programs per example asked for (measured: 1,400 -> about 2,070).
+PROGRAMS = int(os.environ.get("MODEL_PROGRAMS") or 1400)
 STEPS = int(os.environ.get("MODEL_STEPS") or 15)
 FINAL_ACTIVE = ("Pending", "In progress")
 REPORTED = ["In progress", "Completed", "Partial", "Canceled", "Refunded", "Error", "Pending"]
