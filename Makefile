@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev
 
-.PHONY: setup run test lint fuzz fuzz-api bench bench-quick bench-soak chaos slowloris clean
+.PHONY: setup run test lint fuzz fuzz-api model bench bench-quick bench-soak chaos slowloris clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "panelsrv needs Python >= 3.11 (set PY=python3.11)")'
@@ -49,6 +49,16 @@ FUZZ_API_SEED ?= $(shell date +%s)
 fuzz-api: setup
 	FUZZ_API_EXAMPLES=$(FUZZ_API_EXAMPLES) FUZZ_API_SEED=$(FUZZ_API_SEED) \
 		$(BIN)/python -m pytest -s tests/docs/test_schemathesis.py
+
+# The stateful model of the wallet (tests/model/test_wallet_model.py) with MODEL_PROGRAMS random
+# examples (about 1.5 programs each) of up to MODEL_STEPS steps from MODEL_SEED (make test runs 2,000 derandomized ones); prints
+# programs, steps, seconds and failures.
+MODEL_PROGRAMS ?= 20000
+MODEL_STEPS ?= 15
+MODEL_SEED ?= $(shell date +%s)
+model: setup
+	MODEL_PROGRAMS=$(MODEL_PROGRAMS) MODEL_STEPS=$(MODEL_STEPS) \
+		$(BIN)/python -m pytest -s -p no:cacheprovider tests/model --hypothesis-seed=$(MODEL_SEED)
 
 lint: setup
 	$(BIN)/ruff check panelsrv tests bench
