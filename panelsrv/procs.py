@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -145,6 +146,12 @@ async def _serve(
         loop.add_reader(watch_fd, parent_gone)
     service = factory(slot)
     await service.start()
+    # What starting built (modules, tables, the catalog, pools) lives as long as the process:
+    # frozen out of the cycle collector's generations, a full collection walks only what
+    # serving allocated since (the whole heap took it 30-55 ms under connection churn); a
+    # frozen object still goes by reference count, only a cycle among them would stay.
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready()
     await stop.wait()

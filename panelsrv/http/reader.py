@@ -96,6 +96,33 @@ class Sink(Protocol):
     def deadline(self, seconds: float) -> None: ...
 
 
+class _Detached:
+    """A closed Reader's sink, and the callbacks of its parser: nothing reaches them (every
+    event and feed stops at CLOSED). Its parser calls the Reader back and the Reader calls its
+    connection, so a Reader that kept both would hold the three in a cycle, freed by the cycle
+    collector, whose full collections grow with dropped connections and stall every one still
+    open (50 ms at 500 connections a second); without it they go by reference count."""
+
+    def complete(self, req: Request) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+    def refuse(self, response: bytes, reason: str) -> None:
+        pass
+
+    def continue_100(self, req: Request) -> None:
+        pass
+
+    def deadline(self, seconds: float) -> None:
+        pass
+
+
+_DETACHED = _Detached()
+_DETACHED_PARSER = HttpRequestParser(_DETACHED)
+
+
 class Reader:
     __slots__ = (
         "_at",
@@ -176,8 +203,11 @@ class Reader:
         self._fed = 0  # length of the piece `_feed` is feeding
 
     def close(self) -> None:
-        """Read no more: whatever arrives from now on is dropped, no event follows."""
+        """Read no more: whatever arrives from now on is dropped, no event follows (the parser
+        and the sink are let go: `_Detached`)."""
         self.phase = CLOSED
+        self._sink = _DETACHED
+        self._parser = _DETACHED_PARSER
 
     def feed(self, data: bytes) -> None:
         """Bytes the client sent, in order; events go to the sink while they are parsed."""

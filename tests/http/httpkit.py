@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ async def echo(req: Request, calls: Calls | None = None) -> tuple[int, bytes, by
             "id": req.id,
             "method": req.method.decode(),
             "pid": os.getpid(),
+            "frozen": gc.get_freeze_count(),  # what the process froze once it had started
             "client_ip": req.client_ip,
             "host": req.host,
             "content_type": req.content_type.decode("latin-1"),

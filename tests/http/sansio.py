@@ -126,7 +126,9 @@ class Handle:
     cancelled: bool = False
 
     def cancel(self) -> None:
+        """As asyncio's: the callback, and what it holds, is let go at once."""
         self.cancelled = True
+        self.callback = int
 
 
 OK: Answer = (200, b"{}", b"")

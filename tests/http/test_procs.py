@@ -106,6 +106,8 @@ def test_two_workers_answer_and_systemd_hears_ready_then_stopping(tmp_path: Path
         assert notes.wait() == b"READY=1"
         pids = pids_answering(port, 2)
         assert len(pids) == 2 and proc.pid not in pids
+        # each froze what it had built by then (full collections walk only what serving makes)
+        assert request(port)[1]["frozen"] > 10_000
         # one scrape on either worker covers both (shared through the run directory)
         for _ in range(len(pids)):
             request(port)
