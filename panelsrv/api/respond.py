@@ -113,6 +113,16 @@ def _as_list(ids: int | list[int]) -> list[int]:
     return [ids] if isinstance(ids, int) else ids
 
 
+def _order_request(
+    ctx: Context, action: a.Cancel | a.Refill
+) -> tuple[list[int], bool, str | None, bytes]:
+    """A cancel's or refill's orders, as a list; whether it asked in the single form; its
+    idempotency key and the fingerprint stored with it (b"" without a key)."""
+    ids = a.order_ids(action)
+    key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
+    return _as_list(ids), isinstance(ids, int), key, a.fingerprint(action) if key else b""
+
+
 def _placed(placed: ledger.Placement) -> tuple[int, bytes]:
     """An add's answer, placed now or before under its idempotency key: the order, or why not."""
     if placed.outcome == outcomes.OK:
@@ -246,34 +256,23 @@ async def balance(ctx: Context) -> tuple[int, bytes]:
 
 
 async def cancel(ctx: Context, action: a.Cancel) -> tuple[int, bytes]:
-    ids = a.order_ids(action)
-    key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
-    single = isinstance(ids, int)
-    handled = await orders.cancel(
-        ctx.pool,
-        ctx.principal.user_id,
-        _as_list(ids),
-        single,
-        key,
-        a.fingerprint(action) if key else b"",
-    )
+    asked, single, key, fingerprint = _order_request(ctx, action)
+    handled = await orders.cancel(ctx.pool, ctx.principal.user_id, asked, single, key, fingerprint)
     return _handled(handled, single, refill=False)
 
 
 async def refill(ctx: Context, action: a.Refill) -> tuple[int, bytes]:
-    ids = a.order_ids(action)
-    key = a.idempotency_key(action.idempotency_key, ctx.idempotency_header)
+    asked, single, key, fingerprint = _order_request(ctx, action)
     settings = ctx.panel.settings
-    single = isinstance(ids, int)
     handled = await orders.refill(
         ctx.pool,
         ctx.principal.user_id,
-        _as_list(ids),
+        asked,
         single,
         settings.refill_max_per_order,
         settings.refill_cooldown_hours,
         key,
-        a.fingerprint(action) if key else b"",
+        fingerprint,
     )
     return _handled(handled, single, refill=True)
 

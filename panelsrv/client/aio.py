@@ -37,6 +37,11 @@ from panelsrv.client.core import (
     Reply,
     Request,
     Retry,
+    cannot_connect,
+    check_answer_head,
+    check_answer_size,
+    no_answer,
+    transport_failure,
 )
 
 T = TypeVar("T")
@@ -219,13 +224,11 @@ class AsyncClient:
                         body,
                     )
         except aiohttp.ClientConnectorError as exc:  # incl. connect timeout: nothing was sent
-            raise ProviderUnavailable(f"cannot connect: {exc}", maybe_sent=False) from None
+            raise cannot_connect(str(exc)) from None
         except TimeoutError:
-            raise ProviderUnavailable(
-                f"no answer within {self._timeout:g} s", maybe_sent=True
-            ) from None
+            raise no_answer(self._timeout) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderUnavailable(f"transport: {exc!r}", maybe_sent=True) from None
+            raise transport_failure(exc) from None
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30.0)
@@ -238,16 +241,9 @@ class AsyncClient:
 async def _read(resp: aiohttp.ClientResponse, bound: int) -> bytes:
     """The raw body, at most `bound` bytes: a compressed or larger answer is refused (and its
     connection dropped, as the body is left unread)."""
-    coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-    if coding != "identity":
-        raise ProviderUnavailable(
-            f"compressed answer ({coding[:40]})", maybe_sent=True, transient=False
-        )
-    if resp.content_length is not None and resp.content_length > bound:
-        raise ProviderUnavailable("answer too large", maybe_sent=True, transient=False)
+    check_answer_head(resp.headers.get("Content-Encoding", "identity"), resp.content_length, bound)
     body = bytearray()
     async for chunk in resp.content.iter_any():
         body += chunk
-        if len(body) > bound:
-            raise ProviderUnavailable("answer too large", maybe_sent=True, transient=False)
+        check_answer_size(len(body), bound)
     return bytes(body)

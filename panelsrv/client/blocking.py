@@ -39,6 +39,11 @@ from panelsrv.client.core import (
     Reply,
     Request,
     Retry,
+    cannot_connect,
+    check_answer_head,
+    check_answer_size,
+    no_answer,
+    transport_failure,
 )
 
 T = TypeVar("T")
@@ -216,12 +221,10 @@ class Client:
             raise
         except TimeoutError:
             self.close()
-            raise ProviderUnavailable(
-                f"no answer within {self._timeout:g} s", maybe_sent=True
-            ) from None
+            raise no_answer(self._timeout) from None
         except (http.client.HTTPException, OSError) as exc:
             self.close()
-            raise ProviderUnavailable(f"transport: {exc!r}", maybe_sent=True) from None
+            raise transport_failure(exc) from None
 
     def _connected(self) -> http.client.HTTPConnection:
         """The keep-alive connection, opened if need be; a failure to open it sent nothing."""
@@ -239,7 +242,7 @@ class Client:
             conn.connect()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise ProviderUnavailable(f"cannot connect: {exc!r}", maybe_sent=False) from None
+            raise cannot_connect(repr(exc)) from None
         self._conn = conn
         return conn
 
@@ -258,13 +261,7 @@ class Client:
         bound: int,
         deadline: float,
     ) -> bytes:
-        coding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
-        if coding != "identity":
-            raise ProviderUnavailable(
-                f"compressed answer ({coding[:40]})", maybe_sent=True, transient=False
-            )
-        if resp.length is not None and resp.length > bound:
-            raise ProviderUnavailable("answer too large", maybe_sent=True, transient=False)
+        check_answer_head(resp.getheader("Content-Encoding") or "identity", resp.length, bound)
         body = bytearray()
         while True:
             self._left(conn, deadline)
@@ -272,5 +269,4 @@ class Client:
             if not chunk:
                 return bytes(body)
             body += chunk
-            if len(body) > bound:
-                raise ProviderUnavailable("answer too large", maybe_sent=True, transient=False)
+            check_answer_size(len(body), bound)

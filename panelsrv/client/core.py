@@ -20,6 +20,9 @@ Invariants:
   is never retried.
 - `ValueError` for a caller's mistake (no ids or more than 100, a reserved field, a URL that is
   not http or https), raised before anything is sent.
+- An answer is refused (`ProviderUnavailable`, not transient) when compressed or larger than its
+  call's bound (`check_answer_head`, `check_answer_size`); the transports' failures are worded
+  and classed (`maybe_sent`) here too (`cannot_connect`, `no_answer`, `transport_failure`).
 """
 
 from __future__ import annotations
@@ -169,6 +172,39 @@ def form_value(value: Any) -> str | None:
     if isinstance(value, list | tuple):
         return "\n".join(str(v) for v in value)
     return str(value)
+
+
+def check_answer_head(coding: str, length: int | None, bound: int) -> None:
+    """Refuse an answer from its head, before its body is read: compressed (`coding`: its
+    Content-Encoding, "identity" when it has none) or of a declared `length` above `bound`."""
+    coding = coding.strip().lower()
+    if coding != "identity":
+        raise ProviderUnavailable(
+            f"compressed answer ({coding[:40]})", maybe_sent=True, transient=False
+        )
+    if length is not None:
+        check_answer_size(length, bound)
+
+
+def check_answer_size(size: int, bound: int) -> None:
+    """Refuse an answer of `size` bytes (so far) when that is more than its call's `bound`."""
+    if size > bound:
+        raise ProviderUnavailable("answer too large", maybe_sent=True, transient=False)
+
+
+def cannot_connect(detail: str) -> ProviderUnavailable:
+    """No connection was made: the request certainly never reached the panel."""
+    return ProviderUnavailable(f"cannot connect: {detail}", maybe_sent=False)
+
+
+def no_answer(timeout: float) -> ProviderUnavailable:
+    """The exchange outlasted its `timeout` seconds: the request may have reached the panel."""
+    return ProviderUnavailable(f"no answer within {timeout:g} s", maybe_sent=True)
+
+
+def transport_failure(exc: BaseException) -> ProviderUnavailable:
+    """The connection failed once made: the request may have reached the panel."""
+    return ProviderUnavailable(f"transport: {exc!r}", maybe_sent=True)
 
 
 class Core:
