@@ -1,13 +1,15 @@
 """Load generators: `wrk` with bench/lua/panel.lua, and `pgbench` with our order statement.
 
-Imports bench.procs and bench.dataset. Each run returns a `Run` (requests per second, latency
-percentiles in ms, error counts, CPU seconds per component) measured over the same window.
+Imports bench.procs, bench.dataset and panelsrv.store.ledger (pgbench runs its PLACE_ORDER
+statement). Each run returns a `Run` (requests per second, latency percentiles in ms, error
+counts, CPU seconds per component) measured over the same window.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -20,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from bench import dataset
 from bench.procs import cpu_seconds
+from panelsrv.store import ledger
 
 LUA = Path(__file__).parent / "lua" / "panel.lua"
 # Each scenario draws client addresses from its own /8, so strikes earned by one rejection
@@ -101,17 +104,19 @@ def wrk(port: int, scenario: str, *, data: Path, users: int, seconds: float, con
     )
 
 
+# place_order's arguments as pgbench expressions, in ledger.PLACE_ORDER's $1..$14 order: the
+# script runs that very statement text (its retry_after cap included), so a migration that
+# changes the signature changes the script with it.
+PGBENCH_ARGS = (
+    ":uid", ":panel", ":svc", "1", str(dataset.RATE), "'https://instagram.com/p/pg' || :n",
+    "1000", "1", "0", "'{}'::jsonb", "30", "'pg-' || :n", f"'\\x{'ab' * 32}'::bytea", "false")
 PGBENCH_SCRIPT = f"""
 \\set uid random(1, :users)
 \\set panel (:uid - 1) % {dataset.PANELS} + 1
 \\set svc (random(1, {dataset.LOCAL_IDS}) - 1) * {dataset.PANELS} + :panel
 \\set n random(1, 1000000000000)
-SELECT outcome, order_id, balance, status, body, retry_after
-  FROM place_order(:uid, :panel, :svc, 1, {dataset.RATE}, 'https://instagram.com/p/pg' || :n,
-                   1000, 1, 0, '{{}}'::jsonb, 30, 'pg-' || :n,
-                   '\\x{"ab" * 32}'::bytea, false,
-                   convert_to('{{"error":"Not enough funds on balance"}}', 'UTF8'));
-"""
+""" + re.sub(r"\$(\d+)", lambda m: PGBENCH_ARGS[int(m.group(1)) - 1],
+             ledger.PLACE_ORDER.strip()) + ";\n"
 
 
 def libpq_args(url: str) -> tuple[list[str], str]:
