@@ -1,4 +1,5 @@
-"""The harness itself: tests run on uvloop, and a loop that logged an error fails the test."""
+"""The harness itself: tests run on uvloop, a loop that logged an error fails the test, and
+fixture names are unique."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import uvloop
 
 from tests.conftest import run_async
+from tests.store.helpers import unique
 
 
 async def test_runs_on_uvloop() -> None:
@@ -37,3 +39,8 @@ def test_failing_callback_fails_the_test() -> None:
 
     with pytest.raises(pytest.fail.Exception, match="ZeroDivisionError"):
         run_async(callback_raises())
+
+
+def test_unique_names_never_collide() -> None:
+    # 200,000 draws of 32 random bits repeat one with probability ~99 %
+    assert len({unique("m") for _ in range(200_000)}) == 200_000
