@@ -47,8 +47,15 @@ def embedded_url(data_dir: str, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or join) the embedded PostgreSQL under `<data_dir>/pgdata`; return a URL to it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
-        from pgserver.postgres_server import PostgresServer
+        try:
+            import pgserver
+            from pgserver.postgres_server import PostgresServer
+        except ImportError as exc:  # not installed: it has no wheel for Python 3.13 and later
+            raise DatabaseError(
+                f"no database_url is set, and the embedded PostgreSQL is not installed ({exc}):"
+                " the pgserver package has wheels for CPython 3.11 and 3.12 only; set"
+                " database_url (or PANELSRV_DATABASE_URL) to a PostgreSQL server"
+            ) from exc
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
