@@ -112,7 +112,10 @@ class Syncer:
         assert self.backend is not None
         req = self.coord.collect()
         try:
-            reply = await asyncio.wait_for(self.backend.sync(req), self.timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the exchange's result when
+            # close()'s cancel lands just as the exchange completes, and this loop never ended
+            async with asyncio.timeout(self.timeout):
+                reply = await self.backend.sync(req)
         except (BackendUnavailable, TimeoutError) as exc:
             self._fail(exc, bug=False)
         except Exception as exc:

@@ -121,15 +121,19 @@ class Notifications:
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Return when the connection is gone; report every answered ping. A slow answer only
         lets the trust lapse; one that takes PING_TIMEOUT ends the connection."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows stop()'s cancel when it lands
+        # just as the awaited event or ping completes, and then stop() waited forever
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), timeout=PING_INTERVAL)
+                async with asyncio.timeout(PING_INTERVAL):
+                    await self._lost.wait()
                 return
             except TimeoutError:
                 pass
             sent = self._clock()
             try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=PING_TIMEOUT)
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await conn.execute("SELECT 1")
             except (*CONNECTION_ERRORS, asyncpg.PostgresError):
                 conn.terminate()
                 return

@@ -4,6 +4,7 @@ within about `MAX_STALENESS`, and a revocation sent meanwhile is never missed fo
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from panelsrv.store import db, keys
@@ -112,3 +113,18 @@ async def test_a_failure_while_setting_up_is_a_lost_connection_not_a_dead_listen
         assert resets[:3] == [True, False, True]
     finally:
         await listener.stop()
+
+
+async def test_stop_is_not_lost_when_it_lands_as_the_connection_is_lost() -> None:
+    # On 3.11 asyncio.wait_for returned normally when the cancel came in the loop turn in
+    # which the awaited event was set: _run then reconnected, and stop() waited forever.
+    async def on_reset(_ok: bool) -> None: ...
+
+    listener = Notifications("postgresql://unused", lambda _d: None, lambda _t: None,
+                             on_reset, lambda _when: None)
+    watch = asyncio.get_running_loop().create_task(listener._watch(None))  # type: ignore[arg-type]
+    await until(lambda: listener._lost._waiters)  # it waits for the connection to be lost
+    listener._lost.set()
+    watch.cancel()
+    (outcome,) = await asyncio.gather(watch, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
