@@ -29,7 +29,9 @@ from pathlib import Path
 
 import uvloop
 
+from bench.limiter_cost import commit
 from bench.micro.request_path import feed_awaiting, feed_now, served
+from panelsrv.config import Config
 from panelsrv.guard import sync
 from panelsrv.http.protocol import READY
 from panelsrv.store import db, notifications
@@ -45,13 +47,14 @@ async def inner(database_url: str, only: list[str], count: int) -> None:
     # MAX_STALENESS past its listener's last answered ping: at 1 s it lapsed between pings, so
     # the memory scenarios went to the database and their pipelined requests closed the
     # connection. The window, the ping's interval and the connections' timeouts are stretched
-    # by the same factor (a pool's connect took over 5 s: the first requests answered 503).
+    # by the same factor (a pool's connect took over 5 s: the first requests answered 503), and
+    # so are the limits' sweep and reconciliation, which run every so much wall time.
     for module, name in ((notifications, "MAX_STALENESS"), (notifications, "PING_INTERVAL"),
                          (notifications, "PING_TIMEOUT"), (notifications, "CONNECT_TIMEOUT"),
                          (db, "CONNECT_TIMEOUT"), (sync, "SWEEP_EVERY")):
         setattr(module, name, getattr(module, name) * SLOWDOWN)
-    # the limits' reconciliation and sweep run every so much wall time: stretched too
-    async with served(database_url, limit_sync_interval=0.1 * SLOWDOWN) as path:
+    sync_interval = Config().limit_sync_interval * SLOWDOWN
+    async with served(database_url, limit_sync_interval=sync_interval) as path:
         for name in only:
             memory = name in path.memory
             reqs = (path.memory if memory else path.db)[name][:count]
@@ -81,12 +84,6 @@ def counted(database_url: str, only: list[str], count: int) -> dict[str, int]:
         measured = [out.with_name(f"cg.out.{2 * i + 2}") for i in range(len(only))]
         return {name: int(TOTALS.search(dump.read_bytes()).group(1))  # type: ignore[union-attr]
                 for name, dump in zip(only, measured, strict=True)}
-
-
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 def main(args: argparse.Namespace) -> None:
